@@ -1,0 +1,1 @@
+"""The bundled example model repository (models/) and client examples."""

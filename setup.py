@@ -1,0 +1,60 @@
+"""Build steps that pyproject.toml cannot declare: the compiled extension
+``icow._wire`` and the gRPC stubs generated from proto/ at build time (so that
+they can never drift from the .proto files)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from pybind11.setup_helpers import Pybind11Extension
+from setuptools import setup
+from setuptools.command.build_py import build_py
+
+ROOT = Path(__file__).resolve().parent
+PROTO_DIR = ROOT / "proto"
+STUB_DIR = ROOT / "src" / "icow" / "_proto"
+PROTOS = ["model_config.proto", "inference.proto"]
+
+
+def generate_stubs() -> None:
+    """Run protoc over proto/ into icow/_proto and make the modules package-local.
+
+    Two rewrites: imports become relative (protoc writes top-level imports), and
+    descriptors go into icow's own pool instead of protobuf's default pool, where
+    tritonclient registers the same 'inference.*' names: both can be imported in
+    one process.
+    """
+    from grpc_tools import protoc
+
+    args = ["protoc", f"-I{PROTO_DIR}", f"--python_out={STUB_DIR}", f"--pyi_out={STUB_DIR}",
+            f"--grpc_python_out={STUB_DIR}", *PROTOS]
+    if protoc.main(args) != 0:
+        raise RuntimeError("protoc failed on " + ", ".join(PROTOS))
+    for path in STUB_DIR.glob("*_pb2*.py*"):
+        text = path.read_text()
+        text = re.sub(r"^import (\w+_pb2) as", r"from . import \1 as", text, flags=re.M)
+        text = text.replace("_descriptor_pool.Default()", "_pool.POOL")
+        text = text.replace("from google.protobuf import descriptor_pool as _descriptor_pool",
+                            "from . import _pool")
+        path.write_text(text)
+    (STUB_DIR / "model_config_pb2_grpc.py").unlink(missing_ok=True)  # no service in it
+
+
+class BuildPyWithStubs(build_py):
+    def run(self) -> None:
+        generate_stubs()
+        super().run()
+
+
+setup(
+    ext_modules=[
+        Pybind11Extension(
+            "icow._wire",
+            sorted(str(p.relative_to(ROOT)) for p in (ROOT / "ext").glob("*.cpp")),
+            cxx_std=17,
+            extra_compile_args=["-O3"],
+        )
+    ],
+    cmdclass={"build_py": BuildPyWithStubs},
+)
