@@ -1,0 +1,130 @@
+"""Fixtures: a model repository for tests and the real server on a loopback port."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "examples"))
+
+import make_models  # noqa: E402
+
+from icow._proto import inference_pb2, inference_pb2_grpc  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class ServerProcess:
+    """A running ``icow serve`` subprocess."""
+
+    proc: subprocess.Popen
+    port: int
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _wait_live(server: ServerProcess, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(server.url) as channel:
+        stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+        while time.monotonic() < deadline:
+            if server.proc.poll() is not None:
+                raise RuntimeError(f"icow serve exited with {server.proc.returncode}:\n{server.log()}")
+            try:
+                if stub.ServerLive(inference_pb2.ServerLiveRequest(), timeout=1).live:
+                    return
+            except grpc.RpcError:
+                time.sleep(0.1)
+    raise RuntimeError(f"icow serve did not come up in {timeout}s:\n{server.log()}")
+
+
+def start_server(repo: Path, *args: str, log_dir: Path) -> ServerProcess:
+    """Start ``python -m icow serve`` on ``repo`` and wait until it is live."""
+    port = free_port()
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"server-{port}.log"
+    cmd = [sys.executable, "-m", "icow", "serve", "--model-repository", str(repo),
+           "--host", "127.0.0.1", "--port", str(port), *args]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
+    server = ServerProcess(proc, port, log_path)
+    try:
+        _wait_live(server)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def build_test_repository(repo: Path) -> Path:
+    """The examples plus test-only models: every datatype, a broken file, version policies."""
+    shutil.copytree(ROOT / "examples" / "models", repo)
+    make_models.write(make_models.identity_all_types(), repo, "dtypes")
+    broken = repo / "broken" / "1" / "model.onnx"
+    broken.parent.mkdir(parents=True)
+    broken.write_bytes(b"this is not an onnx model")
+    for version, factor in ((1, 1.0), (2, 2.0), (3, 3.0)):
+        make_models.write(make_models.scale(factor), repo, "latest2", version)
+        make_models.write(make_models.scale(factor), repo, "specific", version)
+    (repo / "latest2" / "config.pbtxt").write_text("version_policy: { latest: { num_versions: 2 } }\n")
+    (repo / "specific" / "config.pbtxt").write_text("version_policy: { specific: { versions: [1, 3] } }\n")
+    return repo
+
+
+@pytest.fixture(scope="session")
+def test_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_test_repository(tmp_path_factory.mktemp("repo") / "models")
+
+
+@pytest.fixture(scope="session")
+def server(test_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One server for the session, every model of the test repository loaded."""
+    srv = start_server(test_repo, log_dir=tmp_path_factory.mktemp("logs"))
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def make_server(tmp_path: Path) -> Iterator:
+    """Factory for servers of a test's own, stopped when the test ends."""
+    started: list[ServerProcess] = []
+
+    def make(repo: Path, *args: str) -> ServerProcess:
+        srv = start_server(repo, *args, log_dir=tmp_path / "logs")
+        started.append(srv)
+        return srv
+
+    yield make
+    for srv in started:
+        srv.stop()
