@@ -54,7 +54,7 @@ class ServerProcess:
                 self.proc.wait()
 
 
-def _wait_live(server: ServerProcess, timeout: float = 60.0) -> None:
+def _wait_ready(server: ServerProcess, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     with grpc.insecure_channel(server.url) as channel:
         stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
@@ -62,7 +62,7 @@ def _wait_live(server: ServerProcess, timeout: float = 60.0) -> None:
             if server.proc.poll() is not None:
                 raise RuntimeError(f"icow serve exited with {server.proc.returncode}:\n{server.log()}")
             try:
-                if stub.ServerLive(inference_pb2.ServerLiveRequest(), timeout=1).live:
+                if stub.ServerReady(inference_pb2.ServerReadyRequest(), timeout=1).ready:
                     return
             except grpc.RpcError:
                 time.sleep(0.1)
@@ -70,7 +70,7 @@ def _wait_live(server: ServerProcess, timeout: float = 60.0) -> None:
 
 
 def start_server(repo: Path, *args: str, log_dir: Path) -> ServerProcess:
-    """Start ``python -m icow serve`` on ``repo`` and wait until it is live."""
+    """Start ``python -m icow serve`` on ``repo`` and wait until it is ready."""
     port = free_port()
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"server-{port}.log"
@@ -80,7 +80,7 @@ def start_server(repo: Path, *args: str, log_dir: Path) -> ServerProcess:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
     server = ServerProcess(proc, port, log_path)
     try:
-        _wait_live(server)
+        _wait_ready(server)
     except BaseException:
         server.stop()
         raise

@@ -28,3 +28,7 @@ def not_found(message: str) -> InferenceServerError:
 
 def unavailable(message: str) -> InferenceServerError:
     return InferenceServerError(grpc.StatusCode.UNAVAILABLE, message)
+
+
+def unimplemented(message: str) -> InferenceServerError:
+    return InferenceServerError(grpc.StatusCode.UNIMPLEMENTED, message)

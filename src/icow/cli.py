@@ -1,0 +1,83 @@
+"""The ``icow`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from importlib import resources
+from pathlib import Path
+
+from ._version import __version__
+
+
+def bundled_examples() -> Path:
+    """The example model repository shipped inside the package."""
+    return Path(str(resources.files("icow._examples") / "models"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="icow",
+        description="icow: serve ONNX models over gRPC with the Open Inference Protocol "
+                    "(KServe v2), compatible with Triton's clients.",
+        epilog="Run 'icow serve --help' for the server's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"icow {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve = commands.add_parser(
+        "serve", help="serve a model repository over gRPC",
+        description="Serve the ONNX models of a repository (<dir>/<model>/<version>/model.onnx, "
+                    "optional <dir>/<model>/config.pbtxt) over gRPC.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    serve.add_argument("--model-repository", type=Path, metavar="DIR",
+                       help="the model repository (default: the bundled examples)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 for every interface")
+    serve.add_argument("--port", type=int, default=8001, help="gRPC port (Triton's is 8001)")
+    serve.add_argument("--model-control-mode", choices=["none", "explicit"], default="none",
+                       help="none: load every model at start, no load/unload requests; "
+                            "explicit: load the --load-model ones, then on request")
+    serve.add_argument("--load-model", action="append", default=[], metavar="NAME",
+                       help="with explicit control: a model to load at start (repeatable; '*' for all)")
+    serve.add_argument("--workers", type=int, default=16, help="threads answering gRPC calls")
+    serve.add_argument("--max-message-mb", type=int, default=2047,
+                       help="largest request or response message, in MiB")
+    serve.add_argument("--default-max-batch-size", type=int, default=32,
+                       help="max_batch_size given to a model without config whose tensors all "
+                            "start with a dynamic dimension")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command != "serve":
+        parser.print_help()
+        return 0 if args.command is None else 2
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        from .server import ServerOptions, serve
+    except ImportError as e:
+        print(f"icow serve needs the server's dependencies ({e.name} is missing): "
+              "pip install 'icow[server]'", file=sys.stderr)
+        return 1
+    repository = args.model_repository or bundled_examples()
+    if not repository.is_dir():
+        print(f"icow serve: model repository {repository} is not a directory", file=sys.stderr)
+        return 1
+    if args.load_model and args.model_control_mode != "explicit":
+        print("icow serve: --load-model needs --model-control-mode explicit", file=sys.stderr)
+        return 2
+    options = ServerOptions(
+        repository=repository, host=args.host, port=args.port, model_control_mode=args.model_control_mode,
+        load_models=args.load_model, workers=args.workers, max_message_bytes=min(args.max_message_mb, 2047) << 20,
+        default_max_batch_size=args.default_max_batch_size,
+    )
+    try:
+        serve(options)
+    except OSError as e:
+        print(f"icow serve: {e}", file=sys.stderr)
+        return 1
+    return 0

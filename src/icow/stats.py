@@ -1,0 +1,62 @@
+"""Per-version inference statistics, in the shape of the ModelStatistics RPC."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Duration:
+    count: int = 0
+    ns: int = 0
+
+    def add(self, ns: int) -> None:
+        self.count += 1
+        self.ns += ns
+
+
+@dataclass
+class BatchStats:
+    compute_input: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+
+
+class VersionStats:
+    """Counters of one model version; every update takes one short lock."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.inference_count = 0  # inferences, counting each batch row
+        self.execution_count = 0  # runs of the model
+        self.last_inference_ms = 0
+        self.success = Duration()
+        self.fail = Duration()
+        self.queue = Duration()
+        self.compute_input = Duration()
+        self.compute_infer = Duration()
+        self.compute_output = Duration()
+        self.batches: dict[int, BatchStats] = {}
+
+    def record_success(self, batch_size: int, total_ns: int, input_ns: int, infer_ns: int,
+                       output_ns: int) -> None:
+        with self._lock:
+            self.inference_count += batch_size
+            self.execution_count += 1
+            self.last_inference_ms = time.time_ns() // 1_000_000
+            self.success.add(total_ns)
+            self.queue.add(0)
+            self.compute_input.add(input_ns)
+            self.compute_infer.add(infer_ns)
+            self.compute_output.add(output_ns)
+            batch = self.batches.setdefault(batch_size, BatchStats())
+            batch.compute_input.add(input_ns)
+            batch.compute_infer.add(infer_ns)
+            batch.compute_output.add(output_ns)
+
+    def record_failure(self, total_ns: int) -> None:
+        with self._lock:
+            self.last_inference_ms = time.time_ns() // 1_000_000
+            self.fail.add(total_ns)

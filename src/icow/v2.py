@@ -1,0 +1,192 @@
+"""The Open Inference Protocol (KServe v2) front end: gRPC messages to calls on
+the repository and its models, and back. It translates; the core decides."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+
+import grpc
+from google.protobuf import message_factory
+
+from . import codec
+from ._proto import inference_pb2 as pb
+from ._proto import inference_pb2_grpc as pb_grpc
+from ._version import __version__
+from .errors import InferenceServerError, invalid, unimplemented
+from .repository import Repository
+
+log = logging.getLogger("icow.v2")
+
+SERVICE = "inference.GRPCInferenceService"
+EXTENSIONS = ["model_repository", "model_configuration", "statistics"]
+
+
+def _rpc(method: Callable) -> Callable:
+    """Turn InferenceServerError into its gRPC status, anything else into INTERNAL."""
+
+    @functools.wraps(method)
+    def wrapper(self, request, context: grpc.ServicerContext):
+        try:
+            return method(self, request, context)
+        except InferenceServerError as e:
+            context.abort(e.code, e.message)
+        except Exception as e:
+            log.exception("%s failed", method.__name__)
+            context.abort(grpc.StatusCode.INTERNAL, f"{method.__name__} failed: {type(e).__name__}: {e}")
+
+    return wrapper
+
+
+class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
+    """Serves one repository. ``ready`` is set once the startup loading is done."""
+
+    def __init__(self, repository: Repository, *, explicit_control: bool) -> None:
+        self.repository = repository
+        self.explicit_control = explicit_control
+        self.ready = False
+
+    # -- health and metadata ---------------------------------------------
+    def ServerLive(self, request, context):
+        return pb.ServerLiveResponse(live=True)
+
+    def ServerReady(self, request, context):
+        return pb.ServerReadyResponse(ready=self.ready)
+
+    def ModelReady(self, request, context):
+        try:
+            self.repository.get(request.name, request.version)
+        except InferenceServerError:
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=True)
+
+    def ServerMetadata(self, request, context):
+        return pb.ServerMetadataResponse(name="icow", version=__version__, extensions=EXTENSIONS)
+
+    @_rpc
+    def ModelMetadata(self, request, context):
+        model = self.repository.get(request.name, request.version)
+        ready = self.repository.get_loaded(request.name).ready()
+        mbs = model.max_batch_size
+        return pb.ModelMetadataResponse(
+            name=model.name,
+            versions=[str(v) for v in ready],
+            platform=model.config.platform,
+            inputs=[pb.ModelMetadataResponse.TensorMetadata(name=s.name, datatype=s.datatype.name,
+                                                            shape=s.shape(mbs)) for s in model.inputs.values()],
+            outputs=[pb.ModelMetadataResponse.TensorMetadata(name=s.name, datatype=s.datatype.name,
+                                                             shape=s.shape(mbs)) for s in model.outputs.values()],
+        )
+
+    @_rpc
+    def ModelConfig(self, request, context):
+        return pb.ModelConfigResponse(config=self.repository.get(request.name, request.version).config)
+
+    @_rpc
+    def ModelStatistics(self, request, context):
+        if request.name:
+            models = [self.repository.get(request.name, request.version)] if request.version else \
+                list(self.repository.get_loaded(request.name).ready().values())
+        else:
+            models = [m for loaded in self.repository.loaded() for m in loaded.ready().values()]
+        return pb.ModelStatisticsResponse(model_stats=[_statistics(m) for m in models])
+
+    # -- inference -------------------------------------------------------
+    @_rpc
+    def ModelInferBytes(self, data: bytes, context) -> bytes:
+        """ModelInfer on the serialized request; returns the serialized response."""
+        request = codec.decode_request(data)
+        model = self.repository.get(request.model_name, request.model_version)
+        outputs = model.run(request.inputs, request.outputs)
+        return codec.encode_response(model.name, str(model.version), request.id, outputs)
+
+    @_rpc
+    def ModelStreamInfer(self, request_iterator, context):
+        raise unimplemented("streaming inference is not supported; call ModelInfer")
+
+    # -- repository ------------------------------------------------------
+    @_rpc
+    def RepositoryIndex(self, request, context):
+        entries = self.repository.index(ready_only=request.ready)
+        return pb.RepositoryIndexResponse(models=[pb.RepositoryIndexResponse.ModelIndex(
+            name=e.name, version=e.version, state=e.state, reason=e.reason) for e in entries])
+
+    @_rpc
+    def RepositoryModelLoad(self, request, context):
+        self._check_control("load")
+        if request.parameters:
+            raise invalid(f"load parameters are not supported: {', '.join(request.parameters)}")
+        loaded = self.repository.load(request.model_name)
+        failures = [f"version {v}: {s.reason}" for v, s in sorted(loaded.versions.items()) if s.model is None]
+        if loaded.error or failures:
+            raise InferenceServerError(grpc.StatusCode.INTERNAL, f"failed to load model '{loaded.name}': "
+                                       + (loaded.error or "; ".join(failures)))
+        return pb.RepositoryModelLoadResponse()
+
+    @_rpc
+    def RepositoryModelUnload(self, request, context):
+        self._check_control("unload")
+        self.repository.unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+    def _check_control(self, action: str) -> None:
+        if not self.explicit_control:
+            raise InferenceServerError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"cannot {action} models: the server runs with --model-control-mode none; "
+                "start it with --model-control-mode explicit")
+
+    # -- not served yet --------------------------------------------------
+    @_rpc
+    def SystemSharedMemoryStatus(self, request, context):
+        raise unimplemented("system shared memory is not supported by this server yet")
+
+    SystemSharedMemoryRegister = SystemSharedMemoryUnregister = SystemSharedMemoryStatus
+
+    @_rpc
+    def CudaSharedMemoryStatus(self, request, context):
+        raise unimplemented("CUDA shared memory is not supported by this server yet")
+
+    CudaSharedMemoryRegister = CudaSharedMemoryUnregister = CudaSharedMemoryStatus
+
+    @_rpc
+    def TraceSetting(self, request, context):
+        raise unimplemented("tracing is not supported by this server")
+
+    @_rpc
+    def LogSettings(self, request, context):
+        raise unimplemented("log settings are not supported by this server; use --log-level")
+
+
+def method_handlers(service: InferenceService) -> dict[str, grpc.RpcMethodHandler]:
+    """gRPC handlers for every method of the service; ModelInfer takes and
+    returns raw bytes (no protobuf objects between gRPC and the codec)."""
+    handlers = {}
+    for method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:
+        request = message_factory.GetMessageClass(method.input_type)
+        response = message_factory.GetMessageClass(method.output_type)
+        make = (grpc.stream_stream_rpc_method_handler if method.client_streaming
+                else grpc.unary_unary_rpc_method_handler)
+        handlers[method.name] = make(getattr(service, method.name), request_deserializer=request.FromString,
+                                     response_serializer=response.SerializeToString)
+    handlers["ModelInfer"] = grpc.unary_unary_rpc_method_handler(service.ModelInferBytes)
+    return handlers
+
+
+def _statistics(model) -> pb.ModelStatistics:
+    s = model.stats
+
+    def d(x):
+        return pb.StatisticDuration(count=x.count, ns=x.ns)
+
+    return pb.ModelStatistics(
+        name=model.name, version=str(model.version), last_inference=s.last_inference_ms,
+        inference_count=s.inference_count, execution_count=s.execution_count,
+        inference_stats=pb.InferStatistics(success=d(s.success), fail=d(s.fail), queue=d(s.queue),
+                                           compute_input=d(s.compute_input), compute_infer=d(s.compute_infer),
+                                           compute_output=d(s.compute_output)),
+        batch_stats=[pb.InferBatchStatistics(batch_size=size, compute_input=d(b.compute_input),
+                                             compute_infer=d(b.compute_infer), compute_output=d(b.compute_output))
+                     for size, b in sorted(s.batches.items())],
+    )
