@@ -19,7 +19,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "examples"))
 
 import make_models  # noqa: E402
-
 from icow._proto import inference_pb2, inference_pb2_grpc  # noqa: E402
 
 
@@ -69,13 +68,15 @@ def _wait_ready(server: ServerProcess, timeout: float = 60.0) -> None:
     raise RuntimeError(f"icow serve did not come up in {timeout}s:\n{server.log()}")
 
 
-def start_server(repo: Path, *args: str, log_dir: Path) -> ServerProcess:
-    """Start ``python -m icow serve`` on ``repo`` and wait until it is ready."""
+def start_server(repo: Path | None, *args: str, log_dir: Path) -> ServerProcess:
+    """Start ``python -m icow serve`` on ``repo`` (None: the bundled examples) and
+    wait until it is ready."""
     port = free_port()
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"server-{port}.log"
-    cmd = [sys.executable, "-m", "icow", "serve", "--model-repository", str(repo),
-           "--host", "127.0.0.1", "--port", str(port), *args]
+    cmd = [sys.executable, "-m", "icow", "serve", "--host", "127.0.0.1", "--port", str(port), *args]
+    if repo is not None:
+        cmd += ["--model-repository", str(repo)]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
     server = ServerProcess(proc, port, log_path)
@@ -88,7 +89,8 @@ def start_server(repo: Path, *args: str, log_dir: Path) -> ServerProcess:
 
 
 def build_test_repository(repo: Path) -> Path:
-    """The examples plus test-only models: every datatype, a broken file, version policies."""
+    """The examples plus test-only models: every datatype, a broken file, a broken
+    config, version policies."""
     shutil.copytree(ROOT / "examples" / "models", repo)
     make_models.write(make_models.identity_all_types(), repo, "dtypes")
     broken = repo / "broken" / "1" / "model.onnx"
@@ -99,6 +101,8 @@ def build_test_repository(repo: Path) -> Path:
         make_models.write(make_models.scale(factor), repo, "specific", version)
     (repo / "latest2" / "config.pbtxt").write_text("version_policy: { latest: { num_versions: 2 } }\n")
     (repo / "specific" / "config.pbtxt").write_text("version_policy: { specific: { versions: [1, 3] } }\n")
+    make_models.write(make_models.scale(1.0), repo, "badconfig")
+    (repo / "badconfig" / "config.pbtxt").write_text("max_batch_size: [this is not text format\n")
     return repo
 
 
@@ -120,7 +124,7 @@ def make_server(tmp_path: Path) -> Iterator:
     """Factory for servers of a test's own, stopped when the test ends."""
     started: list[ServerProcess] = []
 
-    def make(repo: Path, *args: str) -> ServerProcess:
+    def make(repo: Path | None, *args: str) -> ServerProcess:
         srv = start_server(repo, *args, log_dir=tmp_path / "logs")
         started.append(srv)
         return srv

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-
 from . import config as cfg
 from ._proto import model_config_pb2 as mc
 from .errors import not_found, unavailable

@@ -37,10 +37,11 @@ class InferenceServer:
         self.options = options
         self.repository = Repository(options.repository, default_max_batch_size=options.default_max_batch_size)
         self.service = InferenceService(self.repository, explicit_control=options.model_control_mode == "explicit")
-        limits = [("grpc.max_send_message_length", options.max_message_bytes),
-                  ("grpc.max_receive_message_length", options.max_message_bytes)]
+        grpc_options = [("grpc.max_send_message_length", options.max_message_bytes),
+                        ("grpc.max_receive_message_length", options.max_message_bytes),
+                        ("grpc.so_reuseport", 0)]  # a second server on a taken port must fail, not share it
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=options.workers,
-                                                               thread_name_prefix="icow-rpc"), options=limits)
+                                                               thread_name_prefix="icow-rpc"), options=grpc_options)
         self._server.add_registered_method_handlers(SERVICE, method_handlers(self.service))
         address = f"{options.host}:{options.port}"
         try:

@@ -1,0 +1,56 @@
+"""Helpers shared by the protocol tests."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import grpc
+import numpy as np
+import onnxruntime as ort
+import tritonclient.grpc as tc
+from tritonclient.utils import InferenceServerException
+
+
+@functools.lru_cache
+def _session(path: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path))
+
+
+def reference(path: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """What in-process ONNX Runtime answers for the same model file and inputs."""
+    session = _session(path)
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, feeds)))
+
+
+def infer_input(name: str, array: np.ndarray, datatype: str) -> tc.InferInput:
+    tensor = tc.InferInput(name, list(array.shape), datatype)
+    tensor.set_data_from_numpy(array)
+    return tensor
+
+
+def expect_error(code: grpc.StatusCode, *fragments: str):
+    """Context manager: a tritonclient call fails with ``code`` and a message naming ``fragments``."""
+    return _Expect(code, fragments)
+
+
+class _Expect:
+    def __init__(self, code, fragments):
+        self.code, self.fragments = code, fragments
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, tb):
+        assert error is not None, f"expected {self.code.name}, the call succeeded"
+        if isinstance(error, InferenceServerException):
+            status, message = error.status(), error.message()
+        elif isinstance(error, grpc.RpcError):
+            status, message = str(error.code()), error.details()
+        else:
+            return False
+        assert status == str(self.code), f"expected {self.code}, got {status}: {message}"
+        for fragment in self.fragments:
+            assert fragment in message, f"{fragment!r} not in {message!r}"
+        return True

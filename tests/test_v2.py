@@ -1,0 +1,150 @@
+"""The Open Inference Protocol served to Triton's own client, tritonclient[grpc],
+every output compared with in-process ONNX Runtime on the same inputs."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as tc
+
+from helpers import infer_input, reference
+from icow._proto import inference_pb2_grpc as pb_grpc
+
+NUMERIC = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
+           "FP16", "FP32", "FP64"]
+
+
+@pytest.fixture(scope="module")
+def client(server) -> tc.InferenceServerClient:
+    return tc.InferenceServerClient(server.url)
+
+
+@pytest.fixture(scope="module")
+def stub(server) -> pb_grpc.GRPCInferenceServiceStub:
+    return pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(server.url))
+
+
+# -- health and metadata ------------------------------------------------------
+
+def test_health(client):
+    assert client.is_server_live()
+    assert client.is_server_ready()
+    assert client.is_model_ready("mlp")
+    assert client.is_model_ready("scale", "1")
+    assert not client.is_model_ready("scale", "3")
+    assert not client.is_model_ready("broken")
+    assert not client.is_model_ready("no-such-model")
+
+
+def test_server_metadata(client):
+    meta = client.get_server_metadata()
+    assert meta.name == "icow"
+    assert {"model_repository", "model_configuration", "statistics"} <= set(meta.extensions)
+
+
+def test_model_metadata(client):
+    meta = client.get_model_metadata("mlp")
+    assert meta.platform == "onnxruntime_onnx"
+    assert meta.versions == ["1"]
+    assert [(t.name, t.datatype, list(t.shape)) for t in meta.inputs] == [("input", "FP32", [-1, 16])]
+    assert [(t.name, t.datatype, list(t.shape)) for t in meta.outputs] == [("output", "FP32", [-1, 4])]
+    assert client.get_model_metadata("scale").versions == ["1", "2"]
+    mixed = client.get_model_metadata("mixed")
+    assert [(t.name, t.datatype) for t in mixed.outputs] == [
+        ("sum", "FP32"), ("b_next", "INT64"), ("c_not", "BOOL"), ("a_half", "FP16")]
+
+
+def test_model_config_derived_from_graph(client):
+    config = client.get_model_config("mlp").config
+    assert config.name == "mlp" and config.backend == "onnxruntime"
+    assert config.max_batch_size == 32  # first dims dynamic, no config file: the default
+    assert [(i.name, list(i.dims)) for i in config.input] == [("input", [16])]
+    assert [(o.name, list(o.dims)) for o in config.output] == [("output", [4])]
+
+
+def test_model_config_from_pbtxt(client):
+    scale = client.get_model_config("scale").config
+    assert scale.version_policy.HasField("all") and scale.max_batch_size == 0
+    assert [(i.name, list(i.dims)) for i in scale.input] == [("x", [4])]
+    strings = client.get_model_config("strings").config
+    assert strings.input[0].data_type == 13  # TYPE_STRING
+
+
+# -- inference ----------------------------------------------------------------
+
+def test_infer_matches_onnxruntime(client, test_repo):
+    x = np.random.default_rng(1).standard_normal((3, 16)).astype(np.float32)
+    result = client.infer("mlp", [infer_input("input", x, "FP32")],
+                          outputs=[tc.InferRequestedOutput("output")], request_id="req-42")
+    expected = reference(test_repo / "mlp" / "1" / "model.onnx", {"input": x})["output"]
+    np.testing.assert_array_equal(result.as_numpy("output"), expected)
+    response = result.get_response()
+    assert response.id == "req-42" and response.model_name == "mlp" and response.model_version == "1"
+
+
+def test_versions(client):
+    x = np.arange(4, dtype=np.float32)
+    tensor = [infer_input("x", x, "FP32")]
+    np.testing.assert_array_equal(client.infer("scale", tensor, model_version="1").as_numpy("y"), x * 2)
+    np.testing.assert_array_equal(client.infer("scale", tensor, model_version="2").as_numpy("y"), x * 3)
+    newest = client.infer("scale", tensor)
+    assert newest.get_response().model_version == "2"
+    np.testing.assert_array_equal(newest.as_numpy("y"), x * 3)
+
+
+def test_requested_outputs_filter(client, test_repo):
+    rng = np.random.default_rng(2)
+    feeds = {"a": rng.standard_normal((2, 4)).astype(np.float32),
+             "b": rng.integers(-100, 100, (2, 4)).astype(np.int64),
+             "c": rng.integers(0, 2, (2, 4)).astype(bool)}
+    inputs = [infer_input(n, v, t) for (n, v), t in zip(feeds.items(), ["FP32", "INT64", "BOOL"])]
+    result = client.infer("mixed", inputs, outputs=[tc.InferRequestedOutput("c_not"),
+                                                    tc.InferRequestedOutput("a_half")])
+    assert [o.name for o in result.get_response().outputs] == ["c_not", "a_half"]
+    expected = reference(test_repo / "mixed" / "1" / "model.onnx", feeds)
+    np.testing.assert_array_equal(result.as_numpy("c_not"), expected["c_not"])
+    np.testing.assert_array_equal(result.as_numpy("a_half"), expected["a_half"])
+    assert result.as_numpy("sum") is None
+    everything = client.infer("mixed", inputs)
+    for name, value in expected.items():
+        np.testing.assert_array_equal(everything.as_numpy(name), value)
+
+
+def test_bytes_model(client):
+    text = np.array([b"hello", b"icow", "\u00fcber".encode(), b""], dtype=object)
+    result = client.infer("strings", [infer_input("text", text, "BYTES")])
+    assert result.as_numpy("upper").tolist() == [b"HELLO", b"ICOW", "\u00fcBER".encode(), b""]
+
+
+def dtype_feeds() -> dict[str, np.ndarray]:
+    """One [2, 3] array per input of the dtypes model, extremes of each type included."""
+    rng = np.random.default_rng(3)
+    feeds = {}
+    for datatype in NUMERIC:
+        dtype = np.dtype(tc.triton_to_np_dtype(datatype))
+        if datatype == "BOOL":
+            value = rng.integers(0, 2, (2, 3)).astype(bool)
+        elif dtype.kind == "f":
+            value = rng.standard_normal((2, 3)).astype(dtype)
+        else:
+            info = np.iinfo(dtype)
+            value = rng.integers(info.min, info.max, (2, 3), dtype=dtype, endpoint=True)
+            value[0, 0], value[0, 1] = info.min, info.max
+        feeds[f"in_{datatype}"] = value
+    feeds["in_BYTES"] = np.array([[b"a", b"\x00bc", b""], [b"xyz", b"12", "\u00fc".encode()]], dtype=object)
+    return feeds
+
+
+@pytest.mark.parametrize("datatype", NUMERIC + ["BYTES"])
+def test_every_datatype(client, test_repo, datatype):
+    feeds = dtype_feeds()
+    inputs = [infer_input(name, value, name[3:]) for name, value in feeds.items()]
+    result = client.infer("dtypes", inputs, outputs=[tc.InferRequestedOutput(f"out_{datatype}")])
+    got = result.as_numpy(f"out_{datatype}")
+    ort_feeds = {**feeds, "in_BYTES": np.vectorize(bytes.decode, otypes=[object])(feeds["in_BYTES"])}
+    expected = reference(test_repo / "dtypes" / "1" / "model.onnx", ort_feeds)[f"out_{datatype}"]
+    if datatype == "BYTES":
+        expected = np.vectorize(str.encode, otypes=[object])(expected)
+    assert got.dtype == expected.dtype and got.shape == (2, 3)
+    np.testing.assert_array_equal(got, expected)
