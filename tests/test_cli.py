@@ -63,3 +63,9 @@ def test_stops_cleanly_on_sigterm(make_server, tmp_path):
     server.proc.terminate()
     assert server.proc.wait(timeout=20) == 0
     assert "received SIGTERM" in server.log() and "stopped" in server.log()
+
+
+def test_second_server_on_the_same_port_fails(make_server, tmp_path):
+    first = make_server(tmp_path)
+    result = icow("serve", "--model-repository", str(tmp_path), "--port", str(first.port))
+    assert result.returncode == 1 and "cannot listen" in result.stderr

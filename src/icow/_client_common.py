@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, NamedTuple, TypeVar, Union
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import grpc
 import numpy as np
@@ -28,9 +28,9 @@ T = TypeVar("T")
 MAX_BACKOFF = 5.0
 
 #: Inputs of `infer`: by name, or positional in the order of the model's metadata.
-Inputs = Union[Mapping[str, Any], Sequence[Any], np.ndarray]
+Inputs = Mapping[str, Any] | Sequence[Any] | np.ndarray
 
-Version = Union[int, str, None]
+Version = int | str | None
 
 
 class ModelIndex(NamedTuple):
