@@ -40,23 +40,19 @@ class TensorSpec:
         return ([-1] if max_batch_size > 0 else []) + list(self.dims)
 
 
-def read_config(model_dir: Path) -> tuple[mc.ModelConfig, bool]:
-    """The parsed config.pbtxt of ``model_dir`` (empty when there is none), and
-    whether the file states max_batch_size."""
+def read_config(model_dir: Path) -> mc.ModelConfig:
+    """The parsed config.pbtxt of ``model_dir`` (empty when there is none)."""
     path = model_dir / CONFIG_FILE
     config = mc.ModelConfig()
-    if not path.exists():
-        return config, False
-    text = path.read_text()
-    try:
-        text_format.Parse(text, config)
-    except text_format.ParseError as e:
-        raise ConfigError(f"{path}: {e}") from None
-    return config, config.max_batch_size > 0 or "max_batch_size" in text
+    if path.exists():
+        try:
+            text_format.Parse(path.read_text(), config)
+        except text_format.ParseError as e:
+            raise ConfigError(f"{path}: {e}") from None
+    return config
 
 
-def complete_config(config: mc.ModelConfig, name: str, session, batch_stated: bool,
-                    default_max_batch_size: int) -> mc.ModelConfig:
+def complete_config(config: mc.ModelConfig, name: str, session, default_max_batch_size: int) -> mc.ModelConfig:
     """A copy of ``config`` filled in and checked against the ONNX Runtime ``session``."""
     out = mc.ModelConfig()
     out.CopyFrom(config)
@@ -69,9 +65,10 @@ def complete_config(config: mc.ModelConfig, name: str, session, batch_stated: bo
     out.platform, out.backend = PLATFORM, BACKEND
     model_inputs = _graph_tensors(session.get_inputs())
     model_outputs = _graph_tensors(session.get_outputs())
-    if not batch_stated and not out.input and not out.output:
+    if not out.HasField("max_batch_size") and not out.input and not out.output:
         if _all_batched(model_inputs) and _all_batched(model_outputs):
             out.max_batch_size = default_max_batch_size
+    out.max_batch_size = out.max_batch_size  # present from here on, 0 or not
     _complete_tensors(out.input, model_inputs, out.max_batch_size, "input")
     _complete_tensors(out.output, model_outputs, out.max_batch_size, "output")
     return out

@@ -20,13 +20,13 @@ from .stats import VersionStats
 class Model:
     """A ready model version. ``run`` is safe to call from many threads."""
 
-    def __init__(self, name: str, version: int, path: Path, config: mc.ModelConfig, batch_stated: bool,
+    def __init__(self, name: str, version: int, path: Path, config: mc.ModelConfig,
                  default_max_batch_size: int) -> None:
         self.name = name
         self.version = version
         self.path = path
         self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        self.config = cfg.complete_config(config, name, self.session, batch_stated, default_max_batch_size)
+        self.config = cfg.complete_config(config, name, self.session, default_max_batch_size)
         self.max_batch_size = self.config.max_batch_size
         self.inputs = cfg.tensor_specs(self.config.input)
         self.outputs = cfg.tensor_specs(self.config.output)

@@ -102,7 +102,7 @@ class Repository:
     def _load(self, name: str, model_dir: Path) -> LoadedModel:
         loaded = LoadedModel(name)
         try:
-            config, batch_stated = cfg.read_config(model_dir)
+            config = cfg.read_config(model_dir)
             versions = select_versions(model_dir, config.version_policy)
         except cfg.ConfigError as e:
             loaded.error = str(e)
@@ -114,15 +114,14 @@ class Repository:
         filename = config.default_model_filename or cfg.DEFAULT_MODEL_FILENAME
         for version in versions:
             loaded.versions[version] = self._load_version(name, version, model_dir / str(version) / filename,
-                                                          config, batch_stated)
+                                                          config)
         return loaded
 
-    def _load_version(self, name: str, version: int, path: Path, config: mc.ModelConfig,
-                      batch_stated: bool) -> VersionState:
+    def _load_version(self, name: str, version: int, path: Path, config: mc.ModelConfig) -> VersionState:
         try:
             if not path.is_file():
                 raise FileNotFoundError(f"{path} does not exist")
-            model = Model(name, version, path, config, batch_stated, self.default_max_batch_size)
+            model = Model(name, version, path, config, self.default_max_batch_size)
         except Exception as e:  # any fault of the file: the server stays up
             reason = f"failed to load {path}: {e}"
             log.error("model '%s' version %d is unavailable: %s", name, version, reason)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from dataclasses import dataclass, field
@@ -55,6 +56,13 @@ class VersionStats:
             batch.compute_input.add(input_ns)
             batch.compute_infer.add(infer_ns)
             batch.compute_output.add(output_ns)
+
+    def snapshot(self) -> VersionStats:
+        """A consistent copy to read while requests keep updating this one."""
+        with self._lock:
+            clone = copy.copy(self)
+            clone.__dict__.update(copy.deepcopy({k: v for k, v in self.__dict__.items() if k != "_lock"}))
+        return clone
 
     def record_failure(self, total_ns: int) -> None:
         with self._lock:

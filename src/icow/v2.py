@@ -175,7 +175,7 @@ def method_handlers(service: InferenceService) -> dict[str, grpc.RpcMethodHandle
 
 
 def _statistics(model) -> pb.ModelStatistics:
-    s = model.stats
+    s = model.stats.snapshot()
 
     def d(x):
         return pb.StatisticDuration(count=x.count, ns=x.ns)
