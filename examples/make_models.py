@@ -105,6 +105,14 @@ def strings() -> onnx.ModelProto:
     )
 
 
+def identity(datatype: str) -> onnx.ModelProto:
+    """x -> y of one type from ALL_TYPES, shape [-1, 3]."""
+    elem = ALL_TYPES[datatype]
+    return _model([helper.make_node("Identity", ["x"], ["y"])],
+                  [helper.make_tensor_value_info("x", elem, ["batch", 3])],
+                  [helper.make_tensor_value_info("y", elem, ["batch", 3])])
+
+
 def identity_all_types() -> onnx.ModelProto:
     """in_<TYPE> -> out_<TYPE> for every type in ALL_TYPES, shape [-1, 3]."""
     nodes, inputs, outputs = [], [], []

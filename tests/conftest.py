@@ -93,6 +93,8 @@ def build_test_repository(repo: Path) -> Path:
     config, version policies."""
     shutil.copytree(ROOT / "examples" / "models", repo)
     make_models.write(make_models.identity_all_types(), repo, "dtypes")
+    for datatype in make_models.ALL_TYPES:
+        make_models.write(make_models.identity(datatype), repo, f"identity_{datatype}")
     broken = repo / "broken" / "1" / "model.onnx"
     broken.parent.mkdir(parents=True)
     broken.write_bytes(b"this is not an onnx model")

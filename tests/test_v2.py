@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 import tritonclient.grpc as tc
 
-from helpers import infer_input, reference
+from helpers import expect_error, infer_input, reference
+from icow import tensors
+from icow._proto import inference_pb2 as pb
 from icow._proto import inference_pb2_grpc as pb_grpc
+from icow.datatypes import DATATYPES
 
 NUMERIC = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
            "FP16", "FP32", "FP64"]
@@ -148,3 +151,23 @@ def test_every_datatype(client, test_repo, datatype):
         expected = np.vectorize(str.encode, otypes=[object])(expected)
     assert got.dtype == expected.dtype and got.shape == (2, 3)
     np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("datatype", [t for t in NUMERIC if t != "FP16"] + ["BYTES"])
+def test_every_datatype_typed_contents(stub, datatype):
+    """An input in InferTensorContents' typed field gives what raw contents give."""
+    value = dtype_feeds()[f"in_{datatype}"]
+    request = pb.ModelInferRequest(model_name=f"identity_{datatype}")
+    tensor = request.inputs.add(name="x", datatype=datatype, shape=value.shape)
+    getattr(tensor.contents, DATATYPES[datatype].contents).extend(value.ravel().tolist())
+    response = stub.ModelInfer(request)
+    assert list(response.outputs[0].shape) == [2, 3] and response.outputs[0].datatype == datatype
+    got = tensors.from_raw(response.raw_output_contents[0], DATATYPES[datatype], [2, 3], "y")
+    np.testing.assert_array_equal(got, value)
+
+
+def test_fp16_has_no_typed_contents(stub):
+    request = pb.ModelInferRequest(model_name="identity_FP16")
+    request.inputs.add(name="x", datatype="FP16", shape=[1, 3]).contents.fp32_contents.extend([1, 2, 3])
+    with expect_error(grpc.StatusCode.INVALID_ARGUMENT, "input 'x'", "FP16 has no typed contents"):
+        stub.ModelInfer(request)
