@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -25,7 +26,7 @@ class Model:
         self.name = name
         self.version = version
         self.path = path
-        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(path), _session_options(), providers=["CPUExecutionProvider"])
         self.config = cfg.complete_config(config, name, self.session, default_max_batch_size)
         self.max_batch_size = self.config.max_batch_size
         self.inputs = cfg.tensor_specs(self.config.input)
@@ -118,6 +119,16 @@ class Model:
             raise InferenceServerError(
                 grpc.StatusCode.INTERNAL, f"model '{self.name}' version {self.version} failed to run: {e}"
             ) from e
+
+
+def _session_options() -> ort.SessionOptions:
+    """One intra-op thread per CPU this process may use. Stated explicitly because
+    with the default (0) ONNX Runtime pins its threads to CPUs of its own choice,
+    outside a taskset/cgroup mask the server was started with."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+        else os.cpu_count() or 1
+    return options
 
 
 def _decode_strings(name: str, array: np.ndarray) -> np.ndarray:

@@ -1,0 +1,20 @@
+"""icow measured as users meet it: its server in a subprocess, called over gRPC."""
+
+from __future__ import annotations
+
+import grpc
+
+from icow._proto import inference_pb2, inference_pb2_grpc
+
+from ..harness import Env, Server
+
+
+def icow_server(env: Env) -> Server:
+    """The icow server on the bench repository, shared by every icow scenario."""
+    return env.server("icow", lambda port: ["-m", "icow", "serve", "--model-repository", str(env.repo),
+                                            "--host", "127.0.0.1", "--port", str(port)], _ready)
+
+
+def _ready(channel: grpc.Channel) -> bool:
+    stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+    return stub.ServerReady(inference_pb2.ServerReadyRequest(), timeout=1).ready

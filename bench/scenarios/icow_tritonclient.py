@@ -1,0 +1,36 @@
+"""icow's server through ``tritonclient.grpc``, the client Triton users have:
+each call builds its InferInput from the numpy array and reads the output back
+as numpy, as an application would. Compared with ``icow_grpc``, the gap is the
+client library's own cost."""
+
+from __future__ import annotations
+
+import tritonclient.grpc as triton
+
+from ..harness import Env
+from ..workloads import Workload
+from . import icow_server
+
+
+class IcowTritonClient:
+    name = "icow_tritonclient"
+    baseline = "icow_grpc"
+    description = "icow serve through tritonclient.grpc (InferInput in, as_numpy out)"
+
+    def setup(self, workload: Workload, env: Env) -> None:
+        server = icow_server(env)
+        self.client = triton.InferenceServerClient(server.address)  # its defaults allow 2 GiB messages
+        self.workload = workload
+        env.check(self.name, workload, self._infer())
+
+    def _infer(self):
+        w = self.workload
+        tensor = triton.InferInput(w.input, list(w.shape), "FP32")
+        tensor.set_data_from_numpy(w.array)
+        return self.client.infer(w.model, [tensor]).as_numpy(w.output)
+
+    def call(self) -> None:
+        self._infer()
+
+    def teardown(self) -> None:
+        self.client.close()
