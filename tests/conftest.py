@@ -113,10 +113,16 @@ def test_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_test_repository(tmp_path_factory.mktemp("repo") / "models")
 
 
+@pytest.fixture(scope="session", params=["native", "protobuf"])
+def codec(request: pytest.FixtureRequest) -> str:
+    """Each protocol test runs once per ModelInfer codec, so the two cannot drift apart."""
+    return request.param
+
+
 @pytest.fixture(scope="session")
-def server(test_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """One server for the session, every model of the test repository loaded."""
-    srv = start_server(test_repo, log_dir=tmp_path_factory.mktemp("logs"))
+def server(test_repo: Path, codec: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One server per codec for the session, every model of the test repository loaded."""
+    srv = start_server(test_repo, "--codec", codec, log_dir=tmp_path_factory.mktemp("logs"))
     yield srv
     srv.stop()
 

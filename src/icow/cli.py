@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--default-max-batch-size", type=int, default=32,
                        help="max_batch_size given to a model without config whose tensors all "
                             "start with a dynamic dimension")
+    serve.add_argument("--codec", choices=["native", "protobuf"], default="native",
+                       help="how ModelInfer messages are read and written: native (compiled, zero-copy) "
+                            "or protobuf (the generated classes; the baseline)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return parser
 
@@ -73,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     options = ServerOptions(
         repository=repository, host=args.host, port=args.port, model_control_mode=args.model_control_mode,
         load_models=args.load_model, workers=args.workers, max_message_bytes=min(args.max_message_mb, 2047) << 20,
-        default_max_batch_size=args.default_max_batch_size,
+        default_max_batch_size=args.default_max_batch_size, codec=args.codec,
     )
     try:
         serve(options)

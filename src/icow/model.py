@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import grpc
 import numpy as np
@@ -16,10 +17,24 @@ from ._proto import model_config_pb2 as mc
 from .datatypes import from_numpy
 from .errors import InferenceServerError, invalid
 from .stats import VersionStats
+from .tensors import to_raw
+
+log = logging.getLogger("icow.model")
+
+# (name, datatype, shape, byte size) of one output in a response.
+OutputSpec = tuple[str, str, tuple[int, ...], int]
+
+
+class ResponseSlots(Protocol):
+    """A response under construction with a place for each output's bytes."""
+
+    def address(self, index: int) -> int: ...
+    def write(self, index: int, data) -> None: ...
+    def mark_written(self, index: int) -> None: ...
 
 
 class Model:
-    """A ready model version. ``run`` is safe to call from many threads."""
+    """A ready model version. ``run`` and ``run_into`` are safe from many threads."""
 
     def __init__(self, name: str, version: int, path: Path, config: mc.ModelConfig,
                  default_max_batch_size: int) -> None:
@@ -32,25 +47,48 @@ class Model:
         self.inputs = cfg.tensor_specs(self.config.input)
         self.outputs = cfg.tensor_specs(self.config.output)
         self.stats = VersionStats()
+        # What IOBinding needs to know output shapes before the run.
+        self._input_dims = {a.name: list(a.shape or []) for a in self.session.get_inputs()}
+        self._output_dims = {a.name: list(a.shape or []) for a in self.session.get_outputs()}
+        self._bind_outputs = all(s.datatype.name != "BYTES" and s.reshape is None
+                                 for s in (*self.inputs.values(), *self.outputs.values()))
 
     def run(self, inputs: Mapping[str, np.ndarray], requested: Sequence[str] = ()) -> dict[str, np.ndarray]:
         """Check ``inputs`` against the config, run the model, return the ``requested``
         outputs (all when empty) in the order asked for."""
-        start = time.perf_counter_ns()
-        try:
+        with self.stats.measure() as m:
             names = self._output_names(requested)
             feeds, batch = self._feeds(inputs)
-            fed = time.perf_counter_ns()
+            m.fed(batch)
             results = self._session_run(names, feeds)
-            ran = time.perf_counter_ns()
-            outputs = {n: self._shape_output(n, r, batch) for n, r in zip(names, results)}
-        except InferenceServerError:
-            self.stats.record_failure(time.perf_counter_ns() - start)
-            raise
-        done = time.perf_counter_ns()
-        self.stats.record_success(batch or 1, done - start, fed - start, ran - fed, done - ran)
-        return outputs
+            m.ran()
+            return {n: self._shape_output(n, r, batch) for n, r in zip(names, results)}
 
+    def run_into(self, inputs: Mapping[str, np.ndarray], requested: Sequence[str],
+                 allocate: Callable[[list[OutputSpec]], ResponseSlots]) -> ResponseSlots:
+        """As ``run``, but the outputs go into a response from ``allocate``: written
+        there by ONNX Runtime when their shapes are known before the run, else
+        copied there once."""
+        with self.stats.measure() as m:
+            names = self._output_names(requested)
+            feeds, batch = self._feeds(inputs)
+            m.fed(batch)
+            shapes = self._output_shapes(feeds, names)
+            if shapes is not None:
+                response = allocate([self._spec(n, shapes[n]) for n in names])
+                if self._run_bound(feeds, names, shapes, response):
+                    m.ran()
+                    return response
+            results = {n: self._shape_output(n, r, batch)
+                       for n, r in zip(names, self._session_run(names, feeds))}
+            m.ran()
+            if shapes is not None:  # the bound run failed where a plain one works
+                log.warning("model '%s' version %d: its declared output shapes are wrong; "
+                            "outputs will be copied", self.name, self.version)
+                self._bind_outputs = False
+            return _copy_into(allocate, results)
+
+    # -- checks ------------------------------------------------------------
     def _output_names(self, requested: Sequence[str]) -> list[str]:
         if not requested:
             return list(self.outputs)
@@ -110,6 +148,7 @@ class Model:
             result = result.reshape(lead + list(spec.dims))
         return result
 
+    # -- running -----------------------------------------------------------
     def _session_run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         try:
             return self.session.run(names, feeds)
@@ -119,6 +158,62 @@ class Model:
             raise InferenceServerError(
                 grpc.StatusCode.INTERNAL, f"model '{self.name}' version {self.version} failed to run: {e}"
             ) from e
+
+    def _output_shapes(self, feeds: dict[str, np.ndarray], names: list[str]) -> dict[str, tuple] | None:
+        """Output shapes from the graph's dims, its symbolic dims bound by the
+        inputs' shapes; None when one is unknown (or binding does not apply)."""
+        if not self._bind_outputs or any(a.size == 0 for a in feeds.values()):
+            return None
+        symbols: dict[str, int] = {}
+        for name, dims in self._input_dims.items():
+            for dim, size in zip(dims, feeds[name].shape):
+                if isinstance(dim, str) and symbols.setdefault(dim, size) != size:
+                    return None
+        shapes = {}
+        for name in names:
+            shape = tuple(d if isinstance(d, int) and d >= 0 else symbols.get(d, -1) if isinstance(d, str) else -1
+                          for d in self._output_dims[name])
+            if any(d <= 0 for d in shape):  # unknown, or empty: let ONNX Runtime decide
+                return None
+            shapes[name] = shape
+        return shapes
+
+    def _spec(self, name: str, shape: tuple[int, ...]) -> OutputSpec:
+        datatype = self.outputs[name].datatype
+        return name, datatype.name, shape, int(np.prod(shape)) * datatype.numpy.itemsize
+
+    def _run_bound(self, feeds: dict[str, np.ndarray], names: list[str], shapes: dict[str, tuple],
+                   response: ResponseSlots) -> bool:
+        """Run with inputs bound where they lie and outputs bound into ``response``."""
+        binding = self.session.io_binding()
+        for name, array in feeds.items():
+            binding.bind_input(name, "cpu", 0, array.dtype.type, array.shape, array.ctypes.data)
+        for i, name in enumerate(names):
+            binding.bind_output(name, "cpu", 0, self.outputs[name].datatype.numpy.type, shapes[name],
+                                response.address(i))
+        try:
+            self.session.run_with_iobinding(binding)
+        except Exception:  # run again unbound: that gives the error, or shows the dims were wrong
+            return False
+        for i in range(len(names)):
+            response.mark_written(i)
+        return True
+
+
+def _copy_into(allocate: Callable[[list[OutputSpec]], ResponseSlots],
+               results: dict[str, np.ndarray]) -> ResponseSlots:
+    """Outputs computed elsewhere, copied once into a new response."""
+    datas = {}
+    specs = []
+    for name, array in results.items():
+        datatype = from_numpy(array.dtype)
+        data = to_raw(array, datatype) if datatype.name == "BYTES" else np.ascontiguousarray(array)
+        datas[name] = data
+        specs.append((name, datatype.name, array.shape, memoryview(data).nbytes))
+    response = allocate(specs)
+    for i, data in enumerate(datas.values()):
+        response.write(i, data)
+    return response
 
 
 def _session_options() -> ort.SessionOptions:

@@ -28,6 +28,7 @@ class ServerOptions:
     max_message_bytes: int = 2**31 - 1
     default_max_batch_size: int = 32
     grace_seconds: float = 5.0
+    codec: str = "native"  # or "protobuf": the baseline
 
 
 class InferenceServer:
@@ -36,7 +37,8 @@ class InferenceServer:
     def __init__(self, options: ServerOptions) -> None:
         self.options = options
         self.repository = Repository(options.repository, default_max_batch_size=options.default_max_batch_size)
-        self.service = InferenceService(self.repository, explicit_control=options.model_control_mode == "explicit")
+        self.service = InferenceService(self.repository, explicit_control=options.model_control_mode == "explicit",
+                                        codec=options.codec)
         grpc_options = [("grpc.max_send_message_length", options.max_message_bytes),
                         ("grpc.max_receive_message_length", options.max_message_bytes),
                         ("grpc.so_reuseport", 0)]  # a second server on a taken port must fail, not share it

@@ -5,7 +5,11 @@ from __future__ import annotations
 import copy
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+
+from .errors import InferenceServerError
 
 
 @dataclass
@@ -68,3 +72,31 @@ class VersionStats:
         with self._lock:
             self.last_inference_ms = time.time_ns() // 1_000_000
             self.fail.add(total_ns)
+
+    @contextmanager
+    def measure(self) -> Iterator[Measurement]:
+        """Time one request: success when the block ends normally, failure when
+        it raises InferenceServerError."""
+        m = Measurement()
+        try:
+            yield m
+        except InferenceServerError:
+            self.record_failure(time.perf_counter_ns() - m.start)
+            raise
+        done = time.perf_counter_ns()
+        self.record_success(m.batch or 1, done - m.start, m.fed_at - m.start, m.ran_at - m.fed_at, done - m.ran_at)
+
+
+class Measurement:
+    """Marks in one request's life: inputs ready, model run."""
+
+    def __init__(self) -> None:
+        self.start = self.fed_at = self.ran_at = time.perf_counter_ns()
+        self.batch = 0
+
+    def fed(self, batch: int) -> None:
+        self.batch = batch
+        self.fed_at = self.ran_at = time.perf_counter_ns()
+
+    def ran(self) -> None:
+        self.ran_at = time.perf_counter_ns()

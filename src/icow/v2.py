@@ -10,7 +10,7 @@ from collections.abc import Callable
 import grpc
 from google.protobuf import message_factory
 
-from . import codec
+from . import native_codec, protobuf_codec
 from ._proto import inference_pb2 as pb
 from ._proto import inference_pb2_grpc as pb_grpc
 from ._version import __version__
@@ -21,6 +21,7 @@ log = logging.getLogger("icow.v2")
 
 SERVICE = "inference.GRPCInferenceService"
 EXTENSIONS = ["model_repository", "model_configuration", "statistics"]
+CODECS = {"native": native_codec, "protobuf": protobuf_codec}  # how ModelInfer bytes are read and written
 
 
 def _rpc(method: Callable) -> Callable:
@@ -42,8 +43,9 @@ def _rpc(method: Callable) -> Callable:
 class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     """Serves one repository. ``ready`` is set once the startup loading is done."""
 
-    def __init__(self, repository: Repository, *, explicit_control: bool) -> None:
+    def __init__(self, repository: Repository, *, explicit_control: bool, codec: str = "native") -> None:
         self.repository = repository
+        self.codec = CODECS[codec]
         self.explicit_control = explicit_control
         self.ready = False
 
@@ -96,10 +98,9 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     @_rpc
     def ModelInferBytes(self, data: bytes, context) -> bytes:
         """ModelInfer on the serialized request; returns the serialized response."""
-        request = codec.decode_request(data)
+        request = self.codec.decode_request(data)
         model = self.repository.get(request.model_name, request.model_version)
-        outputs = model.run(request.inputs, request.outputs)
-        return codec.encode_response(model.name, str(model.version), request.id, outputs)
+        return self.codec.infer(model, request)
 
     @_rpc
     def ModelStreamInfer(self, request_iterator, context):

@@ -1,34 +1,25 @@
-"""ModelInfer request and response bytes to and from icow's core types.
-
-This is the protobuf codec: it parses with the generated message classes.
-It is the reference that a compiled codec is compared against.
-"""
+"""The protobuf codec: ModelInfer bytes to and from icow's core types with the
+generated message classes and numpy. The baseline that the native codec
+(native_codec.py) is compared against, in benchmarks and differential tests;
+``icow serve --codec protobuf`` serves with it."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 
 import numpy as np
 from google.protobuf.message import DecodeError
 
 from ._proto import inference_pb2 as pb
 from .datatypes import from_numpy, lookup
-from .errors import invalid, unimplemented
+from .errors import invalid
+from .model import Model
+from .request import InferRequest, reject_shared_memory
 from .tensors import from_contents, from_raw, to_raw
 
-SHM_PARAMETERS = ("shared_memory_region", "shared_memory_offset", "shared_memory_byte_size")
-
-@dataclass
-class InferRequest:
-    model_name: str
-    model_version: str
-    id: str
-    inputs: dict[str, np.ndarray] = field(default_factory=dict)
-    outputs: list[str] = field(default_factory=list)  # empty: every output
 
 def decode_request(data: bytes) -> InferRequest:
-    """Parse and check a serialized ModelInferRequest; arrays view ``data`` where they can."""
+    """Parse and check a serialized ModelInferRequest."""
     try:
         msg = pb.ModelInferRequest.FromString(data)
     except DecodeError as e:
@@ -42,7 +33,7 @@ def decode_request(data: bytes) -> InferRequest:
         what = f"input '{tensor.name}'"
         if tensor.name in request.inputs:
             raise invalid(f"{what} appears twice in the request")
-        _reject_shared_memory(tensor.parameters, what)
+        reject_shared_memory(tensor.parameters, what)
         try:
             datatype = lookup(tensor.datatype)
         except KeyError as e:
@@ -55,9 +46,16 @@ def decode_request(data: bytes) -> InferRequest:
         request.inputs[tensor.name] = (from_raw(raw[i], datatype, shape, what) if raw
                                        else from_contents(tensor.contents, datatype, shape, what))
     for output in msg.outputs:
-        _reject_shared_memory(output.parameters, f"output '{output.name}'")
+        reject_shared_memory(output.parameters, f"output '{output.name}'")
         request.outputs.append(output.name)
     return request
+
+
+def infer(model: Model, request: InferRequest) -> bytes:
+    """Run ``request`` on ``model``; the serialized response."""
+    outputs = model.run(request.inputs, request.outputs)
+    return encode_response(model.name, str(model.version), request.id, outputs)
+
 
 def encode_response(model_name: str, model_version: str, request_id: str,
                     outputs: Mapping[str, np.ndarray]) -> bytes:
@@ -68,7 +66,3 @@ def encode_response(model_name: str, model_version: str, request_id: str,
         msg.outputs.add(name=name, datatype=datatype.name, shape=array.shape)
         msg.raw_output_contents.append(to_raw(array, datatype))
     return msg.SerializeToString()
-
-def _reject_shared_memory(parameters, what: str) -> None:
-    if any(p in parameters for p in SHM_PARAMETERS):
-        raise unimplemented(f"{what} uses shared memory, which this server does not support yet")
