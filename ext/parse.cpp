@@ -7,6 +7,7 @@
 
 #include "parse.hpp"
 
+#include <algorithm>
 #include <limits>
 #include <string_view>
 #include <unordered_set>
@@ -202,7 +203,14 @@ void gather_typed(const char *base, InputTensor &in, const std::string &what) {
     const Datatype &t = *in.type;
     if (t.contents == NO_CONTENTS)
         throw ParseError(what + ": " + std::string(t.name) + " has no typed contents; send it in raw_input_contents");
-    in.typed.reserve(t.size ? in.count * t.size : 0);
+    // Reserve for what the contents can hold, not for what the shape claims:
+    // a wire element takes at least one byte and becomes at most 8 (or 4 + its
+    // bytes for BYTES), so a huge shape cannot make us allocate.
+    size_t wire_bytes = 0;
+    for (Span s : in.contents) wire_bytes += s.len;
+    uint64_t claimed;
+    if (__builtin_mul_overflow(in.count, static_cast<uint64_t>(t.size ? t.size : 5), &claimed)) claimed = UINT64_MAX;
+    in.typed.reserve(static_cast<size_t>(std::min<uint64_t>(claimed, uint64_t{wire_bytes} * 8)));
     uint64_t elements = 0;
     for (Span s : in.contents) {
         Reader r(base, s);

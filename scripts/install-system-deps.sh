@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install the Debian packages needed to generate and build a C++ gRPC client from proto/
-# (tests/test_cpp_client.py). Idempotent: installs only what is missing; quiet.
+# (tests/test_cpp_client.py) and to fuzz the parser (scripts/fuzz.sh). Idempotent: installs only what is missing; quiet.
 set -euo pipefail
 
 PACKAGES=(
@@ -10,6 +10,8 @@ PACKAGES=(
   libgrpc++-dev            # grpc++.pc for pkg-config
   pkg-config
   g++
+  clang-14                 # the parser fuzzer (scripts/fuzz.sh): libFuzzer, ASan, UBSan
+  libclang-rt-14-dev
 )
 
 missing=()
