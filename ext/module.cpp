@@ -151,6 +151,16 @@ py::tuple parse_request(const py::buffer &data) {
                           utf8(base, req.id, "id"), params_dict(base, req.params), inputs, outputs);
 }
 
+// The address of a buffer's first byte, for IOBinding: numpy's
+// __array_interface__ builds a dict per call to say the same.
+uintptr_t address_of(const py::buffer &data) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(data.ptr(), &view, PyBUF_ANY_CONTIGUOUS) != 0) throw py::error_already_set();
+    const auto address = reinterpret_cast<uintptr_t>(view.buf);
+    PyBuffer_Release(&view);
+    return address;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_wire, m) {
@@ -169,6 +179,7 @@ PYBIND11_MODULE(_wire, m) {
           "Split length-prefixed BYTES contents into `count` bytes objects.");
     m.def("pack_bytes", &pack_bytes, py::arg("items"),
           "Join bytes/str items into length-prefixed BYTES contents.");
+    m.def("address_of", &address_of, py::arg("data"), "The address of a contiguous buffer's first byte.");
     m.def("parse_request", &parse_request, py::arg("data"),
           "Parse and check a serialized ModelInferRequest; raw tensor contents are views into `data`.");
     py::class_<icow::ResponseBuffer>(m, "ResponseBuffer")

@@ -100,7 +100,7 @@ def same_array(a: np.ndarray, b: np.ndarray) -> bool:
     return a.tolist() == b.tolist() if a.dtype == object else a.tobytes() == b.tobytes()
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(requests())
 def test_parser_agrees_with_protobuf(data):
     msg = pb.ModelInferRequest.FromString(data)
@@ -139,7 +139,7 @@ def expected_message(response) -> pb.ModelInferResponse:
     return expected
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(responses())
 def test_builder_writes_what_protobuf_writes(response):
     model_name, model_version, request_id, outputs = response

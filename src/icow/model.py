@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -14,8 +15,10 @@ import onnxruntime as ort
 
 from . import config as cfg
 from ._proto import model_config_pb2 as mc
+from ._wire import address_of
 from .datatypes import from_numpy
 from .errors import InferenceServerError, invalid
+from .ort_binding import Binder
 from .stats import VersionStats
 from .tensors import to_raw
 
@@ -52,6 +55,8 @@ class Model:
         self._output_dims = {a.name: list(a.shape or []) for a in self.session.get_outputs()}
         self._bind_outputs = all(s.datatype.name != "BYTES" and s.reshape is None
                                  for s in (*self.inputs.values(), *self.outputs.values()))
+        self._binder = Binder(self.session)
+        self._shape_cache: dict[tuple, dict[str, tuple] | None] = {}
 
     def run(self, inputs: Mapping[str, np.ndarray], requested: Sequence[str] = ()) -> dict[str, np.ndarray]:
         """Check ``inputs`` against the config, run the model, return the ``requested``
@@ -86,6 +91,7 @@ class Model:
                 log.warning("model '%s' version %d: its declared output shapes are wrong; "
                             "outputs will be copied", self.name, self.version)
                 self._bind_outputs = False
+                self._shape_cache.clear()
             return _copy_into(allocate, results)
 
     # -- checks ------------------------------------------------------------
@@ -160,9 +166,23 @@ class Model:
             ) from e
 
     def _output_shapes(self, feeds: dict[str, np.ndarray], names: list[str]) -> dict[str, tuple] | None:
-        """Output shapes from the graph's dims, its symbolic dims bound by the
-        inputs' shapes; None when one is unknown (or binding does not apply)."""
-        if not self._bind_outputs or any(a.size == 0 for a in feeds.values()):
+        """Output shapes known before the run, for the inputs' shapes; None when
+        one is unknown (or binding does not apply). Remembered per input shapes."""
+        if not self._bind_outputs:
+            return None
+        key = (*(a.shape for a in feeds.values()), *names)
+        try:
+            return self._shape_cache[key]
+        except KeyError:
+            pass
+        if len(self._shape_cache) >= 256:  # bound the memory a stream of new shapes can take
+            self._shape_cache.clear()
+        shapes = self._shape_cache[key] = self._derive_output_shapes(feeds, names)
+        return shapes
+
+    def _derive_output_shapes(self, feeds: dict[str, np.ndarray], names: list[str]) -> dict[str, tuple] | None:
+        """The graph's output dims, its symbolic dims bound by the inputs' shapes."""
+        if any(a.size == 0 for a in feeds.values()):
             return None
         symbols: dict[str, int] = {}
         for name, dims in self._input_dims.items():
@@ -180,19 +200,17 @@ class Model:
 
     def _spec(self, name: str, shape: tuple[int, ...]) -> OutputSpec:
         datatype = self.outputs[name].datatype
-        return name, datatype.name, shape, int(np.prod(shape)) * datatype.numpy.itemsize
+        return name, datatype.name, shape, math.prod(shape) * datatype.numpy.itemsize
 
     def _run_bound(self, feeds: dict[str, np.ndarray], names: list[str], shapes: dict[str, tuple],
                    response: ResponseSlots) -> bool:
         """Run with inputs bound where they lie and outputs bound into ``response``."""
-        binding = self.session.io_binding()
-        for name, array in feeds.items():
-            binding.bind_input(name, "cpu", 0, array.dtype.type, array.shape, array.ctypes.data)
-        for i, name in enumerate(names):
-            binding.bind_output(name, "cpu", 0, self.outputs[name].datatype.numpy.type, shapes[name],
-                                response.address(i))
+        binding = self._binder.bind(
+            [(name, a.dtype.type, a.shape, address_of(a)) for name, a in feeds.items()],
+            [(name, self.outputs[name].datatype.numpy.type, shapes[name], response.address(i))
+             for i, name in enumerate(names)])
         try:
-            self.session.run_with_iobinding(binding)
+            self._binder.run(binding)
         except Exception:  # run again unbound: that gives the error, or shows the dims were wrong
             return False
         for i in range(len(names)):

@@ -49,9 +49,14 @@ class LoadedModel:
     name: str
     versions: dict[int, VersionState] = field(default_factory=dict)
     error: str = ""
+    _ready: dict[int, Model] | None = field(default=None, repr=False)
 
     def ready(self) -> dict[int, Model]:
-        return {v: s.model for v, s in sorted(self.versions.items()) if s.model is not None}
+        """The ready versions, ascending. Computed once: an entry does not change
+        after it is published (a reload publishes a new one)."""
+        if self._ready is None:
+            self._ready = {v: s.model for v, s in sorted(self.versions.items()) if s.model is not None}
+        return self._ready
 
 
 class Repository:

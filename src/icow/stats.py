@@ -52,14 +52,11 @@ class VersionStats:
             self.execution_count += 1
             self.last_inference_ms = time.time_ns() // 1_000_000
             self.success.add(total_ns)
-            self.queue.add(0)
-            self.compute_input.add(input_ns)
-            self.compute_infer.add(infer_ns)
-            self.compute_output.add(output_ns)
-            batch = self.batches.setdefault(batch_size, BatchStats())
-            batch.compute_input.add(input_ns)
-            batch.compute_infer.add(infer_ns)
-            batch.compute_output.add(output_ns)
+            self.queue.count += 1  # no queue yet: counted with zero time, as Triton reports it
+            for totals in (self, self.batches.get(batch_size) or self.batches.setdefault(batch_size, BatchStats())):
+                totals.compute_input.add(input_ns)
+                totals.compute_infer.add(infer_ns)
+                totals.compute_output.add(output_ns)
 
     def snapshot(self) -> VersionStats:
         """A consistent copy to read while requests keep updating this one."""
