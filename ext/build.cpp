@@ -108,8 +108,10 @@ void ResponseBuffer::write(size_t i, const py::buffer &source) {
     }
     if (!contiguous) throw py::value_error("output data must be C-contiguous");
     char *dst = data() + offsets_[i];
-    {
+    if (n >= RELEASE_GIL_BYTES) {
         py::gil_scoped_release release;
+        std::memcpy(dst, info.ptr, n);
+    } else {
         std::memcpy(dst, info.ptr, n);
     }
     written_[i] = true;

@@ -123,8 +123,10 @@ py::tuple parse_request(const py::buffer &data) {
         throw py::value_error("parse_request expects contiguous bytes");
     const char *base = static_cast<const char *>(info.ptr);
     icow::Request req;
-    {
+    if (static_cast<size_t>(info.size) >= icow::RELEASE_GIL_BYTES) {
         py::gil_scoped_release release;  // the byte work needs no Python
+        req = icow::parse_request(base, static_cast<size_t>(info.size));
+    } else {
         req = icow::parse_request(base, static_cast<size_t>(info.size));
     }
     py::object whole = py::reinterpret_steal<py::object>(PyMemoryView_FromObject(data.ptr()));
