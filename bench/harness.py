@@ -29,11 +29,14 @@ CHANNEL_OPTIONS = [("grpc.max_send_message_length", MAX_MESSAGE),
 
 
 class Target(Protocol):
-    """A scenario or a baseline. ``call`` must be safe from many threads at once."""
+    """A scenario or a baseline. ``call`` must be safe from many threads at once.
+
+    ``server`` is set by ``setup`` to the server process the target talks to (its
+    CPU time and peak RSS are reported), or None for an in-process target."""
 
     name: str
-    baseline: str | None  # the target whose req/s this one is divided by
     description: str
+    server: Server | None
 
     def setup(self, workload: Workload, env: Env) -> None: ...
 
@@ -125,6 +128,11 @@ class Server:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, f"{self.name} was not started"
+        return self.proc.pid
+
     def start(self, timeout: float = 60.0) -> None:
         self.port = free_port()
         pin = [] if self.cpu is None else ["-c", _PIN_EXEC, str(self.cpu)]
@@ -196,6 +204,7 @@ class Env:
         self.dir = Path(tempfile.mkdtemp(prefix="icow-bench-"))
         self.repo = build_repository(self.dir / "models")
         self.servers: dict[str, Server] = {}
+        self._failed: dict[str, BenchError] = {}
         self._references: dict[tuple[str, tuple[int, ...]], np.ndarray] = {}
         self.notes: list[str] = []  # what the reader of the results must know
 
@@ -213,10 +222,17 @@ class Env:
         return self.repo / model / "1" / "model.onnx"
 
     def server(self, name: str, args: Callable[[int], list[str]], probe: Callable[[grpc.Channel], bool]) -> Server:
-        """The running server ``name``, started on first use."""
+        """The running server ``name``, started on first use; one that failed to
+        start fails every later row at once (it would fail the same way)."""
+        if name in self._failed:
+            raise self._failed[name]
         if name not in self.servers:
             server = Server(name, args, probe, self.dir / f"{name}.log", self.pinning.server_cpu)
-            server.start()
+            try:
+                server.start()
+            except BenchError as e:
+                self._failed[name] = e
+                raise
             self.servers[name] = server
             self._note_moved(f"{name} server", server.escaped, server.cpu)
         return self.servers[name]

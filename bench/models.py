@@ -1,35 +1,41 @@
-"""The model repository the benchmark serves: the example ``mlp`` and a
-one-input Identity model for the large-tensor transfer."""
+"""The model repository the benchmark serves, built from code with fixed weights:
+
+- ``identity``: y = x on FP32 [rows, cols], both dims dynamic, ``max_batch_size: 0``,
+  so the same model takes 1×16 and 12 MiB. The server's cost with no compute.
+- ``mlp256``: 256→1024→1024→16 perceptron (ReLU between), first dim dynamic:
+  enough compute (≈ 1.3 M multiply-adds per row) for transport and compute to overlap.
+- ``mlp``: the example model (16→32→4), copied, for the optional ``mlp-*`` workloads.
+"""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
+import numpy as np
 import onnx
 from examples import make_models
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 ROOT = Path(__file__).resolve().parent.parent
 
-IDENTITY_WIDTH = 1024
+MLP256_LAYERS = (256, 1024, 1024, 16)
 
-# max_batch_size 0 and a dynamic first dim: any number of rows is one "sample",
-# so a 16 MiB tensor needs no --default-max-batch-size trick.
+# max_batch_size 0 and dynamic dims: any [rows, cols] is one "sample", so a 12 MiB
+# tensor needs no --default-max-batch-size trick.
 IDENTITY_CONFIG = (
     'name: "identity"\nbackend: "onnxruntime"\nmax_batch_size: 0\n'
-    f'input [ {{ name: "x" data_type: TYPE_FP32 dims: [ -1, {IDENTITY_WIDTH} ] }} ]\n'
-    f'output [ {{ name: "y" data_type: TYPE_FP32 dims: [ -1, {IDENTITY_WIDTH} ] }} ]\n'
+    'input [ { name: "x" data_type: TYPE_FP32 dims: [ -1, -1 ] } ]\n'
+    'output [ { name: "y" data_type: TYPE_FP32 dims: [ -1, -1 ] } ]\n'
+)
+MLP256_CONFIG = (
+    'name: "mlp256"\nbackend: "onnxruntime"\nmax_batch_size: 0\n'
+    f'input [ {{ name: "x" data_type: TYPE_FP32 dims: [ -1, {MLP256_LAYERS[0]} ] }} ]\n'
+    f'output [ {{ name: "y" data_type: TYPE_FP32 dims: [ -1, {MLP256_LAYERS[-1]} ] }} ]\n'
 )
 
 
-def identity(width: int = IDENTITY_WIDTH) -> onnx.ModelProto:
-    """y = x on FP32 [rows, width]: the server's cost with (almost) no compute."""
-    graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])], "identity",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["rows", width])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", width])],
-    )
+def _finish(graph: onnx.GraphProto) -> onnx.ModelProto:
     model = helper.make_model(graph, producer_name="icow-bench",
                               opset_imports=[helper.make_opsetid("", make_models.OPSET)])
     model.ir_version = make_models.IR_VERSION
@@ -37,9 +43,43 @@ def identity(width: int = IDENTITY_WIDTH) -> onnx.ModelProto:
     return model
 
 
+def identity() -> onnx.ModelProto:
+    """y = x on FP32 [rows, cols]. The output's dims are the input's symbols, so
+    icow knows the output shape before the run and binds it into the response."""
+    return _finish(helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])], "identity",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["rows", "cols"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", "cols"])],
+    ))
+
+
+def mlp256(layers: tuple[int, ...] = MLP256_LAYERS) -> onnx.ModelProto:
+    """Dense layers (MatMul + Add) with ReLU between them; weights fixed by seed
+    and scaled by 1/sqrt(fan-in) so activations stay near 1 through the layers."""
+    rng = np.random.default_rng(256)
+    nodes, weights, x = [], [], "x"
+    for i, (fan_in, fan_out) in enumerate(zip(layers, layers[1:])):
+        w = (rng.standard_normal((fan_in, fan_out)) / np.sqrt(fan_in)).astype(np.float32)
+        b = (0.1 * rng.standard_normal(fan_out)).astype(np.float32)
+        weights += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
+        last = i == len(layers) - 2
+        nodes += [helper.make_node("MatMul", [x, f"w{i}"], [f"m{i}"]),
+                  helper.make_node("Add", [f"m{i}", f"b{i}"], ["y" if last else f"a{i}"])]
+        if not last:
+            nodes.append(helper.make_node("Relu", [f"a{i}"], [f"h{i}"]))
+            x = f"h{i}"
+    return _finish(helper.make_graph(
+        nodes, "mlp256",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", layers[0]])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", layers[-1]])],
+        initializer=weights,
+    ))
+
+
 def build_repository(dest: Path) -> Path:
-    """``dest`` with the example mlp (the same file, copied) and the identity model."""
+    """``dest`` with ``identity``, ``mlp256`` (each with its config.pbtxt) and the example ``mlp``."""
     shutil.copytree(ROOT / "examples" / "models" / "mlp", dest / "mlp")
-    make_models.write(identity(), dest, "identity")
-    (dest / "identity" / "config.pbtxt").write_text(IDENTITY_CONFIG)
+    for name, model, config in (("identity", identity(), IDENTITY_CONFIG), ("mlp256", mlp256(), MLP256_CONFIG)):
+        make_models.write(model, dest, name)
+        (dest / name / "config.pbtxt").write_text(config)
     return dest

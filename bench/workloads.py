@@ -1,4 +1,8 @@
-"""What each scenario sends: the model, the input tensor and the concurrency."""
+"""What each scenario sends: the model, the input tensor and the concurrency.
+
+The default set is issue 10's: identity FP32 1×16 at concurrency 1 and 8,
+identity FP32 12 MiB at 1 and 4, mlp256 batch 1 at 8. The example ``mlp``
+workloads are extras (``--workloads mlp-b1-c1,...``)."""
 
 from __future__ import annotations
 
@@ -9,9 +13,10 @@ import numpy as np
 
 from icow._proto import inference_pb2 as pb
 
-from .models import IDENTITY_WIDTH
+from .models import MLP256_LAYERS
 
-LARGE_BYTES = 16 << 20  # the large-tensor transfer: 16 MiB of FP32
+LARGE_BYTES = 12 << 20  # the large-tensor transfer: 12 MiB of FP32
+LARGE_COLS = 1024
 
 
 @dataclass
@@ -26,6 +31,7 @@ class Workload:
     output_shape: tuple[int, ...]
     concurrency: int
     bulk: bool = False  # a transfer: MB/s is the figure that matters
+    default: bool = True  # in the set run when --workloads is not given
 
     @cached_property
     def array(self) -> np.ndarray:
@@ -40,23 +46,35 @@ class Workload:
         return request.SerializeToString()
 
     @property
+    def tensor_bytes(self) -> int:
+        return 4 * int(np.prod(self.shape))
+
+    @property
     def payload_bytes(self) -> int:
         """Tensor bytes one call carries: input there plus output back."""
-        return 4 * (int(np.prod(self.shape)) + int(np.prod(self.output_shape)))
+        return self.tensor_bytes + 4 * int(np.prod(self.output_shape))
+
+
+def identity_small(concurrency: int) -> Workload:
+    return Workload(f"identity-1x16-c{concurrency}", "identity", "x", "y", (1, 16), (1, 16), concurrency)
+
+
+def identity_large(concurrency: int) -> Workload:
+    shape = (LARGE_BYTES // (4 * LARGE_COLS), LARGE_COLS)
+    return Workload(f"identity-12MiB-c{concurrency}", "identity", "x", "y", shape, shape, concurrency, bulk=True)
+
+
+def mlp256(batch: int, concurrency: int) -> Workload:
+    return Workload(f"mlp256-b{batch}-c{concurrency}", "mlp256", "x", "y",
+                    (batch, MLP256_LAYERS[0]), (batch, MLP256_LAYERS[-1]), concurrency)
 
 
 def mlp(batch: int, concurrency: int) -> Workload:
     return Workload(f"mlp-b{batch}-c{concurrency}", "mlp", "input", "output",
-                    (batch, 16), (batch, 4), concurrency)
+                    (batch, 16), (batch, 4), concurrency, default=False)
 
 
-def large(concurrency: int = 1) -> Workload:
-    rows = LARGE_BYTES // (4 * IDENTITY_WIDTH)
-    return Workload(f"identity-16MiB-c{concurrency}", "identity", "x", "y",
-                    (rows, IDENTITY_WIDTH), (rows, IDENTITY_WIDTH), concurrency, bulk=True)
-
-
-def all_workloads(concurrency: int) -> list[Workload]:
-    """mlp at batch 1 and 32, each at concurrency 1 and ``concurrency``; the transfer at 1."""
-    levels = sorted({1, concurrency})
-    return [mlp(b, c) for b in (1, 32) for c in levels] + [large()]
+def all_workloads() -> list[Workload]:
+    """The default set first, then the extras."""
+    return [identity_small(1), identity_small(8), identity_large(1), identity_large(4), mlp256(1, 8),
+            *(mlp(b, c) for b in (1, 32) for c in (1, 8))]

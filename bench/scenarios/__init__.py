@@ -8,11 +8,15 @@ from icow._proto import inference_pb2, inference_pb2_grpc
 
 from ..harness import Env, Server
 
+CODECS = ("native", "protobuf")
 
-def icow_server(env: Env) -> Server:
-    """The icow server on the bench repository, shared by every icow scenario."""
-    return env.server("icow", lambda port: ["-m", "icow", "serve", "--model-repository", str(env.repo),
-                                            "--host", "127.0.0.1", "--port", str(port)], _ready)
+
+def icow_server(env: Env, codec: str = "native") -> Server:
+    """The icow server with ``codec`` on the bench repository, shared by every
+    workload and every scenario that uses that codec."""
+    return env.server(f"icow-{codec}", lambda port: ["-m", "icow", "serve", "--model-repository", str(env.repo),
+                                                     "--host", "127.0.0.1", "--port", str(port),
+                                                     "--codec", codec], _ready)
 
 
 def _ready(channel: grpc.Channel) -> bool:

@@ -1,6 +1,10 @@
 """icow's server, called with pre-serialized ModelInferRequest bytes and no
 response parsing: the client does as little as gRPC allows, so the figure is
-the server's (plus the transport that ``echo_server`` measures alone)."""
+the server's (plus the transport that ``echo_server`` measures alone).
+
+Two targets, one per codec of ``icow serve``: ``icow_native`` (the compiled
+zero-copy codec with IOBinding, the default) and ``icow_protobuf`` (generated
+protobuf classes and numpy: the baseline the native codec must beat)."""
 
 from __future__ import annotations
 
@@ -9,22 +13,23 @@ import numpy as np
 
 from icow._proto import inference_pb2 as pb
 
-from ..harness import CHANNEL_OPTIONS, MODEL_INFER, BenchError, Env
+from ..harness import CHANNEL_OPTIONS, MODEL_INFER, BenchError, Env, Server
 from ..workloads import Workload
 from . import icow_server
 
 
 class IcowGrpc:
     name = "icow_grpc"
-    baseline = "echo_server"
+    codec = "native"
     description = "icow serve, raw ModelInferRequest bytes over a bare grpcio channel"
+    server: Server | None = None
 
     def setup(self, workload: Workload, env: Env) -> None:
-        server = icow_server(env)
-        self.channel = grpc.insecure_channel(server.address, options=CHANNEL_OPTIONS)
+        self.server = icow_server(env, self.codec)
+        self.channel = grpc.insecure_channel(self.server.address, options=CHANNEL_OPTIONS)
         self.stub = self.channel.unary_unary(MODEL_INFER)  # no (de)serializer: bytes both ways
         self.request = workload.request_bytes
-        env.check(self.name, workload, _output(self.stub(self.request)))
+        env.check(self.name, workload, output(self.stub(self.request), workload.output))
 
     def call(self) -> None:
         self.stub(self.request)
@@ -33,12 +38,25 @@ class IcowGrpc:
         self.channel.close()
 
 
-def _output(data: bytes) -> np.ndarray:
+class IcowNative(IcowGrpc):
+    name = "icow_native"
+    codec = "native"
+    description = "icow serve --codec native (compiled codec, IOBinding), raw request bytes over grpcio"
+
+
+class IcowProtobuf(IcowGrpc):
+    name = "icow_protobuf"
+    codec = "protobuf"
+    description = "icow serve --codec protobuf (generated classes + numpy), raw request bytes over grpcio"
+
+
+def output(data: bytes, name: str) -> np.ndarray:
+    """The one FP32 output ``name`` of a serialized ModelInferResponse."""
     response = pb.ModelInferResponse.FromString(data)
     if len(response.outputs) != 1 or len(response.raw_output_contents) != 1:
         raise BenchError(f"icow answered with {len(response.outputs)} outputs and "
                          f"{len(response.raw_output_contents)} raw contents; want 1 and 1")
     tensor = response.outputs[0]
-    if tensor.datatype != "FP32":
-        raise BenchError(f"icow answered with datatype {tensor.datatype}; want FP32")
+    if tensor.name != name or tensor.datatype != "FP32":
+        raise BenchError(f"icow answered with output '{tensor.name}' of {tensor.datatype}; want '{name}' of FP32")
     return np.frombuffer(response.raw_output_contents[0], dtype="<f4").reshape(tuple(tensor.shape))

@@ -1,25 +1,25 @@
 """icow's server through ``tritonclient.grpc``, the client Triton users have:
 each call builds its InferInput from the numpy array and reads the output back
-as numpy, as an application would. Compared with ``icow_grpc``, the gap is the
-client library's own cost."""
+as numpy, as an application would. Compared with ``icow_native``, the gap is the
+client library's own cost. Not in the default set."""
 
 from __future__ import annotations
 
 import tritonclient.grpc as triton
 
-from ..harness import Env
+from ..harness import Env, Server
 from ..workloads import Workload
 from . import icow_server
 
 
 class IcowTritonClient:
     name = "icow_tritonclient"
-    baseline = "icow_grpc"
-    description = "icow serve through tritonclient.grpc (InferInput in, as_numpy out)"
+    description = "icow serve --codec native through tritonclient.grpc (InferInput in, as_numpy out)"
+    server: Server | None = None
 
     def setup(self, workload: Workload, env: Env) -> None:
-        server = icow_server(env)
-        self.client = triton.InferenceServerClient(server.address)  # its defaults allow 2 GiB messages
+        self.server = icow_server(env, "native")
+        self.client = triton.InferenceServerClient(self.server.address)  # its defaults allow 2 GiB messages
         self.workload = workload
         env.check(self.name, workload, self._infer())
 

@@ -1,0 +1,217 @@
+"""Measuring one target on one workload: the closed-loop Python load generator,
+and the /proc readings of the server around the timed window."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+
+from . import procstat
+from .harness import Env, Server, Target
+from .workloads import Workload
+
+# name -> "module:class"; imported when used, so a missing client library
+# fails its own rows only. Baselines first: they are the denominators.
+TARGETS = {
+    "ort_inprocess": "bench.baselines.ort_inprocess:OrtInProcess",
+    "echo_server": "bench.baselines.echo_server:EchoServer",
+    "icow_protobuf": "bench.scenarios.icow_grpc:IcowProtobuf",
+    "icow_native": "bench.scenarios.icow_grpc:IcowNative",
+    "icow_tritonclient": "bench.scenarios.icow_tritonclient:IcowTritonClient",
+}
+DEFAULT_TARGETS = ["ort_inprocess", "echo_server", "icow_protobuf", "icow_native"]
+
+
+@dataclass
+class Result:
+    workload: str
+    target: str
+    client: str  # "python" (bench's own load generator), "perf_analyzer" or "in-process"
+    concurrency: int
+    calls: int = 0
+    seconds: float = 0.0
+    rps: float = 0.0
+    p50_us: float = 0.0
+    p99_us: float = 0.0
+    mean_us: float | None = None
+    mb_s: float = 0.0
+    server_cpu_us: float | None = None  # per request; for ort_inprocess: this process's CPU per call
+    server_peak_rss_mib: float | None = None
+    peak_rss_scope: str | None = None  # "window" (VmHWM reset before it) or "lifetime"
+    client_cpu_pct: float | None = None  # the load generator's CPU over the window, % of one CPU
+    x_echo: float | None = None  # req/s ÷ echo_server's req/s, same workload
+    x_protobuf: float | None = None  # req/s ÷ icow_protobuf's req/s, same workload
+    p50_vs_echo_us: float | None = None  # p50 − echo_server's p50
+    error: str | None = None
+
+
+def load_target(name: str) -> Target:
+    module, cls = TARGETS[name].split(":")
+    return getattr(importlib.import_module(module), cls)()
+
+
+def describe_error(e: BaseException) -> str:
+    if isinstance(e, grpc.RpcError) and hasattr(e, "code"):
+        return f"gRPC {e.code().name}: {e.details()}"
+    return f"{type(e).__name__}: {e}"
+
+
+# -- the server's side of a window ------------------------------------------
+
+class ServerWindow:
+    """CPU time and peak RSS of a server process across a timed window."""
+
+    def __init__(self, server: Server | None) -> None:
+        self.pid = server.pid if server is not None else None
+        self.cpu_start: float | None = None
+        self.cpu_seconds: float | None = None
+        self.peak_rss: int | None = None
+        self.scope = "window"
+
+    def start(self) -> None:
+        if self.pid is None:
+            return
+        # Reset first: the one server saw every earlier workload (12 MiB ones too),
+        # and VmHWM would otherwise be the peak of its whole life.
+        if not procstat.reset_peak_rss(self.pid):
+            self.scope = "lifetime"
+        self.cpu_start = procstat.cpu_seconds(self.pid)
+
+    def stop(self) -> None:
+        if self.pid is None or self.cpu_start is None:
+            return
+        end = procstat.cpu_seconds(self.pid)
+        self.cpu_seconds = None if end is None else end - self.cpu_start
+        self.peak_rss = procstat.peak_rss_bytes(self.pid)
+
+    def fill(self, result: Result, requests: int) -> None:
+        if self.cpu_seconds is not None and requests > 0:
+            result.server_cpu_us = self.cpu_seconds / requests * 1e6
+        if self.peak_rss is not None:
+            result.server_peak_rss_mib = self.peak_rss / (1 << 20)
+            result.peak_rss_scope = self.scope
+
+
+# -- the Python load generator ------------------------------------------------
+
+@dataclass
+class Phase:
+    latencies_ns: np.ndarray
+    seconds: float
+    cpu_seconds: float  # this process's CPU (every thread) over the phase
+    error: str | None
+
+
+def run_phase(call: Callable[[], None], threads: int, seconds: float) -> Phase:
+    """``threads`` closed loops of ``call`` for ``seconds``; stops all at the first error."""
+    barrier = threading.Barrier(threads + 1)  # +1: this thread starts the CPU clock with them
+    stop = threading.Event()
+    latencies: list[list[int]] = [[] for _ in range(threads)]
+    spans: list[tuple[int, int]] = [(0, 0)] * threads
+    errors: list[str] = []
+
+    def loop(i: int) -> None:
+        record, clock = latencies[i].append, time.perf_counter_ns  # locals: less timer overhead
+        barrier.wait()
+        start = now = clock()
+        deadline = start + int(seconds * 1e9)
+        try:
+            while now < deadline and not stop.is_set():
+                t0 = clock()
+                call()
+                now = clock()
+                record(now - t0)
+        except Exception as e:
+            errors.append(describe_error(e))
+            stop.set()
+        spans[i] = (start, clock())
+
+    workers = [threading.Thread(target=loop, args=(i,), name=f"bench-client-{i}") for i in range(threads)]
+    for w in workers:
+        w.start()
+    cpu0 = time.process_time()  # process-wide: all client threads, gRPC's included
+    barrier.wait()
+    for w in workers:
+        w.join()
+    cpu = time.process_time() - cpu0
+    wall = (max(e for _, e in spans) - min(s for s, _ in spans)) / 1e9
+    return Phase(np.fromiter((x for lat in latencies for x in lat), dtype=np.int64), wall, cpu,
+                 errors[0] if errors else None)
+
+
+def measure(name: str, workload: Workload, env: Env, duration: float, warmup: float) -> Result:
+    """Set up ``name`` for ``workload``, warm it, time it with the Python client, tear it down."""
+    result = Result(workload.name, name, "python", workload.concurrency)
+    target = setup_target(name, workload, env, result)
+    if target is None:
+        return result
+    if target.server is None:
+        result.client = "in-process"
+    window = ServerWindow(target.server)
+    try:
+        phase = run_phase(target.call, workload.concurrency, warmup)
+        if phase.error is None:
+            window.start()
+            phase = run_phase(target.call, workload.concurrency, duration)
+            window.stop()
+    finally:
+        target.teardown()
+    if phase.error is not None:
+        result.error = phase.error
+        return result
+    fill(result, phase, workload)
+    window.fill(result, result.calls)
+    if target.server is None:  # in-process: the process's own CPU is the compute's
+        result.server_cpu_us = phase.cpu_seconds / max(result.calls, 1) * 1e6
+    return result
+
+
+def setup_target(name: str, workload: Workload, env: Env, result: Result) -> Target | None:
+    """The target, set up and its answer checked; None (and result.error) when that failed."""
+    try:
+        target = load_target(name)
+    except ImportError as e:
+        result.error = f"setup: {describe_error(e)}"
+        return None
+    try:
+        target.setup(workload, env)
+        env.repin_client(f"{name} (client)")
+        return target
+    except Exception as e:
+        result.error = f"setup: {describe_error(e)}"
+        with contextlib.suppress(Exception):  # close what setup opened before it failed
+            target.teardown()
+        return None
+
+
+def fill(result: Result, phase: Phase, workload: Workload) -> None:
+    lat_us = phase.latencies_ns / 1e3
+    result.calls = int(lat_us.size)
+    result.seconds = round(phase.seconds, 3)
+    result.rps = result.calls / phase.seconds
+    result.p50_us, result.p99_us = (float(x) for x in np.percentile(lat_us, [50, 99]))
+    result.mean_us = float(lat_us.mean())
+    result.mb_s = workload.payload_bytes * result.rps / 1e6
+    result.client_cpu_pct = 100 * phase.cpu_seconds / phase.seconds
+
+
+def compare(results: list[Result]) -> None:
+    """Fill the ratios to echo_server and icow_protobuf from the same workload."""
+    by_key = {(r.workload, r.target): r for r in results if r.error is None}
+    for r in by_key.values():
+        if r.client == "in-process":
+            continue  # no transport: not comparable with a server
+        echo = by_key.get((r.workload, "echo_server"))
+        proto = by_key.get((r.workload, "icow_protobuf"))
+        if echo is not None and r.target != "echo_server" and echo.rps > 0:
+            r.x_echo = r.rps / echo.rps
+            r.p50_vs_echo_us = r.p50_us - echo.p50_us
+        if proto is not None and r.target.startswith("icow_") and r.target != "icow_protobuf" and proto.rps > 0:
+            r.x_protobuf = r.rps / proto.rps
