@@ -17,5 +17,5 @@ if [ -z "${VIRTUAL_ENV:-}" ]; then
 fi
 
 python -m pip install -q --upgrade pip
-python -m pip install -q -e ".[bench]"
+python -m pip install -q -e ".[test]"
 python -m pytest "$@"
