@@ -5,8 +5,6 @@ from __future__ import annotations
 import copy
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from .errors import InferenceServerError
@@ -70,26 +68,33 @@ class VersionStats:
             self.last_inference_ms = time.time_ns() // 1_000_000
             self.fail.add(total_ns)
 
-    @contextmanager
-    def measure(self) -> Iterator[Measurement]:
-        """Time one request: success when the block ends normally, failure when
-        it raises InferenceServerError."""
-        m = Measurement()
-        try:
-            yield m
-        except InferenceServerError:
-            self.record_failure(time.perf_counter_ns() - m.start)
-            raise
-        done = time.perf_counter_ns()
-        self.record_success(m.batch or 1, done - m.start, m.fed_at - m.start, m.ran_at - m.fed_at, done - m.ran_at)
+    def measure(self) -> Measurement:
+        """Time one request (``with stats.measure() as m``): a success when the
+        block ends normally, a failure when it raises InferenceServerError."""
+        return Measurement(self)
 
 
 class Measurement:
-    """Marks in one request's life: inputs ready, model run."""
+    """Marks in one request's life: inputs ready, model run. A class rather than
+    a generator context manager: this runs on every request."""
 
-    def __init__(self) -> None:
+    __slots__ = ("stats", "start", "fed_at", "ran_at", "batch")
+
+    def __init__(self, stats: VersionStats) -> None:
+        self.stats = stats
         self.start = self.fed_at = self.ran_at = time.perf_counter_ns()
         self.batch = 0
+
+    def __enter__(self) -> Measurement:
+        return self
+
+    def __exit__(self, kind, error, tb) -> None:
+        done = time.perf_counter_ns()
+        if kind is None:
+            self.stats.record_success(self.batch or 1, done - self.start, self.fed_at - self.start,
+                                      self.ran_at - self.fed_at, done - self.ran_at)
+        elif issubclass(kind, InferenceServerError):
+            self.stats.record_failure(done - self.start)
 
     def fed(self, batch: int) -> None:
         self.batch = batch
