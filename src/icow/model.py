@@ -37,6 +37,7 @@ class Model:
         """Check ``inputs`` against the config, run the model, return the ``requested``
         outputs (all when empty) in the order asked for."""
         start = time.perf_counter_ns()
+        self.stats.begin()
         try:
             names = self._output_names(requested)
             feeds, batch = self._feeds(inputs)
@@ -44,7 +45,7 @@ class Model:
             results = self._session_run(names, feeds)
             ran = time.perf_counter_ns()
             outputs = {n: self._shape_output(n, r, batch) for n, r in zip(names, results)}
-        except InferenceServerError:
+        except BaseException:  # any failure, so that the pending count comes back down
             self.stats.record_failure(time.perf_counter_ns() - start)
             raise
         done = time.perf_counter_ns()
