@@ -145,3 +145,11 @@ def make_server(tmp_path: Path) -> Iterator:
     yield make
     for srv in started:
         srv.stop()
+
+
+@pytest.fixture(scope="session")
+def ops_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The examples plus the operations tests' models (tests/ops_helpers.py)."""
+    from ops_helpers import build_ops_repository
+
+    return build_ops_repository(tmp_path_factory.mktemp("ops") / "models")

@@ -129,6 +129,7 @@ class RequestLog(grpc.ServerInterceptor):
 
 def _details(context: grpc.ServicerContext) -> str:
     try:
-        return context.details() or ""
+        details = context.details() or ""
     except Exception:  # older grpcio without ServicerContext.details()
         return ""
+    return details.decode(errors="replace") if isinstance(details, bytes) else details
