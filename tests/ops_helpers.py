@@ -11,11 +11,11 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-import make_models
 import numpy as np
+import tritonclient.grpc as tc
 from onnx import TensorProto, helper
 
-import tritonclient.grpc as tc
+import make_models
 from helpers import infer_input
 
 ROOT = Path(__file__).resolve().parent.parent
