@@ -36,7 +36,8 @@ def slow_model():
 
 
 def build_ops_repository(repo: Path) -> Path:
-    """The examples, ``slow`` and ``big`` (FP32 identity of any length, no batching)."""
+    """The examples, ``slow``, ``big`` (FP32 identity of any length, no batching)
+    and ``expand`` (x [1] broadcast to n elements)."""
     shutil.copytree(ROOT / "examples" / "models", repo)
     make_models.write(slow_model(), repo, "slow")
     (repo / "slow" / "config.pbtxt").write_text("max_batch_size: 0\n")
@@ -45,6 +46,12 @@ def build_ops_repository(repo: Path) -> Path:
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n"])]), repo, "big")
     (repo / "big" / "config.pbtxt").write_text("max_batch_size: 0\n")
+    make_models.write(make_models._model(  # a response far larger than its request
+        [helper.make_node("Expand", ["x", "n"], ["y"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1]),
+         helper.make_tensor_value_info("n", TensorProto.INT64, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n"])]), repo, "expand")
+    (repo / "expand" / "config.pbtxt").write_text("max_batch_size: 0\n")
     return repo
 
 
