@@ -60,8 +60,10 @@ def test_sigterm_under_load_lets_every_accepted_call_finish(make_server, ops_rep
     assert srv.proc.wait(timeout=120) == 0
 
     failures = [o for o in outcomes if o[0] != "OK"]
-    # every call either was answered correctly or was refused as the server was going
-    assert all(status == str(grpc.StatusCode.UNAVAILABLE) for status, _ in failures), failures
+    # every call either was answered correctly or was refused as the server was going: grpc
+    # answers UNAVAILABLE, or CANCELLED for a call that reached the transport during the stop
+    refused = {str(grpc.StatusCode.UNAVAILABLE), str(grpc.StatusCode.CANCELLED)}
+    assert all(status in refused for status, _ in failures), failures
     assert ok_after_sigterm, "no call in flight at SIGTERM finished after it"
     records = json_lines(srv.log())  # every line is JSON
     infers = [r for r in records if r.get("method") == "ModelInfer"]
