@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shlex
+
 import grpc
 
 from icow._proto import inference_pb2, inference_pb2_grpc
@@ -10,9 +13,17 @@ from ..harness import Env, Server
 
 
 def icow_server(env: Env) -> Server:
-    """The icow server on the bench repository, shared by every icow scenario."""
+    """The icow server on the bench repository, shared by every icow scenario.
+
+    ICOW_BENCH_SERVER_ARGS adds server options (e.g. ``--no-metrics``); metrics
+    are on, as by default, but on a free port unless those options say otherwise."""
+    extra = shlex.split(os.environ.get("ICOW_BENCH_SERVER_ARGS", ""))
+    if not {"--metrics-port", "--no-metrics"} & {a.split("=")[0] for a in extra}:
+        extra += ["--metrics-port", "0"]
+    if extra:
+        env.notes.append(f"icow server options: {' '.join(extra)}")
     return env.server("icow", lambda port: ["-m", "icow", "serve", "--model-repository", str(env.repo),
-                                            "--host", "127.0.0.1", "--port", str(port)], _ready)
+                                            "--host", "127.0.0.1", "--port", str(port), *extra], _ready)
 
 
 def _ready(channel: grpc.Channel) -> bool:
