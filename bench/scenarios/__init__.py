@@ -20,7 +20,7 @@ def icow_server(env: Env) -> Server:
     extra = shlex.split(os.environ.get("ICOW_BENCH_SERVER_ARGS", ""))
     if not {"--metrics-port", "--no-metrics"} & {a.split("=")[0] for a in extra}:
         extra += ["--metrics-port", "0"]
-    if extra:
+    if "icow" not in env.servers:  # started once, for every workload
         env.notes.append(f"icow server options: {' '.join(extra)}")
     return env.server("icow", lambda port: ["-m", "icow", "serve", "--model-repository", str(env.repo),
                                             "--host", "127.0.0.1", "--port", str(port), *extra], _ready)
