@@ -23,7 +23,7 @@ python3 -m venv "$work/env"
 
 port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 cd "$work"  # nothing from the checkout on the path: only the installed wheel
-"$work/env/bin/icow" serve --port "$port" >"$work/server.log" 2>&1 &
+"$work/env/bin/icow" serve --port "$port" --metrics-port 0 >"$work/server.log" 2>&1 &
 server_pid=$!
 
 "$work/env/bin/python" - "$port" <<'PY'

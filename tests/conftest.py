@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +35,7 @@ class ServerProcess:
     proc: subprocess.Popen
     port: int
     log_path: Path
+    metrics_port: int = 0  # 0: metrics off
 
     @property
     def url(self) -> str:
@@ -53,35 +54,45 @@ class ServerProcess:
                 self.proc.wait()
 
 
-def _wait_ready(server: ServerProcess, timeout: float = 60.0) -> None:
+def _wait_ready(server: ServerProcess, timeout: float = 60.0,
+                channel: Callable[[str], grpc.Channel] = grpc.insecure_channel,
+                metadata: Sequence[tuple[str, str]] = ()) -> None:
     deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(server.url) as channel:
+    with channel(server.url) as channel:
         stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
         while time.monotonic() < deadline:
             if server.proc.poll() is not None:
                 raise RuntimeError(f"icow serve exited with {server.proc.returncode}:\n{server.log()}")
             try:
-                if stub.ServerReady(inference_pb2.ServerReadyRequest(), timeout=1).ready:
+                if stub.ServerReady(inference_pb2.ServerReadyRequest(), timeout=1, metadata=metadata).ready:
                     return
             except grpc.RpcError:
                 time.sleep(0.1)
     raise RuntimeError(f"icow serve did not come up in {timeout}s:\n{server.log()}")
 
 
-def start_server(repo: Path | None, *args: str, log_dir: Path) -> ServerProcess:
+def start_server(repo: Path | None, *args: str, log_dir: Path, env: dict[str, str] | None = None,
+                 **wait) -> ServerProcess:
     """Start ``python -m icow serve`` on ``repo`` (None: the bundled examples) and
-    wait until it is ready."""
+    wait until it is ready; ``wait`` (channel, metadata) says how to ask it.
+    Metrics go to a free port unless ``args`` say otherwise (8002 may be taken)."""
     port = free_port()
+    metrics_port = 0
+    if "--metrics-port" in args:
+        metrics_port = int(args[args.index("--metrics-port") + 1])
+    elif "--no-metrics" not in args:
+        metrics_port = free_port()
+        args = (*args, "--metrics-port", str(metrics_port))
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"server-{port}.log"
     cmd = [sys.executable, "-m", "icow", "serve", "--host", "127.0.0.1", "--port", str(port), *args]
     if repo is not None:
         cmd += ["--model-repository", str(repo)]
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
-    server = ServerProcess(proc, port, log_path)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    server = ServerProcess(proc, port, log_path, metrics_port)
     try:
-        _wait_ready(server)
+        _wait_ready(server, **wait)
     except BaseException:
         server.stop()
         raise
@@ -132,11 +143,19 @@ def make_server(tmp_path: Path) -> Iterator:
     """Factory for servers of a test's own, stopped when the test ends."""
     started: list[ServerProcess] = []
 
-    def make(repo: Path | None, *args: str) -> ServerProcess:
-        srv = start_server(repo, *args, log_dir=tmp_path / "logs")
+    def make(repo: Path | None, *args: str, **kwargs) -> ServerProcess:
+        srv = start_server(repo, *args, log_dir=tmp_path / "logs", **kwargs)
         started.append(srv)
         return srv
 
     yield make
     for srv in started:
         srv.stop()
+
+
+@pytest.fixture(scope="session")
+def ops_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The examples plus the operations tests' models (tests/ops_helpers.py)."""
+    from ops_helpers import build_ops_repository
+
+    return build_ops_repository(tmp_path_factory.mktemp("ops") / "models")

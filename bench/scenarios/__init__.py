@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shlex
+
 import grpc
 
 from icow._proto import inference_pb2, inference_pb2_grpc
@@ -13,10 +16,18 @@ CODECS = ("native", "protobuf")
 
 def icow_server(env: Env, codec: str = "native") -> Server:
     """The icow server with ``codec`` on the bench repository, shared by every
-    workload and every scenario that uses that codec."""
+    workload and every scenario that uses that codec.
+
+    ICOW_BENCH_SERVER_ARGS adds server options (e.g. ``--no-metrics``); metrics
+    are on, as by default, but on a free port unless those options say otherwise."""
+    extra = shlex.split(os.environ.get("ICOW_BENCH_SERVER_ARGS", ""))
+    if not {"--metrics-port", "--no-metrics"} & {a.split("=")[0] for a in extra}:
+        extra += ["--metrics-port", "0"]
+    if f"icow-{codec}" not in env.servers:  # started once, for every workload
+        env.notes.append(f"icow-{codec} server options: {' '.join(extra)}")
     return env.server(f"icow-{codec}", lambda port: ["-m", "icow", "serve", "--model-repository", str(env.repo),
                                                      "--host", "127.0.0.1", "--port", str(port),
-                                                     "--codec", codec], _ready)
+                                                     "--codec", codec, *extra], _ready)
 
 
 def _ready(channel: grpc.Channel) -> bool:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import logging
+import os
 import sys
 from importlib import resources
 from pathlib import Path
@@ -49,7 +49,33 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--codec", choices=["native", "protobuf"], default="native",
                        help="how ModelInfer messages are read and written: native (compiled, zero-copy) "
                             "or protobuf (the generated classes; the baseline)")
-    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                       help="debug also logs every request (the access log)")
+    ops = serve.add_argument_group("operations")
+    ops.add_argument("--log-format", default="text", choices=["text", "json"],
+                     help="json: one JSON object per line, requests with request_id, model, version, status, "
+                          "duration_ms")
+    ops.add_argument("--metrics-port", type=int, default=8002,
+                     help="Prometheus metrics over HTTP at /metrics on --host (Triton's is 8002; 0: any free port)")
+    ops.add_argument("--no-metrics", action="store_true", help="serve no metrics endpoint")
+    ops.add_argument("--shutdown-grace-secs", type=float, default=5.0,
+                     help="on SIGTERM/SIGINT, how long running calls may take to finish")
+    ops.add_argument("--max-concurrent-requests", type=int, default=0,
+                     help="calls handled at once; more get RESOURCE_EXHAUSTED (0: no limit)")
+    ops.add_argument("--max-loaded-models", type=int, default=0,
+                     help="models loaded at once; loading one more gets RESOURCE_EXHAUSTED (0: no limit)")
+    security = serve.add_argument_group("TLS and authentication")
+    security.add_argument("--tls-cert", type=Path, metavar="PEM",
+                          help="server certificate (chain): TLS on the gRPC port")
+    security.add_argument("--tls-key", type=Path, metavar="PEM", help="the server certificate's private key")
+    security.add_argument("--tls-client-ca", type=Path, metavar="PEM",
+                          help="mutual TLS: clients must present a certificate signed by this CA")
+    security.add_argument("--auth-tokens-file", type=Path, metavar="FILE",
+                          help="bearer tokens, one per line, each optionally followed by the models it may use")
+    security.add_argument("--auth-tokens-env", metavar="VAR",
+                          help="an environment variable holding tokens in the same format")
+    security.add_argument("--auth-open-health", action="store_true",
+                          help="with tokens: leave health, liveness, readiness and metadata calls open")
     return parser
 
 
@@ -59,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command != "serve":
         parser.print_help()
         return 0 if args.command is None else 2
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from . import logs
+
+    logs.configure(args.log_level, args.log_format)
     try:
         from .server import ServerOptions, serve
     except ImportError as e:
@@ -73,10 +101,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.load_model and args.model_control_mode != "explicit":
         print("icow serve: --load-model needs --model-control-mode explicit", file=sys.stderr)
         return 2
+    from .auth import AuthError, load_tokens
+
+    try:
+        tokens = load_tokens(args.auth_tokens_file, args.auth_tokens_env, dict(os.environ))
+    except AuthError as e:
+        print(f"icow serve: {e}", file=sys.stderr)
+        return 2
+    if args.auth_open_health and not tokens:
+        print("icow serve: --auth-open-health needs --auth-tokens-file or --auth-tokens-env", file=sys.stderr)
+        return 2
     options = ServerOptions(
         repository=repository, host=args.host, port=args.port, model_control_mode=args.model_control_mode,
         load_models=args.load_model, workers=args.workers, max_message_bytes=min(args.max_message_mb, 2047) << 20,
         default_max_batch_size=args.default_max_batch_size, codec=args.codec,
+        grace_seconds=args.shutdown_grace_secs, metrics_port=None if args.no_metrics else args.metrics_port,
+        tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca, auth_tokens=tokens,
+        auth_open_health=args.auth_open_health, max_concurrent_requests=args.max_concurrent_requests,
+        max_loaded_models=args.max_loaded_models,
     )
     try:
         serve(options)

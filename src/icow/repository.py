@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+import grpc
+
 from . import config as cfg
 from ._proto import model_config_pb2 as mc
-from .errors import not_found, unavailable
+from .errors import InferenceServerError, not_found, unavailable
 from .model import Model
 
 log = logging.getLogger("icow.repository")
@@ -63,11 +66,13 @@ class Repository:
     """Models of one local folder. Loads are serialized; lookups take no lock
     (a model's entry is replaced whole, which is atomic)."""
 
-    def __init__(self, root: Path, *, default_max_batch_size: int = 32) -> None:
+    def __init__(self, root: Path, *, default_max_batch_size: int = 32, max_models: int = 0) -> None:
         self.root = Path(root)
         self.default_max_batch_size = default_max_batch_size
+        self.max_models = max_models  # models loaded at once; 0: no limit
         self._models: dict[str, LoadedModel] = {}
         self._load_lock = threading.Lock()
+        self.listeners: list[Callable[[str], None]] = []  # called with a model's name after it (un)loads
 
     # -- what is on disk --------------------------------------------------
     def model_names(self) -> list[str]:
@@ -89,8 +94,14 @@ class Repository:
         UNAVAILABLE with its reason, and the others serve."""
         model_dir = self._model_dir(name)
         with self._load_lock:
+            if self.max_models and name not in self._models and len(self._models) >= self.max_models:
+                raise InferenceServerError(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"cannot load model '{name}': {len(self._models)} models are loaded, the limit set by "
+                    "--max-loaded-models; unload one first or raise the limit")
             loaded = self._load(name, model_dir)
             self._models[name] = loaded
+        self._notify(name)
         return loaded
 
     def unload(self, name: str) -> None:
@@ -99,10 +110,18 @@ class Repository:
         with self._load_lock:
             if self._models.pop(name, None) is not None:
                 log.info("unloaded model '%s'", name)
+        self._notify(name)
+
+    def _notify(self, name: str) -> None:
+        for listener in self.listeners:
+            listener(name)
 
     def load_all(self, names: list[str] | None = None) -> None:
         for name in self.model_names() if names is None else names:
-            self.load(name)
+            try:
+                self.load(name)
+            except InferenceServerError as e:  # over --max-loaded-models: the others still serve
+                log.error("model '%s' is not loaded: %s", name, e.message)
 
     def _load(self, name: str, model_dir: Path) -> LoadedModel:
         loaded = LoadedModel(name)

@@ -11,6 +11,11 @@ from pathlib import Path
 
 import grpc
 
+from . import reflection
+from .auth import HEALTH_AND_METADATA, AuthInterceptor, Token
+from .health import SERVICE_NAME as HEALTH_SERVICE
+from .health import Health
+from .logs import RequestLog
 from .repository import Repository
 from .v2 import SERVICE, InferenceService, method_handlers
 
@@ -29,6 +34,14 @@ class ServerOptions:
     default_max_batch_size: int = 32
     grace_seconds: float = 5.0
     codec: str = "native"  # or "protobuf": the baseline
+    metrics_port: int | None = 8002  # Prometheus endpoint over HTTP; None: off
+    tls_cert: Path | None = None  # PEM server certificate (chain) and key: TLS on the gRPC port
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None  # PEM CA bundle: clients must present a certificate it signed
+    auth_tokens: list[Token] = field(default_factory=list)  # empty: no authentication
+    auth_open_health: bool = False  # health, readiness and metadata calls need no token
+    max_concurrent_requests: int = 0  # calls handled at once, beyond that RESOURCE_EXHAUSTED; 0: no limit
+    max_loaded_models: int = 0  # 0: no limit
 
 
 class InferenceServer:
@@ -36,30 +49,52 @@ class InferenceServer:
 
     def __init__(self, options: ServerOptions) -> None:
         self.options = options
-        self.repository = Repository(options.repository, default_max_batch_size=options.default_max_batch_size)
+        self.repository = Repository(options.repository, default_max_batch_size=options.default_max_batch_size,
+                                     max_models=options.max_loaded_models)
         self.service = InferenceService(self.repository, explicit_control=options.model_control_mode == "explicit",
-                                        codec=options.codec)
+                                        codec=options.codec, max_message_bytes=options.max_message_bytes)
+        self.health = Health(self.repository, SERVICE)
+        self.repository.listeners.append(self.health.refresh)
+        self.requests = RequestLog()
+        interceptors: list[grpc.ServerInterceptor] = [self.requests]
+        if options.auth_tokens:
+            interceptors.append(AuthInterceptor(options.auth_tokens,
+                                                HEALTH_AND_METADATA if options.auth_open_health else ()))
         grpc_options = [("grpc.max_send_message_length", options.max_message_bytes),
                         ("grpc.max_receive_message_length", options.max_message_bytes),
                         ("grpc.so_reuseport", 0)]  # a second server on a taken port must fail, not share it
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=options.workers,
-                                                               thread_name_prefix="icow-rpc"), options=grpc_options)
+                                                               thread_name_prefix="icow-rpc"), options=grpc_options,
+                                   interceptors=interceptors,
+                                   maximum_concurrent_rpcs=options.max_concurrent_requests or None)
         self._server.add_registered_method_handlers(SERVICE, method_handlers(self.service))
+        self.health.add_to(self._server)
+        reflection.enable(self._server, [SERVICE, HEALTH_SERVICE])
         address = f"{options.host}:{options.port}"
+        credentials = _tls_credentials(options)
         try:
-            self.port = self._server.add_insecure_port(address)
+            self.port = (self._server.add_secure_port(address, credentials) if credentials
+                         else self._server.add_insecure_port(address))
         except RuntimeError as e:
             raise OSError(f"cannot listen on {address}: {e}") from None
         self.address = f"{options.host}:{self.port}"
+        self.metrics = None
+        if options.metrics_port is not None:
+            from .metrics import MetricsServer  # prometheus-client is needed only with metrics on
+
+            self.metrics = MetricsServer(self.repository, options.host, options.metrics_port)
 
     def start(self) -> None:
         """Listen (live at once), then load the models (ready when done)."""
         self._server.start()
-        log.info("icow listening on %s (gRPC, Open Inference Protocol)", self.address)
+        log.info("icow listening on %s (gRPC%s, Open Inference Protocol)", self.address,
+                 ", TLS" + (" with client certificates" if self.options.tls_client_ca else "")
+                 if self.options.tls_cert else "")
         self.repository.load_all(self._startup_models())
         ready = [f"{e.name}:{e.version}" for e in self.repository.index() if e.state == "READY"]
         log.info("ready: %d model version(s): %s", len(ready), ", ".join(ready) or "none")
         self.service.ready = True
+        self.health.set_ready()
 
     def _startup_models(self) -> list[str] | None:
         names = self.options.load_models
@@ -70,6 +105,9 @@ class InferenceServer:
     def stop(self, grace: float | None = None) -> threading.Event:
         """Refuse new calls, let running ones finish for ``grace`` seconds."""
         self.service.ready = False
+        self.health.shutdown()  # first, so that health watchers hear NOT_SERVING
+        if self.metrics is not None:
+            self.metrics.stop()
         return self._server.stop(self.options.grace_seconds if grace is None else grace)
 
     def wait(self) -> None:
@@ -88,4 +126,34 @@ def serve(options: ServerOptions) -> None:
     signal.signal(signal.SIGINT, shutdown)
     server.start()
     server.wait()
-    log.info("stopped")
+    cut = server.requests.in_flight
+    if cut:
+        log.warning("stopped: %d call(s) were still running when the %.0fs grace period ended "
+                    "(--shutdown-grace-secs)", cut, options.grace_seconds)
+    else:
+        log.info("stopped: every accepted call finished")
+
+
+def _tls_credentials(options: ServerOptions) -> grpc.ServerCredentials | None:
+    """Server credentials from the PEM files of the options; None without TLS."""
+    if options.tls_cert is None and options.tls_key is None:
+        if options.tls_client_ca is not None:
+            raise OSError("--tls-client-ca needs --tls-cert and --tls-key")
+        return None
+    if options.tls_cert is None or options.tls_key is None:
+        raise OSError("TLS needs both --tls-cert and --tls-key")
+
+    def read(path: Path, flag: str) -> bytes:
+        try:
+            return path.read_bytes()
+        except OSError as e:
+            raise OSError(f"cannot read {flag} {path}: {e.strerror or e}") from None
+
+    cert, key = read(options.tls_cert, "--tls-cert"), read(options.tls_key, "--tls-key")
+    for data, flag, mark in ((cert, "--tls-cert", b"-----BEGIN CERTIFICATE-----"),
+                             (key, "--tls-key", b"PRIVATE KEY-----")):
+        if mark not in data:
+            raise OSError(f"{flag} {getattr(options, flag[2:].replace('-', '_'))} is not a PEM "
+                          f"{'certificate' if 'cert' in flag else 'private key'}")
+    ca = read(options.tls_client_ca, "--tls-client-ca") if options.tls_client_ca else None
+    return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import bisect
 import copy
 import threading
 import time
 from dataclasses import dataclass, field
 
-from .errors import InferenceServerError
+# Upper bounds, in microseconds, of the request latency histogram that
+# metrics.py exports: 100 µs to 10 s, roughly 2.5x apart.
+LATENCY_BUCKETS_US = (100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000,
+                      250_000, 500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000)
 
 
 @dataclass
@@ -42,10 +46,20 @@ class VersionStats:
         self.compute_infer = Duration()
         self.compute_output = Duration()
         self.batches: dict[int, BatchStats] = {}
+        self.pending = 0  # requests between begin() and their record_*()
+        # successful requests per LATENCY_BUCKETS_US bucket (not cumulative); the last is +Inf
+        self.latency_buckets = [0] * (len(LATENCY_BUCKETS_US) + 1)
+
+    def begin(self) -> None:
+        """A request starts; record_success or record_failure ends it."""
+        with self._lock:
+            self.pending += 1
 
     def record_success(self, batch_size: int, total_ns: int, input_ns: int, infer_ns: int,
                        output_ns: int) -> None:
         with self._lock:
+            self.pending -= 1
+            self.latency_buckets[bisect.bisect_left(LATENCY_BUCKETS_US, total_ns // 1000)] += 1
             self.inference_count += batch_size
             self.execution_count += 1
             self.last_inference_ms = time.time_ns() // 1_000_000
@@ -65,12 +79,14 @@ class VersionStats:
 
     def record_failure(self, total_ns: int) -> None:
         with self._lock:
+            self.pending -= 1
             self.last_inference_ms = time.time_ns() // 1_000_000
             self.fail.add(total_ns)
 
     def measure(self) -> Measurement:
         """Time one request (``with stats.measure() as m``): a success when the
-        block ends normally, a failure when it raises InferenceServerError."""
+        block ends normally, a failure when it raises (anything: the pending
+        count must come back down)."""
         return Measurement(self)
 
 
@@ -82,6 +98,7 @@ class Measurement:
 
     def __init__(self, stats: VersionStats) -> None:
         self.stats = stats
+        stats.begin()
         self.start = self.fed_at = self.ran_at = time.perf_counter_ns()
         self.batch = 0
 
@@ -93,7 +110,7 @@ class Measurement:
         if kind is None:
             self.stats.record_success(self.batch or 1, done - self.start, self.fed_at - self.start,
                                       self.ran_at - self.fed_at, done - self.ran_at)
-        elif issubclass(kind, InferenceServerError):
+        else:
             self.stats.record_failure(done - self.start)
 
     def fed(self, batch: int) -> None:

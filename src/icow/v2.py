@@ -10,7 +10,7 @@ from collections.abc import Callable
 import grpc
 from google.protobuf import message_factory
 
-from . import native_codec, protobuf_codec
+from . import logs, native_codec, protobuf_codec
 from ._proto import inference_pb2 as pb
 from ._proto import inference_pb2_grpc as pb_grpc
 from ._version import __version__
@@ -43,10 +43,12 @@ def _rpc(method: Callable) -> Callable:
 class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     """Serves one repository. ``ready`` is set once the startup loading is done."""
 
-    def __init__(self, repository: Repository, *, explicit_control: bool, codec: str = "native") -> None:
+    def __init__(self, repository: Repository, *, explicit_control: bool, codec: str = "native",
+                 max_message_bytes: int = 2**31 - 1) -> None:
         self.repository = repository
         self.codec = CODECS[codec]
         self.explicit_control = explicit_control
+        self.max_message_bytes = max_message_bytes
         self.ready = False
 
     # -- health and metadata ---------------------------------------------
@@ -99,8 +101,17 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     def ModelInferBytes(self, data: bytes, context) -> bytes:
         """ModelInfer on the serialized request; returns the serialized response."""
         request = self.codec.decode_request(data)
+        logs.annotate(request_id=request.id, model=request.model_name, version=request.model_version)
         model = self.repository.get(request.model_name, request.model_version)
-        return self.codec.infer(model, request)
+        logs.annotate(version=str(model.version))
+        response = self.codec.infer(model, request)
+        if len(response) > self.max_message_bytes:  # grpcio's own refusal would not say how to fix it
+            raise InferenceServerError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the response of model '{model.name}' is {len(response)} bytes, over the server's limit of "
+                f"{self.max_message_bytes} bytes: raise it with --max-message-mb, or request fewer outputs "
+                "or a smaller batch")
+        return response
 
     @_rpc
     def ModelStreamInfer(self, request_iterator, context):

@@ -1,0 +1,19 @@
+# icow on CPU (onnxruntime). Build: docker build -t icow .
+# Run:   docker run -p 8001:8001 -p 8002:8002 -v "$PWD/models:/models:ro" icow --model-repository /models
+# Without arguments it serves the bundled example models.
+
+FROM python:3.11-slim AS build
+RUN apt-get update && apt-get install -y --no-install-recommends g++ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY . .
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+
+FROM python:3.11-slim
+# a fixed non-root user; deploy/ manifests run as this uid
+RUN groupadd --gid 10001 icow && useradd --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin icow
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir "$(ls /wheels/icow-*.whl)[server]" && rm -rf /wheels
+USER 10001:10001
+EXPOSE 8001 8002
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["icow", "serve", "--host", "0.0.0.0"]

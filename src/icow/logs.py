@@ -1,0 +1,135 @@
+"""Logging: human-readable or JSON lines, and one access-log line per request.
+
+The access log (logger ``icow.access``) writes a line per unary RPC with the
+method, request id, model, version, gRPC status and duration: at DEBUG for
+successful calls (``--log-level debug`` shows them all) and at INFO for failed
+ones. The same wrapper counts the calls in flight, so that a shutdown can tell
+whether every accepted call finished.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+access_log = logging.getLogger("icow.access")
+
+# Fields an access-log record carries (as LogRecord attributes, via ``extra``).
+ACCESS_FIELDS = ("method", "request_id", "model", "version", "status", "duration_ms", "peer")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, and the access
+    fields when the record has them."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name in ACCESS_FIELDS:
+            if hasattr(record, name):
+                entry[name] = getattr(record, name)
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+JsonFormatter.converter = time.gmtime  # times in UTC, marked Z
+
+
+def configure(level: str = "info", fmt: str = "text") -> None:
+    """Set up the root logger: ``fmt`` is ``text`` or ``json``."""
+    handler = logging.StreamHandler()
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+# -- what the front end tells the access log about the current call ----------
+
+class _Call(threading.local):
+    request_id = ""
+    model = ""
+    version = ""
+
+
+_call = _Call()
+
+
+def annotate(**fields: str) -> None:
+    """Record request_id, model or version of the call this thread is serving."""
+    for name, value in fields.items():
+        setattr(_call, name, value)
+
+
+# -- the interceptor ------------------------------------------------------------
+
+class RequestLog(grpc.ServerInterceptor):
+    """Wraps every unary-unary handler: counts calls in flight, logs each call."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.in_flight = 0
+        self._ids = itertools.count(1)
+
+    def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails):
+        handler = continuation(details)
+        if handler is None or handler.unary_unary is None:
+            return handler  # streams (health Watch) are long-lived: not counted as requests
+        behavior, method = handler.unary_unary, details.method.rsplit("/", 1)[-1]
+
+        def logged(request, context: grpc.ServicerContext):
+            with self._lock:
+                self.in_flight += 1
+            _call.request_id = _call.model = _call.version = ""
+            start = time.perf_counter_ns()
+            failed = True
+            try:
+                response = behavior(request, context)
+                failed = False
+                return response
+            finally:
+                with self._lock:
+                    self.in_flight -= 1
+                code = context.code() if hasattr(context, "code") else None
+                ok = not failed and code in (None, grpc.StatusCode.OK)
+                level = logging.DEBUG if ok else logging.INFO
+                if access_log.isEnabledFor(level):
+                    self._log(level, method, request, context, code, ok, start)
+
+        return grpc.unary_unary_rpc_method_handler(logged, request_deserializer=handler.request_deserializer,
+                                                   response_serializer=handler.response_serializer)
+
+    def _log(self, level: int, method: str, request: Any, context: grpc.ServicerContext,
+             code: grpc.StatusCode | None, ok: bool, start: int) -> None:
+        duration_ms = round((time.perf_counter_ns() - start) / 1e6, 3)
+        model = _call.model or getattr(request, "name", "") or getattr(request, "model_name", "")
+        status = "OK" if ok else (code.name if code is not None else "UNKNOWN")
+        fields = {"method": method, "request_id": _call.request_id or f"icow-{next(self._ids)}",
+                  "model": model, "version": _call.version or getattr(request, "version", ""),
+                  "status": status, "duration_ms": duration_ms, "peer": context.peer()}
+        details = "" if ok else f": {_details(context)}"
+        access_log.log(level, "%s %s %s %s %.3f ms%s", method, fields["model"] or "-", fields["version"] or "-",
+                       status, duration_ms, details, extra=fields)
+
+
+def _details(context: grpc.ServicerContext) -> str:
+    try:
+        details = context.details() or ""
+    except Exception:  # older grpcio without ServicerContext.details()
+        return ""
+    return details.decode(errors="replace") if isinstance(details, bytes) else details
