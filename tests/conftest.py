@@ -21,6 +21,9 @@ sys.path.insert(0, str(ROOT / "examples"))
 import make_models  # noqa: E402
 from icow._proto import inference_pb2, inference_pb2_grpc  # noqa: E402
 
+# Session fixtures of their own files: a SeaweedFS server, the litecow 0.1.0 client's virtualenv.
+pytest_plugins = ["seaweedfs", "litecow_client"]
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -68,9 +71,10 @@ def _wait_ready(server: ServerProcess, timeout: float = 60.0) -> None:
     raise RuntimeError(f"icow serve did not come up in {timeout}s:\n{server.log()}")
 
 
-def start_server(repo: Path | None, *args: str, log_dir: Path) -> ServerProcess:
+def start_server(repo: Path | str | None, *args: str, log_dir: Path,
+                 env: dict[str, str] | None = None) -> ServerProcess:
     """Start ``python -m icow serve`` on ``repo`` (None: the bundled examples) and
-    wait until it is ready."""
+    wait until it is ready; ``env``: variables to add to the server's environment."""
     port = free_port()
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"server-{port}.log"
@@ -78,7 +82,7 @@ def start_server(repo: Path | None, *args: str, log_dir: Path) -> ServerProcess:
     if repo is not None:
         cmd += ["--model-repository", str(repo)]
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     server = ServerProcess(proc, port, log_path)
     try:
         _wait_ready(server)
@@ -126,8 +130,8 @@ def make_server(tmp_path: Path) -> Iterator:
     """Factory for servers of a test's own, stopped when the test ends."""
     started: list[ServerProcess] = []
 
-    def make(repo: Path | None, *args: str) -> ServerProcess:
-        srv = start_server(repo, *args, log_dir=tmp_path / "logs")
+    def make(repo: Path | str | None, *args: str, env: dict[str, str] | None = None) -> ServerProcess:
+        srv = start_server(repo, *args, log_dir=tmp_path / "logs", env=env)
         started.append(srv)
         return srv
 

@@ -8,7 +8,9 @@ import sys
 from importlib import resources
 from pathlib import Path
 
+from . import model_import
 from ._version import __version__
+from .object_store import StoreLocation, default_cache, is_store_url
 
 
 def bundled_examples() -> Path:
@@ -31,8 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "optional <dir>/<model>/config.pbtxt) over gRPC.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    serve.add_argument("--model-repository", type=Path, metavar="DIR",
-                       help="the model repository (default: the bundled examples)")
+    serve.add_argument("--model-repository", metavar="DIR|s3://BUCKET[/PREFIX]",
+                       help="the model repository: a folder or an object store (default: the bundled examples)")
+    serve.add_argument("--s3-endpoint", metavar="URL",
+                       help="the object store's URL when it is not AWS, e.g. http://127.0.0.1:8333 "
+                            "(credentials and region: the usual AWS_* environment variables)")
+    serve.add_argument("--model-cache", type=Path, metavar="DIR",
+                       help="with an s3:// repository: where its models are downloaded "
+                            "(default: under $XDG_CACHE_HOME/icow or ~/.cache/icow)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 for every interface")
     serve.add_argument("--port", type=int, default=8001, help="gRPC port (Triton's is 8001)")
     serve.add_argument("--model-control-mode", choices=["none", "explicit"], default="none",
@@ -47,12 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="max_batch_size given to a model without config whose tensors all "
                             "start with a dynamic dimension")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    model_import.add_commands(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command in ("import-model", "export-model"):
+        return model_import.run(args)
     if args.command != "serve":
         parser.print_help()
         return 0 if args.command is None else 2
@@ -63,17 +74,27 @@ def main(argv: list[str] | None = None) -> int:
         print(f"icow serve needs the server's dependencies ({e.name} is missing): "
               "pip install 'icow[server]'", file=sys.stderr)
         return 1
-    repository = args.model_repository or bundled_examples()
-    if not repository.is_dir():
-        print(f"icow serve: model repository {repository} is not a directory", file=sys.stderr)
-        return 1
+    store = None
+    if args.model_repository and is_store_url(args.model_repository):
+        store = args.model_repository
+        try:
+            location = StoreLocation.parse(store)
+        except ValueError as e:
+            print(f"icow serve: --model-repository: {e}", file=sys.stderr)
+            return 2
+        repository = args.model_cache or default_cache(location, args.s3_endpoint)  # the store's local copy
+    else:
+        repository = Path(args.model_repository) if args.model_repository else bundled_examples()
+        if not repository.is_dir():
+            print(f"icow serve: model repository {repository} is not a directory", file=sys.stderr)
+            return 1
     if args.load_model and args.model_control_mode != "explicit":
         print("icow serve: --load-model needs --model-control-mode explicit", file=sys.stderr)
         return 2
     options = ServerOptions(
         repository=repository, host=args.host, port=args.port, model_control_mode=args.model_control_mode,
         load_models=args.load_model, workers=args.workers, max_message_bytes=min(args.max_message_mb, 2047) << 20,
-        default_max_batch_size=args.default_max_batch_size,
+        default_max_batch_size=args.default_max_batch_size, store=store, s3_endpoint=args.s3_endpoint,
     )
     try:
         serve(options)

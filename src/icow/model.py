@@ -31,19 +31,29 @@ class Model:
         self.max_batch_size = self.config.max_batch_size
         self.inputs = cfg.tensor_specs(self.config.input)
         self.outputs = cfg.tensor_specs(self.config.output)
+        # Outputs that are not tensors (e.g. ZipMap's seq(map(int64,tensor(float)))), by
+        # their ONNX Runtime type: only a protocol that can carry them asks for them.
+        self.non_tensor_outputs = {o.name: o.type for o in self.session.get_outputs()
+                                   if not cfg.is_tensor_type(o.type)}
         self.stats = VersionStats()
 
-    def run(self, inputs: Mapping[str, np.ndarray], requested: Sequence[str] = ()) -> dict[str, np.ndarray]:
+    def run(self, inputs: Mapping[str, np.ndarray], requested: Sequence[str] = (), *,
+            non_tensor: bool = False) -> dict[str, np.ndarray]:
         """Check ``inputs`` against the config, run the model, return the ``requested``
-        outputs (all when empty) in the order asked for."""
+        outputs (all when empty) in the order asked for.
+
+        With ``non_tensor``, outputs that are not tensors may be asked for (and
+        "all" includes them): they come back as ONNX Runtime gives them (a list
+        of dicts for a sequence of maps)."""
         start = time.perf_counter_ns()
         try:
-            names = self._output_names(requested)
+            names = self.output_names(requested, non_tensor=non_tensor)
             feeds, batch = self._feeds(inputs)
             fed = time.perf_counter_ns()
             results = self._session_run(names, feeds)
             ran = time.perf_counter_ns()
-            outputs = {n: self._shape_output(n, r, batch) for n, r in zip(names, results)}
+            outputs = {n: self._shape_output(n, r, batch) if n in self.outputs else r
+                       for n, r in zip(names, results)}
         except InferenceServerError:
             self.stats.record_failure(time.perf_counter_ns() - start)
             raise
@@ -51,11 +61,15 @@ class Model:
         self.stats.record_success(batch or 1, done - start, fed - start, ran - fed, done - ran)
         return outputs
 
-    def _output_names(self, requested: Sequence[str]) -> list[str]:
+    def output_names(self, requested: Sequence[str] = (), *, non_tensor: bool = False) -> list[str]:
+        """The outputs a request gets: ``requested`` checked, or all of them when empty."""
         if not requested:
-            return list(self.outputs)
+            return list(self.outputs) + (list(self.non_tensor_outputs) if non_tensor else [])
         for name in requested:
-            if name not in self.outputs:
+            if name in self.non_tensor_outputs and not non_tensor:
+                raise invalid(f"output '{name}' of model '{self.name}' is a {self.non_tensor_outputs[name]}, "
+                              "not a tensor: this protocol cannot carry it")
+            if name not in self.outputs and name not in self.non_tensor_outputs:
                 raise invalid(f"model '{self.name}' has no output '{name}'; "
                               f"its outputs are: {', '.join(self.outputs)}")
         if len(set(requested)) != len(requested):

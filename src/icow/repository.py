@@ -3,6 +3,8 @@ unloading them, and resolving a request's model name and version.
 
 Layout (Triton's): ``<root>/<model>/config.pbtxt`` (optional) and
 ``<root>/<model>/<version>/model.onnx`` with positive integer versions.
+With an object store, ``<root>`` is its local cache, brought up to date before
+models load (see object_store.py).
 """
 
 from __future__ import annotations
@@ -11,12 +13,15 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from . import config as cfg
 from ._proto import model_config_pb2 as mc
 from .errors import not_found, unavailable
 from .model import Model
+
+if TYPE_CHECKING:
+    from .object_store import ObjectStore
 
 log = logging.getLogger("icow.repository")
 
@@ -58,9 +63,11 @@ class Repository:
     """Models of one local folder. Loads are serialized; lookups take no lock
     (a model's entry is replaced whole, which is atomic)."""
 
-    def __init__(self, root: Path, *, default_max_batch_size: int = 32) -> None:
+    def __init__(self, root: Path, *, default_max_batch_size: int = 32, store: ObjectStore | None = None) -> None:
         self.root = Path(root)
         self.default_max_batch_size = default_max_batch_size
+        self.store = store  # when set, root is its cache, synced before every load
+        self.location = store.url if store is not None else str(self.root)  # as messages name it
         self._models: dict[str, LoadedModel] = {}
         self._load_lock = threading.Lock()
 
@@ -72,7 +79,7 @@ class Repository:
     def _model_dir(self, name: str) -> Path:
         path = self.root / name
         if "/" in name or name in ("", ".", "..") or not path.is_dir():
-            raise not_found(f"no model '{name}' in the repository {self.root}; "
+            raise not_found(f"no model '{name}' in the repository {self.location}; "
                             f"it has: {', '.join(self.model_names()) or 'no models'}")
         return path
 
@@ -82,9 +89,16 @@ class Repository:
 
         Failures are recorded in the result, not raised: a broken version is
         UNAVAILABLE with its reason, and the others serve."""
+        failed = self.store.sync([name]).get(name, {}) if self.store is not None else {}
+        return self._load_fetched(name, failed)
+
+    def _load_fetched(self, name: str, failed: dict[int, str]) -> LoadedModel:
+        """Load ``name`` from the folder; ``failed``: versions the store could not deliver."""
         model_dir = self._model_dir(name)
         with self._load_lock:
             loaded = self._load(name, model_dir)
+            for version, reason in failed.items():  # shown as UNAVAILABLE, unless a cached copy serves
+                loaded.versions.setdefault(version, VersionState(version, reason=reason))
             self._models[name] = loaded
         return loaded
 
@@ -96,8 +110,9 @@ class Repository:
                 log.info("unloaded model '%s'", name)
 
     def load_all(self, names: list[str] | None = None) -> None:
+        failed = self.store.sync(names) if self.store is not None else {}
         for name in self.model_names() if names is None else names:
-            self.load(name)
+            self._load_fetched(name, failed.get(name, {}))
 
     def _load(self, name: str, model_dir: Path) -> LoadedModel:
         loaded = LoadedModel(name)
@@ -195,6 +210,12 @@ def select_versions(model_dir: Path, policy: mc.ModelVersionPolicy) -> list[int]
     Default policy: the latest one. A version that ``specific`` names but that
     is not on disk is kept, so that it shows as UNAVAILABLE with its reason."""
     on_disk = sorted(v for p in model_dir.iterdir() if p.is_dir() and (v := parse_version(p.name)))
+    return policy_versions(on_disk, policy)
+
+
+def policy_versions(available: list[int], policy: mc.ModelVersionPolicy) -> list[int]:
+    """The versions ``policy`` picks from the sorted ``available`` ones (see select_versions)."""
+    on_disk = available
     choice = policy.WhichOneof("policy_choice")
     if choice == "all":
         return on_disk

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import grpc
 
+from . import litecow
 from .repository import Repository
 from .v2 import SERVICE, InferenceService, method_handlers
 
@@ -28,6 +29,8 @@ class ServerOptions:
     max_message_bytes: int = 2**31 - 1
     default_max_batch_size: int = 32
     grace_seconds: float = 5.0
+    store: str | None = None  # s3://bucket/prefix: the repository then is its local cache folder
+    s3_endpoint: str | None = None
 
 
 class InferenceServer:
@@ -35,7 +38,14 @@ class InferenceServer:
 
     def __init__(self, options: ServerOptions) -> None:
         self.options = options
-        self.repository = Repository(options.repository, default_max_batch_size=options.default_max_batch_size)
+        store = None
+        if options.store:
+            from .object_store import ObjectStore, StoreLocation  # boto3 only when a store is used
+
+            store = ObjectStore(StoreLocation.parse(options.store), options.repository, endpoint=options.s3_endpoint)
+            store.check()
+        self.repository = Repository(options.repository, default_max_batch_size=options.default_max_batch_size,
+                                     store=store)
         self.service = InferenceService(self.repository, explicit_control=options.model_control_mode == "explicit")
         grpc_options = [("grpc.max_send_message_length", options.max_message_bytes),
                         ("grpc.max_receive_message_length", options.max_message_bytes),
@@ -43,6 +53,9 @@ class InferenceServer:
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=options.workers,
                                                                thread_name_prefix="icow-rpc"), options=grpc_options)
         self._server.add_registered_method_handlers(SERVICE, method_handlers(self.service))
+        # lIteCOW's ICOW service on the same port, over the same repository
+        self._server.add_registered_method_handlers(litecow.SERVICE, litecow.method_handlers(
+            litecow.LitecowService(self.repository, store.location if store is not None else None)))
         address = f"{options.host}:{options.port}"
         try:
             self.port = self._server.add_insecure_port(address)
