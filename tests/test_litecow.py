@@ -229,6 +229,13 @@ def test_errors_are_clear(server, litecow):
     np.testing.assert_array_equal(still.outputs["y"], x * 3)
 
 
+def test_malformed_request_is_invalid_argument(server):
+    with grpc.insecure_channel(server.url) as channel:
+        get = channel.unary_unary("/ICOW/get_inference")  # raw bytes in and out
+        with expect_error(grpc.StatusCode.INVALID_ARGUMENT, "malformed InferenceRequest"):
+            get(b"\x0a\xff\xff\xff")  # field 1, a length that runs past the end
+
+
 def test_dictionary_output_is_an_error_for_the_010_client(server, repo, litecow):
     x = np.array([[5.1, 3.5], [1.4, 0.2], [6.0, 3.0]], np.float32)
     everything, label_only = litecow(server.url, [

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 import grpc
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from ._proto import litecow_pb2 as lc
 from .errors import invalid, not_found
@@ -64,6 +65,15 @@ class LitecowService:
         self.store = store
 
     @_rpc
+    def get_inference_bytes(self, data: bytes, context: grpc.ServicerContext) -> lc.NamedArrays:
+        """``get_inference`` on the serialized request: a malformed one is INVALID_ARGUMENT
+        (gRPC's own deserializer would answer INTERNAL)."""
+        try:
+            request = lc.InferenceRequest.FromString(data)
+        except DecodeError as e:
+            raise invalid(f"malformed InferenceRequest: {e}") from None
+        return self.get_inference(request, context)
+
     def get_inference(self, request: lc.InferenceRequest, context: grpc.ServicerContext) -> lc.NamedArrays:
         """Run the model that ``model_key`` and ``model_version`` name on the request's inputs."""
         model = self.repository.get(model_name(request.model_key, self.store), request.model_version)
@@ -81,8 +91,7 @@ class LitecowService:
 def method_handlers(service: LitecowService) -> dict[str, grpc.RpcMethodHandler]:
     """gRPC handlers for the ``ICOW`` service (method path ``/ICOW/get_inference``)."""
     return {"get_inference": grpc.unary_unary_rpc_method_handler(
-        service.get_inference, request_deserializer=lc.InferenceRequest.FromString,
-        response_serializer=lc.NamedArrays.SerializeToString)}
+        service.get_inference_bytes, response_serializer=lc.NamedArrays.SerializeToString)}
 
 
 def model_name(model_key: str, store: StoreLocation | None = None) -> str:

@@ -69,7 +69,7 @@ class Repository:
         self.store = store  # when set, root is its cache, synced before every load
         self.location = store.url if store is not None else str(self.root)  # as messages name it
         self._models: dict[str, LoadedModel] = {}
-        self._load_lock = threading.Lock()
+        self._load_lock = threading.RLock()  # reentrant: load holds it across the store's sync
 
     # -- what is on disk --------------------------------------------------
     def model_names(self) -> list[str]:
@@ -89,8 +89,9 @@ class Repository:
 
         Failures are recorded in the result, not raised: a broken version is
         UNAVAILABLE with its reason, and the others serve."""
-        failed = self.store.sync([name]).get(name, {}) if self.store is not None else {}
-        return self._load_fetched(name, failed)
+        with self._load_lock:  # the sync and the load after it, as one: no other load swaps files between
+            failed = self.store.sync([name]).get(name, {}) if self.store is not None else {}
+            return self._load_fetched(name, failed)
 
     def _load_fetched(self, name: str, failed: dict[int, str]) -> LoadedModel:
         """Load ``name`` from the folder; ``failed``: versions the store could not deliver."""
@@ -110,9 +111,10 @@ class Repository:
                 log.info("unloaded model '%s'", name)
 
     def load_all(self, names: list[str] | None = None) -> None:
-        failed = self.store.sync(names) if self.store is not None else {}
-        for name in self.model_names() if names is None else names:
-            self._load_fetched(name, failed.get(name, {}))
+        with self._load_lock:
+            failed = self.store.sync(names) if self.store is not None else {}
+            for name in self.model_names() if names is None else names:
+                self._load_fetched(name, failed.get(name, {}))
 
     def _load(self, name: str, model_dir: Path) -> LoadedModel:
         loaded = LoadedModel(name)
