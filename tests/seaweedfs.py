@@ -38,7 +38,7 @@ class S3Server:
     endpoint: str
     log_path: Path
 
-    def env(self, endpoint: str | None = None) -> dict[str, str]:
+    def env(self) -> dict[str, str]:
         """What an icow process needs in its environment to reach the store."""
         return {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
                 "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}

@@ -24,6 +24,7 @@ import re
 import shutil
 import threading
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -416,7 +417,7 @@ class ObjectStore:
         except BotoCoreError as e:
             raise StoreError(f"{operation} on {self.url}: {e}") from e
 
-    def _pages(self, operation: str, **kwargs: Any):
+    def _pages(self, operation: str, **kwargs: Any) -> Iterator[dict]:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
