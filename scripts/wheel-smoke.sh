@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build icow's wheel, install it into a fresh virtualenv, start `icow serve` from
-# there (bundled examples) and complete one inference with tritonclient.
+# there (bundled examples) and complete one inference with tritonclient and one
+# through lIteCOW's ICOW service.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -46,4 +47,15 @@ x.set_data_from_numpy(np.arange(4, dtype=np.float32))
 y = client.infer("scale", [x]).as_numpy("y")
 assert y.tolist() == [0.0, 3.0, 6.0, 9.0], y
 print("wheel-smoke: inference through the installed wheel OK:", y.tolist())
+
+# lIteCOW's ICOW service, on the same port, with the stubs the wheel carries
+import grpc
+from icow._proto import litecow_pb2 as lc, litecow_pb2_grpc
+
+stub = litecow_pb2_grpc.ICOWStub(grpc.insecure_channel(f"127.0.0.1:{sys.argv[1]}"))
+x = lc.Array(shape=[4], float_array=lc.FloatArray(values=[0, 1, 2, 3]))
+reply = stub.get_inference(lc.InferenceRequest(model_key="s3://models/scale", model_version="1",
+                                               unnamed_inputs=lc.ArrayList(arrays=[x])))
+assert list(reply.name_to_array["y"].float_array.values) == [0.0, 2.0, 4.0, 6.0], reply
+print("wheel-smoke: ICOW/get_inference through the installed wheel OK")
 PY

@@ -21,6 +21,9 @@ sys.path.insert(0, str(ROOT / "examples"))
 import make_models  # noqa: E402
 from icow._proto import inference_pb2, inference_pb2_grpc  # noqa: E402
 
+# Session fixtures of their own files: a SeaweedFS server, the litecow 0.1.0 client's virtualenv.
+pytest_plugins = ["seaweedfs", "litecow_client"]
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -71,7 +74,7 @@ def _wait_ready(server: ServerProcess, timeout: float = 60.0,
     raise RuntimeError(f"icow serve did not come up in {timeout}s:\n{server.log()}")
 
 
-def start_server(repo: Path | None, *args: str, log_dir: Path, env: dict[str, str] | None = None,
+def start_server(repo: Path | str | None, *args: str, log_dir: Path, env: dict[str, str] | None = None,
                  **wait) -> ServerProcess:
     """Start ``python -m icow serve`` on ``repo`` (None: the bundled examples) and
     wait until it is ready; ``wait`` (channel, metadata) says how to ask it.
@@ -143,7 +146,7 @@ def make_server(tmp_path: Path) -> Iterator:
     """Factory for servers of a test's own, stopped when the test ends."""
     started: list[ServerProcess] = []
 
-    def make(repo: Path | None, *args: str, **kwargs) -> ServerProcess:
+    def make(repo: Path | str | None, *args: str, **kwargs) -> ServerProcess:
         srv = start_server(repo, *args, log_dir=tmp_path / "logs", **kwargs)
         started.append(srv)
         return srv

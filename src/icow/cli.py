@@ -8,7 +8,9 @@ import sys
 from importlib import resources
 from pathlib import Path
 
+from . import model_import
 from ._version import __version__
+from .object_store import StoreLocation, default_cache, is_store_url
 
 
 def bundled_examples() -> Path:
@@ -31,8 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "optional <dir>/<model>/config.pbtxt) over gRPC.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    serve.add_argument("--model-repository", type=Path, metavar="DIR",
-                       help="the model repository (default: the bundled examples)")
+    serve.add_argument("--model-repository", metavar="DIR|s3://BUCKET[/PREFIX]",
+                       help="the model repository: a folder or an object store (default: the bundled examples)")
+    serve.add_argument("--s3-endpoint", metavar="URL",
+                       help="the object store's URL when it is not AWS, e.g. http://127.0.0.1:8333 "
+                            "(credentials and region: the usual AWS_* environment variables)")
+    serve.add_argument("--model-cache", type=Path, metavar="DIR",
+                       help="with an s3:// repository: where its models are downloaded "
+                            "(default: under $XDG_CACHE_HOME/icow or ~/.cache/icow)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 for every interface")
     serve.add_argument("--port", type=int, default=8001, help="gRPC port (Triton's is 8001)")
     serve.add_argument("--model-control-mode", choices=["none", "explicit"], default="none",
@@ -76,12 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
                           help="an environment variable holding tokens in the same format")
     security.add_argument("--auth-open-health", action="store_true",
                           help="with tokens: leave health, liveness, readiness and metadata calls open")
+    model_import.add_commands(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command in ("import-model", "export-model"):
+        return model_import.run(args)
     if args.command != "serve":
         parser.print_help()
         return 0 if args.command is None else 2
@@ -94,10 +105,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"icow serve needs the server's dependencies ({e.name} is missing): "
               "pip install 'icow[server]'", file=sys.stderr)
         return 1
-    repository = args.model_repository or bundled_examples()
-    if not repository.is_dir():
-        print(f"icow serve: model repository {repository} is not a directory", file=sys.stderr)
-        return 1
+    store = None
+    if args.model_repository and is_store_url(args.model_repository):
+        store = args.model_repository
+        try:
+            location = StoreLocation.parse(store)
+        except ValueError as e:
+            print(f"icow serve: --model-repository: {e}", file=sys.stderr)
+            return 2
+        repository = args.model_cache or default_cache(location, args.s3_endpoint)  # the store's local copy
+    else:
+        repository = Path(args.model_repository) if args.model_repository else bundled_examples()
+        if not repository.is_dir():
+            print(f"icow serve: model repository {repository} is not a directory", file=sys.stderr)
+            return 1
     if args.load_model and args.model_control_mode != "explicit":
         print("icow serve: --load-model needs --model-control-mode explicit", file=sys.stderr)
         return 2
@@ -118,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         grace_seconds=args.shutdown_grace_secs, metrics_port=None if args.no_metrics else args.metrics_port,
         tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca, auth_tokens=tokens,
         auth_open_health=args.auth_open_health, max_concurrent_requests=args.max_concurrent_requests,
-        max_loaded_models=args.max_loaded_models,
+        max_loaded_models=args.max_loaded_models, store=store, s3_endpoint=args.s3_endpoint,
     )
     try:
         serve(options)

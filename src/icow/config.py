@@ -64,7 +64,9 @@ def complete_config(config: mc.ModelConfig, name: str, session, default_max_batc
                           f"the config asks for {out.platform or out.backend!r}")
     out.platform, out.backend = PLATFORM, BACKEND
     model_inputs = _graph_tensors(session.get_inputs())
-    model_outputs = _graph_tensors(session.get_outputs())
+    # Non-tensor outputs (ZipMap's sequence of maps) are left out: the Open Inference
+    # Protocol cannot carry them. The model keeps them (Model.non_tensor_outputs).
+    model_outputs = _graph_tensors([o for o in session.get_outputs() if is_tensor_type(o.type)])
     if not out.HasField("max_batch_size") and not out.input and not out.output:
         if _all_batched(model_inputs) and _all_batched(model_outputs):
             out.max_batch_size = default_max_batch_size
@@ -85,6 +87,11 @@ def tensor_specs(tensors) -> dict[str, TensorSpec]:
         )
         for t in tensors
     }
+
+
+def is_tensor_type(ort_type: str) -> bool:
+    """Whether an ONNX Runtime type string (``tensor(float)``, ``seq(map(...))``) is a tensor."""
+    return ort_type.startswith("tensor(")
 
 
 def _graph_tensors(args) -> dict[str, tuple[Datatype, list[int]]]:

@@ -49,6 +49,10 @@ class Model:
         self.max_batch_size = self.config.max_batch_size
         self.inputs = cfg.tensor_specs(self.config.input)
         self.outputs = cfg.tensor_specs(self.config.output)
+        # Outputs that are not tensors (e.g. ZipMap's seq(map(int64,tensor(float)))), by
+        # their ONNX Runtime type: only a protocol that can carry them asks for them.
+        self.non_tensor_outputs = {o.name: o.type for o in self.session.get_outputs()
+                                   if not cfg.is_tensor_type(o.type)}
         self.stats = VersionStats()
         # What IOBinding needs to know output shapes before the run.
         self._input_dims = {a.name: list(a.shape or []) for a in self.session.get_inputs()}
@@ -58,16 +62,22 @@ class Model:
         self._binder = Binder(self.session)
         self._shape_cache: dict[tuple, dict[str, tuple] | None] = {}
 
-    def run(self, inputs: Mapping[str, np.ndarray], requested: Sequence[str] = ()) -> dict[str, np.ndarray]:
+    def run(self, inputs: Mapping[str, np.ndarray], requested: Sequence[str] = (), *,
+            non_tensor: bool = False) -> dict[str, np.ndarray]:
         """Check ``inputs`` against the config, run the model, return the ``requested``
-        outputs (all when empty) in the order asked for."""
+        outputs (all when empty) in the order asked for.
+
+        With ``non_tensor``, outputs that are not tensors may be asked for (and
+        "all" includes them): they come back as ONNX Runtime gives them (a list
+        of dicts for a sequence of maps)."""
         with self.stats.measure() as m:
-            names = self._output_names(requested)
+            names = self.output_names(requested, non_tensor=non_tensor)
             feeds, batch = self._feeds(inputs)
             m.fed(batch)
             results = self._session_run(names, feeds)
             m.ran()
-            return {n: self._shape_output(n, r, batch) for n, r in zip(names, results)}
+            return {n: self._shape_output(n, r, batch) if n in self.outputs else r
+                    for n, r in zip(names, results)}
 
     def run_into(self, inputs: Mapping[str, np.ndarray], requested: Sequence[str],
                  allocate: Callable[[list[OutputSpec]], ResponseSlots]) -> ResponseSlots:
@@ -75,7 +85,7 @@ class Model:
         there by ONNX Runtime when their shapes are known before the run, else
         copied there once."""
         with self.stats.measure() as m:
-            names = self._output_names(requested)
+            names = self.output_names(requested)
             feeds, batch = self._feeds(inputs)
             m.fed(batch)
             shapes = self._output_shapes(feeds, names)
@@ -95,11 +105,15 @@ class Model:
             return _copy_into(allocate, results)
 
     # -- checks ------------------------------------------------------------
-    def _output_names(self, requested: Sequence[str]) -> list[str]:
+    def output_names(self, requested: Sequence[str] = (), *, non_tensor: bool = False) -> list[str]:
+        """The outputs a request gets: ``requested`` checked, or all of them when empty."""
         if not requested:
-            return list(self.outputs)
+            return list(self.outputs) + (list(self.non_tensor_outputs) if non_tensor else [])
         for name in requested:
-            if name not in self.outputs:
+            if name in self.non_tensor_outputs and not non_tensor:
+                raise invalid(f"output '{name}' of model '{self.name}' is a {self.non_tensor_outputs[name]}, "
+                              "not a tensor: this protocol cannot carry it")
+            if name not in self.outputs and name not in self.non_tensor_outputs:
                 raise invalid(f"model '{self.name}' has no output '{name}'; "
                               f"its outputs are: {', '.join(self.outputs)}")
         if len(set(requested)) != len(requested):

@@ -3,6 +3,8 @@ unloading them, and resolving a request's model name and version.
 
 Layout (Triton's): ``<root>/<model>/config.pbtxt`` (optional) and
 ``<root>/<model>/<version>/model.onnx`` with positive integer versions.
+With an object store, ``<root>`` is its local cache, brought up to date before
+models load (see object_store.py).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import grpc
 
@@ -20,6 +22,9 @@ from . import config as cfg
 from ._proto import model_config_pb2 as mc
 from .errors import InferenceServerError, not_found, unavailable
 from .model import Model
+
+if TYPE_CHECKING:
+    from .object_store import ObjectStore
 
 log = logging.getLogger("icow.repository")
 
@@ -66,12 +71,15 @@ class Repository:
     """Models of one local folder. Loads are serialized; lookups take no lock
     (a model's entry is replaced whole, which is atomic)."""
 
-    def __init__(self, root: Path, *, default_max_batch_size: int = 32, max_models: int = 0) -> None:
+    def __init__(self, root: Path, *, default_max_batch_size: int = 32, max_models: int = 0,
+                 store: ObjectStore | None = None) -> None:
         self.root = Path(root)
         self.default_max_batch_size = default_max_batch_size
         self.max_models = max_models  # models loaded at once; 0: no limit
+        self.store = store  # when set, root is its cache, synced before every load
+        self.location = store.url if store is not None else str(self.root)  # as messages name it
         self._models: dict[str, LoadedModel] = {}
-        self._load_lock = threading.Lock()
+        self._load_lock = threading.RLock()  # reentrant: load holds it across the store's sync
         self.listeners: list[Callable[[str], None]] = []  # called with a model's name after it (un)loads
 
     # -- what is on disk --------------------------------------------------
@@ -82,7 +90,7 @@ class Repository:
     def _model_dir(self, name: str) -> Path:
         path = self.root / name
         if "/" in name or name in ("", ".", "..") or not path.is_dir():
-            raise not_found(f"no model '{name}' in the repository {self.root}; "
+            raise not_found(f"no model '{name}' in the repository {self.location}; "
                             f"it has: {', '.join(self.model_names()) or 'no models'}")
         return path
 
@@ -92,6 +100,12 @@ class Repository:
 
         Failures are recorded in the result, not raised: a broken version is
         UNAVAILABLE with its reason, and the others serve."""
+        with self._load_lock:  # the sync and the load after it, as one: no other load swaps files between
+            failed = self.store.sync([name]).get(name, {}) if self.store is not None else {}
+            return self._load_fetched(name, failed)
+
+    def _load_fetched(self, name: str, failed: dict[int, str]) -> LoadedModel:
+        """Load ``name`` from the folder; ``failed``: versions the store could not deliver."""
         model_dir = self._model_dir(name)
         with self._load_lock:
             if self.max_models and name not in self._models and len(self._models) >= self.max_models:
@@ -100,6 +114,8 @@ class Repository:
                     f"cannot load model '{name}': {len(self._models)} models are loaded, the limit set by "
                     "--max-loaded-models; unload one first or raise the limit")
             loaded = self._load(name, model_dir)
+            for version, reason in failed.items():  # shown as UNAVAILABLE, unless a cached copy serves
+                loaded.versions.setdefault(version, VersionState(version, reason=reason))
             self._models[name] = loaded
         self._notify(name)
         return loaded
@@ -117,11 +133,13 @@ class Repository:
             listener(name)
 
     def load_all(self, names: list[str] | None = None) -> None:
-        for name in self.model_names() if names is None else names:
-            try:
-                self.load(name)
-            except InferenceServerError as e:  # over --max-loaded-models: the others still serve
-                log.error("model '%s' is not loaded: %s", name, e.message)
+        with self._load_lock:
+            failed = self.store.sync(names) if self.store is not None else {}
+            for name in self.model_names() if names is None else names:
+                try:
+                    self._load_fetched(name, failed.get(name, {}))
+                except InferenceServerError as e:  # over --max-loaded-models: the others still serve
+                    log.error("model '%s' is not loaded: %s", name, e.message)
 
     def _load(self, name: str, model_dir: Path) -> LoadedModel:
         loaded = LoadedModel(name)
@@ -219,6 +237,12 @@ def select_versions(model_dir: Path, policy: mc.ModelVersionPolicy) -> list[int]
     Default policy: the latest one. A version that ``specific`` names but that
     is not on disk is kept, so that it shows as UNAVAILABLE with its reason."""
     on_disk = sorted(v for p in model_dir.iterdir() if p.is_dir() and (v := parse_version(p.name)))
+    return policy_versions(on_disk, policy)
+
+
+def policy_versions(available: list[int], policy: mc.ModelVersionPolicy) -> list[int]:
+    """The versions ``policy`` picks from the sorted ``available`` ones (see select_versions)."""
+    on_disk = available
     choice = policy.WhichOneof("policy_choice")
     if choice == "all":
         return on_disk

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import grpc
 
-from . import reflection
+from . import litecow, reflection
 from .auth import HEALTH_AND_METADATA, AuthInterceptor, Token
 from .health import SERVICE_NAME as HEALTH_SERVICE
 from .health import Health
 from .logs import RequestLog
+from .memory import release_large_buffers
 from .repository import Repository
 from .v2 import SERVICE, InferenceService, method_handlers
 
@@ -42,6 +43,8 @@ class ServerOptions:
     auth_open_health: bool = False  # health, readiness and metadata calls need no token
     max_concurrent_requests: int = 0  # calls handled at once, beyond that RESOURCE_EXHAUSTED; 0: no limit
     max_loaded_models: int = 0  # 0: no limit
+    store: str | None = None  # s3://bucket/prefix: the repository then is its local cache folder
+    s3_endpoint: str | None = None
 
 
 class InferenceServer:
@@ -49,8 +52,14 @@ class InferenceServer:
 
     def __init__(self, options: ServerOptions) -> None:
         self.options = options
+        store = None
+        if options.store:
+            from .object_store import ObjectStore, StoreLocation  # boto3 only when a store is used
+
+            store = ObjectStore(StoreLocation.parse(options.store), options.repository, endpoint=options.s3_endpoint)
+            store.check()
         self.repository = Repository(options.repository, default_max_batch_size=options.default_max_batch_size,
-                                     max_models=options.max_loaded_models)
+                                     max_models=options.max_loaded_models, store=store)
         self.service = InferenceService(self.repository, explicit_control=options.model_control_mode == "explicit",
                                         codec=options.codec, max_message_bytes=options.max_message_bytes)
         self.health = Health(self.repository, SERVICE)
@@ -68,8 +77,11 @@ class InferenceServer:
                                    interceptors=interceptors,
                                    maximum_concurrent_rpcs=options.max_concurrent_requests or None)
         self._server.add_registered_method_handlers(SERVICE, method_handlers(self.service))
+        # lIteCOW's ICOW service on the same port, over the same repository
+        self._server.add_registered_method_handlers(litecow.SERVICE, litecow.method_handlers(
+            litecow.LitecowService(self.repository, store.location if store is not None else None)))
         self.health.add_to(self._server)
-        reflection.enable(self._server, [SERVICE, HEALTH_SERVICE])
+        reflection.enable(self._server, [SERVICE, litecow.SERVICE, HEALTH_SERVICE])
         address = f"{options.host}:{options.port}"
         credentials = _tls_credentials(options)
         try:
@@ -116,6 +128,7 @@ class InferenceServer:
 
 def serve(options: ServerOptions) -> None:
     """Run a server until SIGINT or SIGTERM, then shut it down gracefully."""
+    release_large_buffers()  # before the first tensor is allocated
     server = InferenceServer(options)
 
     def shutdown(signum, frame) -> None:
