@@ -131,14 +131,35 @@ def test_proto_is_wire_compatible_with_litecow_010(litecow_python):
         my_fields = fields(my_messages[message.name])
         for name, spec in fields(message).items():
             assert my_fields.pop(name) == spec, f"{message.name}.{name}"
-        assert my_fields == ({"dictionary_array": (6, 11, 1, ".DictionaryArray", 0)} if message.name == "Array"
+        assert my_fields == ({"dict_array": (6, 11, 1, ".DictionaryArray", 0)} if message.name == "Array"
                              else {}), message.name
         assert [n.name for n in message.nested_type] == [n.name for n in my_messages[message.name].nested_type]
-    assert set(my_messages) - {m.name for m in theirs.message_type} == {"StringArray", "Dictionary",
-                                                                       "DictionaryArray"}
+    assert set(my_messages) - {m.name for m in theirs.message_type} == set(LATER_MESSAGES)
     assert [(s.name, [(m.name, m.input_type, m.output_type) for m in s.method]) for s in theirs.service] == \
         [(s.name, [(m.name, m.input_type, m.output_type) for m in s.method]) for s in mine.service] == \
         [("ICOW", [("get_inference", ".InferenceRequest", ".NamedArrays")])]
+
+
+# lIteCOW's later protocol (its repository's main branch): DictionaryArray as field 6
+# of Array, and the messages under it: (field name, number, type, type name, oneof).
+LATER_MESSAGES = {
+    "DictionaryArray": {("values", 1, "TYPE_MESSAGE", ".Dictionary", None)},
+    "Dictionary": {("pairs", 1, "TYPE_MESSAGE", ".Pair", None)},
+    "Pair": {("key", 1, "TYPE_MESSAGE", ".Key", None), ("value", 2, "TYPE_MESSAGE", ".Value", None)},
+    "Key": {("str", 1, "TYPE_STRING", "", "key"), ("int", 2, "TYPE_INT32", "", "key"),
+            ("float", 3, "TYPE_FLOAT", "", "key")},
+    "Value": {("str", 1, "TYPE_STRING", "", "val"), ("int", 2, "TYPE_INT32", "", "val"),
+              ("float", 3, "TYPE_FLOAT", "", "val")},
+}
+
+
+def test_dictionary_messages_are_lItecows_later_ones():
+    for name, expected in LATER_MESSAGES.items():
+        message = ours.DESCRIPTOR.message_types_by_name[name]
+        got = {(f.name, f.number, descriptor_pb2.FieldDescriptorProto.Type.Name(f.type),
+                f".{f.message_type.full_name}" if f.message_type else "",
+                f.containing_oneof.name if f.containing_oneof else None) for f in message.fields}
+        assert got == expected, name
 
 
 # -- the litecow 0.1.0 client ------------------------------------------------------------
@@ -267,16 +288,12 @@ def generated(tmp_path_factory):
 def to_python(array):
     """A generated Array as numpy, or as a list of dicts for a DictionaryArray."""
     field = array.WhichOneof("array")
-    if field != "dictionary_array":
+    if field != "dict_array":
         dtype = {"float_array": np.float32, "double_array": np.float64, "int32_array": np.int32,
                  "int64_array": np.int64}[field]
         return np.array(getattr(array, field).values, dtype=dtype).reshape(list(array.shape))
-    dictionaries = []
-    for d in array.dictionary_array.values:
-        keys = getattr(d, d.WhichOneof("keys")).values
-        assert list(d.values.shape) == [len(keys)]
-        dictionaries.append(dict(zip(keys, to_python(d.values))))
-    return dictionaries
+    return [{getattr(p.key, p.key.WhichOneof("key")): getattr(p.value, p.value.WhichOneof("val")) for p in d.pairs}
+            for d in array.dict_array.values]
 
 
 def infer(server, generated, model_key, inputs, outputs=(), accept=True):
@@ -296,11 +313,10 @@ def test_zipmap_with_int64_keys(server, repo, generated):
     expected = reference(model_path(repo, "logreg_iris"), {"float_input": x})
     np.testing.assert_array_equal(outputs["label"], expected["label"])
     assert list(response.name_to_array["probabilities"].shape) == [3]
-    assert response.name_to_array["probabilities"].dictionary_array.values[0].WhichOneof("keys") == "int64_keys"
+    assert response.name_to_array["probabilities"].dict_array.values[0].pairs[0].key.WhichOneof("key") == "int"
     assert [list(d) for d in outputs["probabilities"]] == [list(d) for d in expected["probabilities"]]
     for got, want in zip(outputs["probabilities"], expected["probabilities"]):
-        assert {k: float(v) for k, v in got.items()} == {k: float(np.float32(v)) for k, v in want.items()}
-        assert all(v.dtype == np.float32 for v in got.values())
+        assert got == {k: float(np.float32(v)) for k, v in want.items()}  # lIteCOW's Value is a float
 
 
 def test_zipmap_with_string_keys_and_the_filter(server, repo, generated):

@@ -40,12 +40,13 @@ _FIELDS: dict[str, tuple[str, np.dtype]] = {
     "int64_array": ("INT64", np.dtype(np.int64)),
 }
 _FIELD_BY_DATATYPE = {datatype: name for name, (datatype, _) in _FIELDS.items()}
-_FIELD_BY_ORT = {"float": "float_array", "double": "double_array", "int32": "int32_array", "int64": "int64_array"}
 _CARRIED = "float32, float64, int32 and int64"
 
 # ONNX Runtime's type strings of the dictionary outputs DictionaryArray carries:
-# ZipMap's seq(map(int64|string,tensor(float))), and plain maps.
-_DICTIONARY_TYPE = re.compile(r"^(seq\()?map\((int64|string),tensor\((float|double|int32|int64)\)\)(\))?$")
+# ZipMap's seq(map(int64|string,tensor(float))), and plain maps. lIteCOW's Key and
+# Value hold a string, an int32 or a float.
+_DICTIONARY_TYPE = re.compile(r"^(seq\()?map\((int64|string),tensor\((float|int32|int64)\)\)(\))?$")
+_INT32 = range(-(2**31), 2**31)
 
 
 class LitecowService:
@@ -208,13 +209,15 @@ def _fill(message: lc.Array, field: str, value: Any) -> None:
     dictionaries: Sequence[Mapping] = value if is_sequence else [value]
     if is_sequence:
         message.shape.append(len(dictionaries))
-    keys_field = "string_keys" if key_type == "string" else "int64_keys"
-    values_field = _FIELD_BY_ORT[value_type]  # ORT gives Python numbers: the type string says which
+    key_field = "str" if key_type == "string" else "int"
+    value_field = "float" if value_type == "float" else "int"  # ORT gives Python numbers: the type says which
+    message.dict_array.SetInParent()
     for dictionary in dictionaries:
-        entry = message.dictionary_array.values.add()
-        keys, values = getattr(entry, keys_field), getattr(entry.values, values_field)
-        keys.SetInParent()
-        values.SetInParent()
-        keys.values.extend(dictionary.keys())
-        entry.values.shape.append(len(dictionary))
-        values.values.extend(dictionary.values())
+        entry = message.dict_array.values.add()
+        for key, item in dictionary.items():
+            if (key_field == "int" and key not in _INT32) or (value_field == "int" and item not in _INT32):
+                raise invalid(f"a dictionary output holds {key}: {item}, beyond the int32 of lIteCOW's Key "
+                              "and Value")
+            pair = entry.pairs.add()
+            setattr(pair.key, key_field, key)
+            setattr(pair.value, value_field, item)
