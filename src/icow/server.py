@@ -16,7 +16,6 @@ from .auth import HEALTH_AND_METADATA, AuthInterceptor, Token
 from .health import SERVICE_NAME as HEALTH_SERVICE
 from .health import Health
 from .logs import RequestLog
-from .memory import release_large_buffers
 from .repository import Repository
 from .v2 import SERVICE, InferenceService, method_handlers
 
@@ -128,7 +127,6 @@ class InferenceServer:
 
 def serve(options: ServerOptions) -> None:
     """Run a server until SIGINT or SIGTERM, then shut it down gracefully."""
-    release_large_buffers()  # before the first tensor is allocated
     server = InferenceServer(options)
 
     def shutdown(signum, frame) -> None:
