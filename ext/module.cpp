@@ -163,6 +163,24 @@ uintptr_t address_of(const py::buffer &data) {
     return address;
 }
 
+// model_name (field 1) of a ModelInferRequest, the other top-level fields skipped
+// by their length: what the auth interceptor needs before the full parse.
+std::string model_name(const py::buffer &data) {
+    py::buffer_info info = data.request();
+    icow::Reader r(static_cast<const char *>(info.ptr), static_cast<size_t>(info.size * info.itemsize));
+    std::string name;
+    while (!r.done()) {
+        auto [field, wire_type] = r.tag();
+        if (field == 1 && wire_type == icow::LEN) {
+            const icow::Span s = r.bytes();
+            name.assign(r.base + s.off, s.len);  // the last occurrence wins, as in protobuf
+        } else {
+            r.skip(wire_type, field);
+        }
+    }
+    return name;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_wire, m) {
@@ -181,6 +199,8 @@ PYBIND11_MODULE(_wire, m) {
           "Split length-prefixed BYTES contents into `count` bytes objects.");
     m.def("pack_bytes", &pack_bytes, py::arg("items"),
           "Join bytes/str items into length-prefixed BYTES contents.");
+    m.def("model_name", &model_name, py::arg("data"),
+          "model_name of a serialized ModelInferRequest, without parsing its tensors.");
     m.def("address_of", &address_of, py::arg("data"), "The address of a contiguous buffer's first byte.");
     m.def("parse_request", &parse_request, py::arg("data"),
           "Parse and check a serialized ModelInferRequest; raw tensor contents are views into `data`.");

@@ -272,3 +272,14 @@ def test_repeated_scalars_packed_or_not():
     assert _wire.parse_request(unpacked)[4][0][2] == _wire.parse_request(packed)[4][0][2] == (2, 3)
     typed = fp32_input(field(3, 2, varint(2)) + field(5, 2, field(6, 5, b"\0\0\x80?") + field(6, 5, b"\0\0\0@")))
     assert np.frombuffer(_wire.parse_request(typed)[4][0][4], "<f4").tolist() == [1.0, 2.0]
+
+
+def test_model_name_without_parsing_the_tensors():
+    """What the auth interceptor reads before the full parse: the last model_name wins."""
+    good = fp32_input(field(3, 2, varint(1))) + field(7, 2, b"\0" * 4) + field(1, 2, b"first")
+    assert _wire.model_name(good) == "first"
+    assert _wire.model_name(good + field(1, 2, b"second")) == "second"
+    assert _wire.model_name(b"") == ""
+    for data, _ in (HOSTILE["length beyond the buffer"], HOSTILE["truncated varint"], HOSTILE["name not UTF-8"]):
+        with pytest.raises(ValueError):
+            _wire.model_name(data)

@@ -23,6 +23,10 @@ def pack_bytes(items: Iterable[bytes | str]) -> bytes:
         An element is neither ``bytes`` nor ``str``.
     """
 
+def model_name(data: Buffer) -> str:
+    """``model_name`` of a serialized ModelInferRequest, the other fields skipped
+    unparsed. Raises ValueError when the message is malformed."""
+
 def address_of(data: Buffer) -> int:
     """The address of a contiguous buffer's first byte (for ONNX Runtime's IOBinding)."""
 

@@ -25,6 +25,8 @@ from typing import Any
 
 import grpc
 
+from ._wire import model_name
+
 INFERENCE = "/inference.GRPCInferenceService/"
 # Left open by --auth-open-health: liveness, readiness and metadata, which probes
 # and service discovery call without credentials.
@@ -36,7 +38,7 @@ HEALTH_AND_METADATA = frozenset({
 })
 # The calls about one model, and how to read its name from the request.
 _MODEL_OF: dict[str, Callable[[Any], str]] = {
-    INFERENCE + "ModelInfer": lambda data: infer_model_name(data),
+    INFERENCE + "ModelInfer": model_name,  # from the raw bytes: ModelInfer has no deserializer
     **{INFERENCE + m: (lambda r: r.name) for m in ("ModelReady", "ModelMetadata", "ModelConfig")},
     **{INFERENCE + m: (lambda r: r.model_name) for m in ("RepositoryModelLoad", "RepositoryModelUnload")},
     INFERENCE + "ModelStatistics": lambda r: r.name or None,  # None: every model
@@ -163,42 +165,3 @@ def _refusing(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: st
             (True, False): grpc.stream_unary_rpc_method_handler, (True, True): grpc.stream_stream_rpc_method_handler}
     return kind[handler.request_streaming, handler.response_streaming](
         refuse, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
-
-
-def infer_model_name(data: bytes) -> str:
-    """``model_name`` (field 1) of a serialized ModelInferRequest, read without
-    parsing the tensors: top-level fields are skipped by their length. The last
-    occurrence wins, as protobuf parsers do. Raises ValueError when malformed."""
-    view, pos, end, name = memoryview(data), 0, len(data), ""
-    while pos < end:
-        key, pos = _varint(view, pos)
-        field, wire = key >> 3, key & 7
-        if wire == 0:
-            _, pos = _varint(view, pos)
-        elif wire == 1:
-            pos += 8
-        elif wire == 5:
-            pos += 4
-        elif wire == 2:
-            size, pos = _varint(view, pos)
-            if field == 1:
-                name = bytes(view[pos:pos + size]).decode("utf-8", "replace")
-            pos += size
-        else:
-            raise ValueError(f"wire type {wire}")
-        if pos > end:
-            raise ValueError("truncated")
-    return name
-
-
-def _varint(view: memoryview, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(view) or shift > 63:
-            raise ValueError("bad varint")
-        byte = view[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, pos
-        shift += 7
