@@ -62,6 +62,11 @@ class Model:
         self._binder = Binder(self.session)
         self._shape_cache: dict[tuple, dict[str, tuple] | None] = {}
 
+    def close(self) -> None:
+        """Stop taking requests and release what the version holds (its scheduler's
+        threads, its sessions). Called once the version is out of the repository and
+        its in-flight requests (``stats.pending``) have finished."""
+
     def run(self, inputs: Mapping[str, np.ndarray], requested: Sequence[str] = (), *,
             non_tensor: bool = False) -> dict[str, np.ndarray]:
         """Check ``inputs`` against the config, run the model, return the ``requested``
