@@ -71,7 +71,7 @@ def test_mlp_outputs_are_written_in_place(repository):
     x = np.random.default_rng(0).standard_normal((5, 16)).astype(np.float32)
     spy = run_both(repository.get("mlp"), {"input": x})
     assert spy.bound == [0] and spy.copied == []
-    assert repository.get("mlp")._binder.fast  # onnxruntime's C binding is where ort_binding expects it
+    assert repository.get("mlp").instances[0].binder.fast  # onnxruntime's C binding is where ort_binding expects it
 
 
 def test_several_outputs_in_place_and_filtered(repository):

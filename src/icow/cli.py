@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--default-max-batch-size", type=int, default=32,
                        help="max_batch_size given to a model without config whose tensors all "
                             "start with a dynamic dimension")
+    serve.add_argument("--max-queue-size", type=int, default=0,
+                       help="requests that may wait for a model version's instances, where its config sets "
+                            "no max_queue_size; beyond it RESOURCE_EXHAUSTED (0: no limit but --workers)")
     serve.add_argument("--codec", choices=["native", "protobuf"], default="native",
                        help="how ModelInfer messages are read and written: native (compiled, zero-copy) "
                             "or protobuf (the generated classes; the baseline)")
@@ -135,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     options = ServerOptions(
         repository=repository, host=args.host, port=args.port, model_control_mode=args.model_control_mode,
         load_models=args.load_model, workers=args.workers, max_message_bytes=min(args.max_message_mb, 2047) << 20,
-        default_max_batch_size=args.default_max_batch_size, codec=args.codec,
+        default_max_batch_size=args.default_max_batch_size, max_queue_size=args.max_queue_size,
+        codec=args.codec,
         grace_seconds=args.shutdown_grace_secs, metrics_port=None if args.no_metrics else args.metrics_port,
         tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca, auth_tokens=tokens,
         auth_open_health=args.auth_open_health, max_concurrent_requests=args.max_concurrent_requests,

@@ -20,7 +20,7 @@ from ._proto import litecow_pb2 as lc
 from .errors import invalid, not_found
 from .model import Model
 from .repository import Repository
-from .v2 import _rpc  # the same error contract as the v2 front end
+from .v2 import _rpc, deadline_ns  # the same error contract as the v2 front end
 
 if TYPE_CHECKING:
     from .object_store import StoreLocation
@@ -82,7 +82,8 @@ class LitecowService:
         names = model.output_names(list(request.outputs), non_tensor=True)
         accepted = _accepted(context)
         fields = {name: _output_field(model, name, accepted) for name in names}  # before running
-        outputs = model.run(inputs, names, non_tensor=True)
+        outputs = model.run(inputs, names, non_tensor=True, deadline_ns=deadline_ns(context),
+                            alive=context.is_active)
         response = lc.NamedArrays()
         for name, value in outputs.items():
             _fill(response.name_to_array[name], fields[name], value)

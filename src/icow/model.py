@@ -4,21 +4,24 @@ from __future__ import annotations
 
 import logging
 import math
-import os
+import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import grpc
 import numpy as np
 import onnxruntime as ort
 
 from . import config as cfg
+from . import scheduling
 from ._proto import model_config_pb2 as mc
 from ._wire import address_of
 from .datatypes import from_numpy
 from .errors import InferenceServerError, invalid
 from .ort_binding import Binder
+from .scheduler import BatchScheduler, DirectScheduler, Job
 from .stats import VersionStats
 from .tensors import to_raw
 
@@ -36,15 +39,35 @@ class ResponseSlots(Protocol):
     def mark_written(self, index: int) -> None: ...
 
 
+class Instance:
+    """One ONNX Runtime session of a version; runs one request or batch at a time."""
+
+    def __init__(self, path: Path, options: ort.SessionOptions) -> None:
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.binder = Binder(self.session)
+
+
+class Work(NamedTuple):
+    """What a scheduled request asks of the model."""
+
+    feeds: dict[str, np.ndarray]
+    names: list[str]  # outputs, in the order the response lists them
+    allocate: Callable[[list[OutputSpec]], ResponseSlots] | None  # None: arrays are the result
+
+
 class Model:
-    """A ready model version. ``run`` and ``run_into`` are safe from many threads."""
+    """A ready model version. ``run`` and ``run_into`` are safe from many threads;
+    its scheduler decides which instance runs a request, and batches them."""
 
     def __init__(self, name: str, version: int, path: Path, config: mc.ModelConfig,
-                 default_max_batch_size: int) -> None:
+                 default_max_batch_size: int, default_queue_size: int = 0) -> None:
         self.name = name
         self.version = version
         self.path = path
-        self.session = ort.InferenceSession(str(path), _session_options(), providers=["CPUExecutionProvider"])
+        plan = scheduling.instances(config, scheduling.available_cpus())
+        options = _session_options(plan)
+        self.instances = [Instance(path, options) for _ in range(plan.count)]
+        self.session = self.instances[0].session
         self.config = cfg.complete_config(config, name, self.session, default_max_batch_size)
         self.max_batch_size = self.config.max_batch_size
         self.inputs = cfg.tensor_specs(self.config.input)
@@ -59,55 +82,125 @@ class Model:
         self._output_dims = {a.name: list(a.shape or []) for a in self.session.get_outputs()}
         self._bind_outputs = all(s.datatype.name != "BYTES" and s.reshape is None
                                  for s in (*self.inputs.values(), *self.outputs.values()))
-        self._binder = Binder(self.session)
         self._shape_cache: dict[tuple, dict[str, tuple] | None] = {}
+        self.batching = scheduling.batching(self.config)
+        policy = scheduling.queue_policy(self.config, default_queue_size)
+        self.scheduler = (BatchScheduler(name, self.instances, policy, self._execute, self.batching)
+                          if self.batching else DirectScheduler(name, self.instances, policy, self._execute))
+        weakref.finalize(self, self.scheduler.close)  # its threads end with the model
 
     def close(self) -> None:
         """Stop taking requests and release what the version holds (its scheduler's
-        threads, its sessions). Called once the version is out of the repository and
-        its in-flight requests (``stats.pending``) have finished."""
+        threads). Called once the version is out of the repository and its
+        in-flight requests (``stats.pending``) have finished."""
+        self.scheduler.close()
 
     def run(self, inputs: Mapping[str, np.ndarray], requested: Sequence[str] = (), *,
-            non_tensor: bool = False) -> dict[str, np.ndarray]:
+            non_tensor: bool = False, deadline_ns: int | None = None,
+            alive: Callable[[], bool] | None = None) -> dict[str, np.ndarray]:
         """Check ``inputs`` against the config, run the model, return the ``requested``
         outputs (all when empty) in the order asked for.
 
         With ``non_tensor``, outputs that are not tensors may be asked for (and
         "all" includes them): they come back as ONNX Runtime gives them (a list
-        of dicts for a sequence of maps)."""
-        with self.stats.measure() as m:
-            names = self.output_names(requested, non_tensor=non_tensor)
-            feeds, batch = self._feeds(inputs)
-            m.fed(batch)
-            results = self._session_run(names, feeds)
-            m.ran()
-            return {n: self._shape_output(n, r, batch) if n in self.outputs else r
-                    for n, r in zip(names, results)}
+        of dicts for a sequence of maps). ``deadline_ns`` (time.monotonic_ns) and
+        ``alive`` (False once the caller has gone) end a wait in the queue."""
+        return self._submit(inputs, requested, None, non_tensor, deadline_ns, alive)
 
     def run_into(self, inputs: Mapping[str, np.ndarray], requested: Sequence[str],
-                 allocate: Callable[[list[OutputSpec]], ResponseSlots]) -> ResponseSlots:
+                 allocate: Callable[[list[OutputSpec]], ResponseSlots], *, deadline_ns: int | None = None,
+                 alive: Callable[[], bool] | None = None) -> ResponseSlots:
         """As ``run``, but the outputs go into a response from ``allocate``: written
         there by ONNX Runtime when their shapes are known before the run, else
         copied there once."""
-        with self.stats.measure() as m:
-            names = self.output_names(requested)
+        return self._submit(inputs, requested, allocate, False, deadline_ns, alive)
+
+    def _submit(self, inputs, requested, allocate, non_tensor, deadline_ns, alive):
+        """Check the request, queue it, wait for its result; account for it."""
+        arrived = time.monotonic_ns()
+        self.stats.begin()
+        try:
+            names = self.output_names(requested, non_tensor=non_tensor)
             feeds, batch = self._feeds(inputs)
-            m.fed(batch)
-            shapes = self._output_shapes(feeds, names)
-            if shapes is not None:
-                response = allocate([self._spec(n, shapes[n]) for n in names])
-                if self._run_bound(feeds, names, shapes, response):
-                    m.ran()
-                    return response
-            results = {n: self._shape_output(n, r, batch)
-                       for n, r in zip(names, self._session_run(names, feeds))}
-            m.ran()
-            if shapes is not None:  # the bound run failed where a plain one works
-                log.warning("model '%s' version %d: its declared output shapes are wrong; "
-                            "outputs will be copied", self.name, self.version)
-                self._bind_outputs = False
-                self._shape_cache.clear()
-            return _copy_into(allocate, results)
+            key = (tuple(names), *((n, a.shape[1:]) for n, a in feeds.items())) if self.batching else None
+            job = Job(Work(feeds, names, allocate), batch or 1, key, deadline_ns, alive)
+            result = self.scheduler.run(job)
+        except BaseException:
+            self.stats.record_failure(time.monotonic_ns() - arrived)
+            raise
+        input_ns, infer_ns, output_ns = job.timings
+        self.stats.record_request(batch or 1, time.monotonic_ns() - arrived, job.started_ns - job.queued_ns,
+                                  job.queued_ns - arrived + input_ns, infer_ns, output_ns)
+        return result
+
+    # -- running on an instance (the scheduler calls these) -----------------
+    def _execute(self, instance: Instance, jobs: list[Job]) -> None:
+        """Run ``jobs`` on ``instance``, alone or as one batch; set each one's result or error."""
+        if len(jobs) > 1:
+            try:
+                return self._run_batch(instance, jobs)
+            except InferenceServerError as e:  # find who caused it: each alone fails only if it must
+                log.info("model '%s' version %d: a batch of %d requests failed (%s); running them one by one",
+                         self.name, self.version, len(jobs), e.message)
+        for job in jobs:
+            try:
+                job.result = self._run_one(instance, job)
+            except Exception as e:
+                job.error = e
+
+    def _run_one(self, instance: Instance, job: Job) -> ResponseSlots | dict[str, np.ndarray]:
+        start = time.monotonic_ns()
+        feeds, names, allocate = job.payload
+        batch = job.rows if self.max_batch_size > 0 else 0
+        shapes = self._output_shapes(feeds, names) if allocate is not None else None
+        if shapes is not None:
+            response = allocate([self._spec(n, shapes[n]) for n in names])
+            fed = time.monotonic_ns()
+            if self._run_bound(instance, feeds, names, shapes, response):
+                self._timed([job], start, fed, time.monotonic_ns())
+                return response
+        fed = time.monotonic_ns()
+        results = {n: self._shape_output(n, r, batch) if n in self.outputs else r
+                   for n, r in zip(names, self._session_run(instance, names, feeds))}
+        ran = time.monotonic_ns()
+        if shapes is not None:  # the bound run failed where a plain one works
+            log.warning("model '%s' version %d: its declared output shapes are wrong; "
+                        "outputs will be copied", self.name, self.version)
+            self._bind_outputs = False
+            self._shape_cache.clear()
+        result = _copy_into(allocate, results) if allocate is not None else results
+        self._timed([job], start, fed, ran)
+        return result
+
+    def _run_batch(self, instance: Instance, jobs: list[Job]) -> None:
+        """One run over the jobs' inputs stacked along the batch dimension (the one
+        copy batching adds on the way in); each job gets its own rows back."""
+        start = time.monotonic_ns()
+        _, names, _ = jobs[0].payload
+        feeds = {name: np.concatenate([job.payload.feeds[name] for job in jobs])
+                 for name in jobs[0].payload.feeds}
+        fed = time.monotonic_ns()
+        outputs = self._session_run(instance, names, feeds)
+        ran = time.monotonic_ns()
+        rows = sum(job.rows for job in jobs)
+        if any(np.shape(r)[:1] != (rows,) for r in outputs):
+            raise InferenceServerError(grpc.StatusCode.INTERNAL, "an output does not have one row per input row")
+        first = 0
+        for job in jobs:
+            last = first + job.rows
+            results = {n: self._shape_output(n, r[first:last], job.rows) if n in self.outputs else r[first:last]
+                       for n, r in zip(names, outputs)}
+            allocate = job.payload.allocate
+            job.result = _copy_into(allocate, results) if allocate is not None else results
+            first = last
+        self._timed(jobs, start, fed, ran)
+
+    def _timed(self, jobs: list[Job], start: int, fed: int, ran: int) -> None:
+        """Account one execution: its phases go to every job in it and to batch_stats."""
+        timings = (fed - start, ran - fed, time.monotonic_ns() - ran)
+        for job in jobs:
+            job.timings = timings
+        self.stats.record_execution(sum(job.rows for job in jobs), *timings)
 
     # -- checks ------------------------------------------------------------
     def output_names(self, requested: Sequence[str] = (), *, non_tensor: bool = False) -> list[str]:
@@ -174,9 +267,9 @@ class Model:
         return result
 
     # -- running -----------------------------------------------------------
-    def _session_run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    def _session_run(self, instance: Instance, names: list[str], feeds: dict[str, np.ndarray]) -> list:
         try:
-            return self.session.run(names, feeds)
+            return instance.session.run(names, feeds)
         except ort.capi.onnxruntime_pybind11_state.InvalidArgument as e:
             raise invalid(f"model '{self.name}' version {self.version} rejected the inputs: {e}") from None
         except Exception as e:  # a fault inside the runtime, not in the request
@@ -221,15 +314,15 @@ class Model:
         datatype = self.outputs[name].datatype
         return name, datatype.name, shape, math.prod(shape) * datatype.numpy.itemsize
 
-    def _run_bound(self, feeds: dict[str, np.ndarray], names: list[str], shapes: dict[str, tuple],
-                   response: ResponseSlots) -> bool:
+    def _run_bound(self, instance: Instance, feeds: dict[str, np.ndarray], names: list[str],
+                   shapes: dict[str, tuple], response: ResponseSlots) -> bool:
         """Run with inputs bound where they lie and outputs bound into ``response``."""
-        binding = self._binder.bind(
+        binding = instance.binder.bind(
             [(name, a.dtype.type, a.shape, address_of(a)) for name, a in feeds.items()],
             [(name, self.outputs[name].datatype.numpy.type, shapes[name], response.address(i))
              for i, name in enumerate(names)])
         try:
-            self._binder.run(binding)
+            instance.binder.run(binding)
         except Exception:  # run again unbound: that gives the error, or shows the dims were wrong
             return False
         for i in range(len(names)):
@@ -253,13 +346,14 @@ def _copy_into(allocate: Callable[[list[OutputSpec]], ResponseSlots],
     return response
 
 
-def _session_options() -> ort.SessionOptions:
-    """One intra-op thread per CPU this process may use. Stated explicitly because
+def _session_options(plan: scheduling.Instances) -> ort.SessionOptions:
+    """Thread counts as planned (scheduling.instances). Stated explicitly because
     with the default (0) ONNX Runtime pins its threads to CPUs of its own choice,
     outside a taskset/cgroup mask the server was started with."""
     options = ort.SessionOptions()
-    options.intra_op_num_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
-        else os.cpu_count() or 1
+    options.intra_op_num_threads = plan.intra_op_threads
+    if plan.inter_op_threads:
+        options.inter_op_num_threads = plan.inter_op_threads
     return options
 
 

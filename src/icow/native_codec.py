@@ -39,7 +39,8 @@ def decode_request(data: bytes) -> InferRequest:
 def infer(model: Model, request: InferRequest) -> bytes:
     """Run ``request`` on ``model``; the serialized response."""
     allocate = functools.partial(_wire.ResponseBuffer, model.name, str(model.version), request.id)
-    return model.run_into(request.inputs, request.outputs, allocate).finish()
+    return model.run_into(request.inputs, request.outputs, allocate, deadline_ns=request.deadline_ns,
+                          alive=request.alive).finish()
 
 
 def _array(datatype: str, shape: tuple[int, ...], contents) -> np.ndarray:

@@ -53,7 +53,7 @@ def decode_request(data: bytes) -> InferRequest:
 
 def infer(model: Model, request: InferRequest) -> bytes:
     """Run ``request`` on ``model``; the serialized response."""
-    outputs = model.run(request.inputs, request.outputs)
+    outputs = model.run(request.inputs, request.outputs, deadline_ns=request.deadline_ns, alive=request.alive)
     return encode_response(model.name, str(model.version), request.id, outputs)
 
 

@@ -72,9 +72,10 @@ class Repository:
     (a model's entry is replaced whole, which is atomic)."""
 
     def __init__(self, root: Path, *, default_max_batch_size: int = 32, max_models: int = 0,
-                 store: ObjectStore | None = None) -> None:
+                 max_queue_size: int = 0, store: ObjectStore | None = None) -> None:
         self.root = Path(root)
         self.default_max_batch_size = default_max_batch_size
+        self.max_queue_size = max_queue_size  # per version, where its config sets none; 0: no limit
         self.max_models = max_models  # models loaded at once; 0: no limit
         self.store = store  # when set, root is its cache, synced before every load
         self.location = store.url if store is not None else str(self.root)  # as messages name it
@@ -163,7 +164,7 @@ class Repository:
         try:
             if not path.is_file():
                 raise FileNotFoundError(f"{path} does not exist")
-            model = Model(name, version, path, config, self.default_max_batch_size)
+            model = Model(name, version, path, config, self.default_max_batch_size, self.max_queue_size)
         except Exception as e:  # any fault of the file: the server stays up
             reason = f"failed to load {path}: {e}"
             log.error("model '%s' version %d is unavailable: %s", name, version, reason)

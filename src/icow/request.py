@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,6 +19,8 @@ class InferRequest:
     id: str
     inputs: dict[str, np.ndarray] = field(default_factory=dict)  # views of the request bytes where possible
     outputs: list[str] = field(default_factory=list)  # empty: every output
+    deadline_ns: int | None = None  # time.monotonic_ns() when the caller stops waiting
+    alive: Callable[[], bool] | None = None  # False once the call is cancelled
 
 
 def reject_shared_memory(parameters: Mapping, what: str) -> None:

@@ -32,6 +32,7 @@ class ServerOptions:
     workers: int = 16  # gRPC threads; ONNX Runtime releases the GIL while it runs
     max_message_bytes: int = 2**31 - 1
     default_max_batch_size: int = 32
+    max_queue_size: int = 0  # per model version unless its config says; 0: bounded by the workers only
     grace_seconds: float = 5.0
     codec: str = "native"  # or "protobuf": the baseline
     metrics_port: int | None = 8002  # Prometheus endpoint over HTTP; None: off
@@ -58,7 +59,8 @@ class InferenceServer:
             store = ObjectStore(StoreLocation.parse(options.store), options.repository, endpoint=options.s3_endpoint)
             store.check()
         self.repository = Repository(options.repository, default_max_batch_size=options.default_max_batch_size,
-                                     max_models=options.max_loaded_models, store=store)
+                                     max_models=options.max_loaded_models, max_queue_size=options.max_queue_size,
+                                     store=store)
         self.service = InferenceService(self.repository, explicit_control=options.model_control_mode == "explicit",
                                         codec=options.codec, max_message_bytes=options.max_message_bytes)
         self.health = Health(self.repository, SERVICE)

@@ -46,29 +46,38 @@ class VersionStats:
         self.compute_infer = Duration()
         self.compute_output = Duration()
         self.batches: dict[int, BatchStats] = {}
-        self.pending = 0  # requests between begin() and their record_*()
+        self.pending = 0  # requests between begin() and their record_request/record_failure
         # successful requests per LATENCY_BUCKETS_US bucket (not cumulative); the last is +Inf
         self.latency_buckets = [0] * (len(LATENCY_BUCKETS_US) + 1)
 
     def begin(self) -> None:
-        """A request starts; record_success or record_failure ends it."""
+        """A request starts; record_request or record_failure ends it."""
         with self._lock:
             self.pending += 1
 
-    def record_success(self, batch_size: int, total_ns: int, input_ns: int, infer_ns: int,
+    def record_request(self, rows: int, total_ns: int, queue_ns: int, input_ns: int, infer_ns: int,
                        output_ns: int) -> None:
+        """A request succeeded: its own times, which for a batched request include
+        the whole batch's input, infer and output time, as Triton reports them."""
         with self._lock:
             self.pending -= 1
             self.latency_buckets[bisect.bisect_left(LATENCY_BUCKETS_US, total_ns // 1000)] += 1
-            self.inference_count += batch_size
-            self.execution_count += 1
+            self.inference_count += rows
             self.last_inference_ms = time.time_ns() // 1_000_000
             self.success.add(total_ns)
-            self.queue.count += 1  # no queue yet: counted with zero time, as Triton reports it
-            for totals in (self, self.batches.get(batch_size) or self.batches.setdefault(batch_size, BatchStats())):
-                totals.compute_input.add(input_ns)
-                totals.compute_infer.add(infer_ns)
-                totals.compute_output.add(output_ns)
+            self.queue.add(queue_ns)
+            self.compute_input.add(input_ns)
+            self.compute_infer.add(infer_ns)
+            self.compute_output.add(output_ns)
+
+    def record_execution(self, batch_size: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
+        """One run of the model, for one request or a batch of them (``batch_size`` rows)."""
+        with self._lock:
+            self.execution_count += 1
+            totals = self.batches.get(batch_size) or self.batches.setdefault(batch_size, BatchStats())
+            totals.compute_input.add(input_ns)
+            totals.compute_infer.add(infer_ns)
+            totals.compute_output.add(output_ns)
 
     def snapshot(self) -> VersionStats:
         """A consistent copy to read while requests keep updating this one."""
@@ -82,40 +91,3 @@ class VersionStats:
             self.pending -= 1
             self.last_inference_ms = time.time_ns() // 1_000_000
             self.fail.add(total_ns)
-
-    def measure(self) -> Measurement:
-        """Time one request (``with stats.measure() as m``): a success when the
-        block ends normally, a failure when it raises (anything: the pending
-        count must come back down)."""
-        return Measurement(self)
-
-
-class Measurement:
-    """Marks in one request's life: inputs ready, model run. A class rather than
-    a generator context manager: this runs on every request."""
-
-    __slots__ = ("stats", "start", "fed_at", "ran_at", "batch")
-
-    def __init__(self, stats: VersionStats) -> None:
-        self.stats = stats
-        stats.begin()
-        self.start = self.fed_at = self.ran_at = time.perf_counter_ns()
-        self.batch = 0
-
-    def __enter__(self) -> Measurement:
-        return self
-
-    def __exit__(self, kind, error, tb) -> None:
-        done = time.perf_counter_ns()
-        if kind is None:
-            self.stats.record_success(self.batch or 1, done - self.start, self.fed_at - self.start,
-                                      self.ran_at - self.fed_at, done - self.ran_at)
-        else:
-            self.stats.record_failure(done - self.start)
-
-    def fed(self, batch: int) -> None:
-        self.batch = batch
-        self.fed_at = self.ran_at = time.perf_counter_ns()
-
-    def ran(self) -> None:
-        self.ran_at = time.perf_counter_ns()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Callable
 
 import grpc
@@ -101,6 +102,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     def ModelInferBytes(self, data: bytes, context) -> bytes:
         """ModelInfer on the serialized request; returns the serialized response."""
         request = self.codec.decode_request(data)
+        request.deadline_ns, request.alive = deadline_ns(context), context.is_active
         logs.annotate(request_id=request.id, model=request.model_name, version=request.model_version)
         model = self.repository.get(request.model_name, request.model_version)
         logs.annotate(version=str(model.version))
@@ -184,6 +186,12 @@ def method_handlers(service: InferenceService) -> dict[str, grpc.RpcMethodHandle
                                      response_serializer=response.SerializeToString)
     handlers["ModelInfer"] = grpc.unary_unary_rpc_method_handler(service.ModelInferBytes)
     return handlers
+
+
+def deadline_ns(context: grpc.ServicerContext) -> int | None:
+    """The call's deadline on time.monotonic_ns()'s clock, None when it has none."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic_ns() + int(remaining * 1e9)
 
 
 def _statistics(model) -> pb.ModelStatistics:

@@ -1,0 +1,313 @@
+"""Dynamic batching, instances, the bounded queue and deadlines: through the real
+server with tritonclient, and the scheduler in process where timing must be exact."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as tc
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
+import make_models
+from batching_helpers import TABLE, build_batching_repository, lookup_model
+from helpers import expect_error, infer_input, reference
+from icow.errors import InferenceServerError
+from icow.repository import Repository
+from ops_helpers import slow_inputs
+
+CLIENTS = 16
+
+
+@pytest.fixture(scope="module")
+def batching_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_batching_repository(tmp_path_factory.mktemp("batching") / "models")
+
+
+@pytest.fixture(scope="module")
+def batching_server(batching_repo, codec, tmp_path_factory):
+    from conftest import start_server
+
+    srv = start_server(batching_repo, "--no-metrics", "--workers", "32", "--codec", codec,
+                       log_dir=tmp_path_factory.mktemp("logs"))
+    yield srv
+    srv.stop()
+
+
+def _concurrently(work, count: int = CLIENTS) -> list:
+    """``work(i)`` for i in range(count), all started together; their results."""
+    start = threading.Barrier(count)
+
+    def run(i):
+        start.wait()
+        return work(i)
+
+    with ThreadPoolExecutor(count) as pool:
+        return list(pool.map(run, range(count)))
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_own_rows(batching_server, batching_repo):
+    url = batching_server.url
+    before = tc.InferenceServerClient(url).get_inference_statistics("mlp").model_stats[0]
+    per_client = 6
+
+    def client_work(i):
+        client = tc.InferenceServerClient(url)
+        rng = np.random.default_rng(i)
+        checked = 0
+        for _ in range(per_client):
+            x = rng.standard_normal((int(rng.integers(1, 5)), 16), dtype=np.float32)
+            y = client.infer("mlp", [infer_input("input", x, "FP32")]).as_numpy("output")
+            expected = reference(batching_repo / "mlp" / "1" / "model.onnx", {"input": x})["output"]
+            np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+            checked += len(x)
+        return checked
+
+    rows = sum(_concurrently(client_work))
+    after = tc.InferenceServerClient(url).get_inference_statistics("mlp").model_stats[0]
+    requests = CLIENTS * per_client
+    executions = after.execution_count - before.execution_count
+    assert after.inference_count - before.inference_count == rows
+    assert after.inference_stats.success.count - before.inference_stats.success.count == requests
+    assert executions < requests, "no two requests shared a run"
+    batch_sizes = {b.batch_size for b in after.batch_stats}
+    assert max(batch_sizes) > 4  # larger than any one request: rows of several requests
+    assert sum(b.compute_infer.count for b in after.batch_stats) == after.execution_count
+    assert after.inference_stats.queue.count == after.inference_stats.success.count
+
+
+def test_requests_that_differ_beyond_the_batch_dimension_are_never_mixed(batching_server):
+    url = batching_server.url
+
+    def client_work(i):
+        client = tc.InferenceServerClient(url)
+        width = 2 + i % 3
+        for n in range(4):
+            x = np.full((1 + n % 2, width), i * 100 + n, dtype=np.float32)
+            y = client.infer("wide", [infer_input("x", x, "FP32")]).as_numpy("y")
+            assert np.array_equal(y, x)
+
+    _concurrently(client_work)
+    stats = tc.InferenceServerClient(url).get_inference_statistics("wide").model_stats[0]
+    assert stats.execution_count < stats.inference_stats.success.count
+
+
+def test_a_failing_request_fails_alone_inside_a_batch(batching_server):
+    url = batching_server.url
+
+    def client_work(i):
+        client = tc.InferenceServerClient(url)
+        index = 99 if i % 4 == 0 else i % 10  # one client in four asks for a row the table lacks
+        x = np.array([[index]], dtype=np.int64)
+        try:
+            return client.infer("lookup", [infer_input("i", x, "INT64")]).as_numpy("y")[0, 0]
+        except tc.InferenceServerException as e:
+            return e
+
+    results = _concurrently(client_work)
+    for i, result in enumerate(results):
+        if i % 4 == 0:
+            assert isinstance(result, tc.InferenceServerException), result
+            assert result.status() == "StatusCode.INVALID_ARGUMENT" and "out of" in result.message()
+        else:
+            assert result == TABLE[i % 10]
+    y = tc.InferenceServerClient(url).infer("lookup", [infer_input("i", np.array([[3]], np.int64), "INT64")])
+    assert y.as_numpy("y")[0, 0] == TABLE[3]  # still serving
+
+
+def test_a_request_over_max_batch_size_is_invalid(batching_server):
+    client = tc.InferenceServerClient(batching_server.url)
+    with expect_error(grpc.StatusCode.INVALID_ARGUMENT, "batch size 9 is outside 1..8"):
+        client.infer("mlp", [infer_input("input", np.zeros((9, 16), np.float32), "FP32")])
+
+
+# -- the queue: limit, deadlines, cancellation ----------------------------------
+
+SLOW = 2500  # the ``slow`` model's size: about half a second of matrix product here
+ORDER = 0.1  # seconds between calls that must reach the server in order
+
+
+def _slow_request(x: float = 1.0) -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name="slow")
+    for tensor in slow_inputs(SLOW, x):
+        request.inputs.append(tensor._get_tensor())
+        request.raw_input_contents.append(tensor._get_content())
+    return request
+
+
+def _executions(url: str) -> int:
+    return tc.InferenceServerClient(url).get_inference_statistics("slow").model_stats[0].execution_count
+
+
+def test_a_full_queue_answers_resource_exhausted_at_once(make_server, ops_repo):
+    srv = make_server(ops_repo, "--no-metrics", "--max-queue-size", "1")
+    stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(srv.url))
+    running = stub.ModelInfer.future(_slow_request())  # runs
+    time.sleep(ORDER)
+    queued = stub.ModelInfer.future(_slow_request())  # waits
+    time.sleep(ORDER)
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.ModelInfer(_slow_request())
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "max_queue_size" in refused.value.details()
+    assert not running.done()  # refused at once, not after waiting its turn
+    assert running.result().model_name == queued.result().model_name == "slow"
+    assert _executions(srv.url) == 2
+
+
+def test_a_request_whose_deadline_passes_in_the_queue_never_runs(make_server, ops_repo):
+    srv = make_server(ops_repo, "--no-metrics")
+    stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(srv.url))
+    running = stub.ModelInfer.future(_slow_request())
+    time.sleep(ORDER)
+    with pytest.raises(grpc.RpcError) as late:
+        stub.ModelInfer(_slow_request(), timeout=0.05)
+    assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    running.result()
+    time.sleep(0.3)
+    assert _executions(srv.url) == 1
+    stats = tc.InferenceServerClient(srv.url).get_inference_statistics("slow").model_stats[0]
+    assert stats.inference_stats.fail.count == 1
+
+
+def test_a_cancelled_call_frees_its_place_in_the_queue(make_server, ops_repo):
+    srv = make_server(ops_repo, "--no-metrics", "--max-queue-size", "1")
+    stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(srv.url))
+    running = stub.ModelInfer.future(_slow_request())
+    time.sleep(ORDER)
+    cancelled = stub.ModelInfer.future(_slow_request())
+    time.sleep(ORDER)
+    cancelled.cancel()
+    time.sleep(ORDER + 0.05)  # the server notices within its poll interval (50 ms)
+    after = stub.ModelInfer.future(_slow_request(2.0))  # takes the freed place
+    assert running.result() and after.result()
+    assert _executions(srv.url) == 2
+
+
+# -- in process: instances and queue policy from config.pbtxt -------------------
+
+def _repository(tmp_path: Path, config: str, model=None) -> Repository:
+    make_models.write(model or lookup_model(), tmp_path, "m")
+    (tmp_path / "m" / "config.pbtxt").write_text(config)
+    repository = Repository(tmp_path)
+    repository.load("m")
+    return repository
+
+
+def _slowed(model, seconds: float) -> dict:
+    """Make each run of ``model`` take ``seconds`` and count how many overlap."""
+    seen = {"now": 0, "max": 0}
+    lock = threading.Lock()
+    run = model._session_run
+
+    def slow_run(instance, names, feeds):
+        with lock:
+            seen["now"] += 1
+            seen["max"] = max(seen["max"], seen["now"])
+        time.sleep(seconds)
+        with lock:
+            seen["now"] -= 1
+        return run(instance, names, feeds)
+
+    model._session_run = slow_run
+    return seen
+
+
+@pytest.mark.parametrize("count", [1, 3])
+def test_instances_run_in_parallel_up_to_their_count(tmp_path, count):
+    config = f"max_batch_size: 8\ninstance_group {{ count: {count} kind: KIND_CPU }}\n"
+    model = _repository(tmp_path, config).get("m")
+    assert len(model.instances) == count
+    seen = _slowed(model, 0.1)
+    results = _concurrently(lambda i: model.run({"i": np.array([[i % 10]], np.int64)})["y"][0, 0], 6)
+    assert results == [TABLE[i % 10] for i in range(6)]
+    assert seen["max"] == count
+
+
+def test_thread_counts_come_from_parameters_or_a_share_of_the_cpus(tmp_path):
+    from icow import scheduling
+
+    config = ('instance_group { count: 2 }\n'
+              'parameters { key: "intra_op_thread_count" value: { string_value: "3" } }\n')
+    model = _repository(tmp_path, config).get("m")
+    options = model.instances[0].session.get_session_options()
+    assert options.intra_op_num_threads == 3
+    parsed = scheduling.instances(model.config, cpus=8)
+    assert (parsed.count, parsed.intra_op_threads) == (2, 3)
+    model.config.parameters.clear()
+    assert scheduling.instances(model.config, cpus=8).intra_op_threads == 4  # 8 CPUs, 2 instances
+
+
+def test_config_queue_policy_bounds_the_queue(tmp_path):
+    config = ("max_batch_size: 8\ndynamic_batching { max_queue_delay_microseconds: 0 "
+              "default_queue_policy { max_queue_size: 2 } }\n")
+    model = _repository(tmp_path, config).get("m")
+    _slowed(model, 0.3)
+
+    def call(i):
+        try:
+            return model.run({"i": np.array([[i]], np.int64)})["y"][0, 0]
+        except InferenceServerError as e:
+            return e.code
+
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(call, 1)
+        time.sleep(0.1)  # running, out of the queue
+        results = _concurrently(call, 5)
+        assert first.result() == TABLE[1]
+    answered = [(i, r) for i, r in enumerate(results) if not isinstance(r, grpc.StatusCode)]
+    assert len(answered) == 2  # two waited in the queue, three were refused
+    assert all(r == TABLE[i] for i, r in answered)
+    assert results.count(grpc.StatusCode.RESOURCE_EXHAUSTED) == 3
+
+
+@pytest.mark.parametrize("config, reason", [
+    ("max_batch_size: 0\ndynamic_batching { }\n", "dynamic_batching needs max_batch_size >= 1"),
+    ("instance_group { kind: KIND_GPU }\n", "KIND_GPU is not supported"),
+    ("max_batch_size: 4\ndynamic_batching { preferred_batch_size: [ 8 ] }\n", "preferred_batch_size 8"),
+    ('parameters { key: "intra_op_thread_count" value: { string_value: "many" } }\n', "intra_op_thread_count"),
+])
+def test_a_bad_scheduling_config_makes_the_model_unavailable_with_its_reason(tmp_path, config, reason):
+    make_models.write(lookup_model(), tmp_path, "m")
+    (tmp_path / "m" / "config.pbtxt").write_text(config)
+    repository = Repository(tmp_path)
+    loaded = repository.load("m")
+    assert reason in loaded.versions[1].reason
+
+
+def _batch_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("icow-batch-m-")]
+
+
+def test_closing_a_batching_model_stops_its_threads(tmp_path):
+    before = _batch_threads()  # other tests' models may not be collected yet
+    model = _repository(tmp_path, "max_batch_size: 8\ndynamic_batching { }\n").get("m")
+    threads = [t for t in _batch_threads() if t not in before]
+    assert threads
+    model.close()
+    for thread in threads:
+        thread.join(timeout=2)
+    assert not any(t.is_alive() for t in threads)
+    with pytest.raises(InferenceServerError, match="being unloaded"):
+        model.run({"i": np.array([[1]], np.int64)})
+
+
+def test_a_dropped_batching_model_stops_its_threads(tmp_path):
+    import gc
+
+    before = _batch_threads()
+    model = _repository(tmp_path, "max_batch_size: 8\ninstance_group { count: 2 }\ndynamic_batching { }\n").get("m")
+    assert model.run({"i": np.array([[1]], np.int64)})["y"][0, 0] == TABLE[1]
+    threads = [t for t in _batch_threads() if t not in before]
+    assert len(threads) == 2
+    del model  # its repository went with the expression that made it
+    gc.collect()
+    for thread in threads:
+        thread.join(timeout=2)
+    assert not any(t.is_alive() for t in threads)
