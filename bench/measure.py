@@ -22,6 +22,7 @@ from .workloads import Workload
 TARGETS = {
     "ort_inprocess": "bench.baselines.ort_inprocess:OrtInProcess",
     "echo_server": "bench.baselines.echo_server:EchoServer",
+    "echo_server_aio": "bench.baselines.echo_server:EchoServerAio",
     "icow_protobuf": "bench.scenarios.icow_grpc:IcowProtobuf",
     "icow_native": "bench.scenarios.icow_grpc:IcowNative",
     "icow_tritonclient": "bench.scenarios.icow_tritonclient:IcowTritonClient",

@@ -4,6 +4,9 @@
   so the same model takes 1×16 and 12 MiB. The server's cost with no compute.
 - ``mlp256``: 256→1024→1024→16 perceptron (ReLU between), first dim dynamic:
   enough compute (≈ 1.3 M multiply-adds per row) for transport and compute to overlap.
+- ``mlp1024`` and ``mlp1024_batched``: one 1024→4096→4096→1024 perceptron file
+  (≈ 25 M multiply-adds and 100 MB of weights per row), served without and with
+  dynamic batching, for issue 3's batching comparison (``mlp1024-*`` workloads).
 - ``mlp``: the example model (16→32→4), copied, for the optional ``mlp-*`` workloads.
 """
 
@@ -20,6 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 ROOT = Path(__file__).resolve().parent.parent
 
 MLP256_LAYERS = (256, 1024, 1024, 16)
+MLP1024_LAYERS = (1024, 4096, 4096, 1024)
 
 # max_batch_size 0 and dynamic dims: any [rows, cols] is one "sample", so a 12 MiB
 # tensor needs no --default-max-batch-size trick.
@@ -33,6 +37,14 @@ MLP256_CONFIG = (
     f'input [ {{ name: "x" data_type: TYPE_FP32 dims: [ -1, {MLP256_LAYERS[0]} ] }} ]\n'
     f'output [ {{ name: "y" data_type: TYPE_FP32 dims: [ -1, {MLP256_LAYERS[-1]} ] }} ]\n'
 )
+
+# The same file twice: batch dimension 16, and with dynamic batching or without.
+MLP1024_CONFIG = (
+    'backend: "onnxruntime"\nmax_batch_size: 16\n'
+    f'input [ {{ name: "x" data_type: TYPE_FP32 dims: [ {MLP1024_LAYERS[0]} ] }} ]\n'
+    f'output [ {{ name: "y" data_type: TYPE_FP32 dims: [ {MLP1024_LAYERS[-1]} ] }} ]\n'
+)
+BATCHING_CONFIG = "dynamic_batching { max_queue_delay_microseconds: 1000 }\n"
 
 
 def _finish(graph: onnx.GraphProto) -> onnx.ModelProto:
@@ -53,7 +65,7 @@ def identity() -> onnx.ModelProto:
     ))
 
 
-def mlp256(layers: tuple[int, ...] = MLP256_LAYERS) -> onnx.ModelProto:
+def perceptron(layers: tuple[int, ...], name: str) -> onnx.ModelProto:
     """Dense layers (MatMul + Add) with ReLU between them; weights fixed by seed
     and scaled by 1/sqrt(fan-in) so activations stay near 1 through the layers."""
     rng = np.random.default_rng(256)
@@ -69,7 +81,7 @@ def mlp256(layers: tuple[int, ...] = MLP256_LAYERS) -> onnx.ModelProto:
             nodes.append(helper.make_node("Relu", [f"a{i}"], [f"h{i}"]))
             x = f"h{i}"
     return _finish(helper.make_graph(
-        nodes, "mlp256",
+        nodes, name,
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", layers[0]])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", layers[-1]])],
         initializer=weights,
@@ -77,9 +89,16 @@ def mlp256(layers: tuple[int, ...] = MLP256_LAYERS) -> onnx.ModelProto:
 
 
 def build_repository(dest: Path) -> Path:
-    """``dest`` with ``identity``, ``mlp256`` (each with its config.pbtxt) and the example ``mlp``."""
+    """``dest`` with ``identity``, ``mlp256``, ``mlp1024``, ``mlp1024_batched`` (each
+    with its config.pbtxt) and the example ``mlp``."""
     shutil.copytree(ROOT / "examples" / "models" / "mlp", dest / "mlp")
-    for name, model, config in (("identity", identity(), IDENTITY_CONFIG), ("mlp256", mlp256(), MLP256_CONFIG)):
+    for name, model, config in (("identity", identity(), IDENTITY_CONFIG),
+                                ("mlp256", perceptron(MLP256_LAYERS, "mlp256"), MLP256_CONFIG)):
         make_models.write(model, dest, name)
         (dest / name / "config.pbtxt").write_text(config)
+    path = make_models.write(perceptron(MLP1024_LAYERS, "mlp1024"), dest, "mlp1024")
+    (dest / "mlp1024" / "config.pbtxt").write_text(MLP1024_CONFIG)
+    (dest / "mlp1024_batched" / "1").mkdir(parents=True)
+    (dest / "mlp1024_batched" / "1" / "model.onnx").symlink_to(path)
+    (dest / "mlp1024_batched" / "config.pbtxt").write_text(MLP1024_CONFIG + BATCHING_CONFIG)
     return dest

@@ -104,7 +104,20 @@ def checks(results: list[Result]) -> list[Check]:
         out.append(_ratio(get(workload, "icow_native"), f"{workload}: throughput ≥ 0.95 × echo floor", "x_echo", 0.95))
     out.append(_ratio(get("mlp256-b1-c8", "icow_native"), "mlp256-b1-c8: throughput ≥ 1.3 × --codec protobuf",
                       "x_protobuf", 1.3))
+    unbatched, batched = get("mlp1024-b1-c16", "icow_native"), get("mlp1024-batched-b1-c16", "icow_native")
+    if unbatched or batched:
+        out.append(_batching(unbatched, batched))
     return out
+
+
+def _batching(unbatched: Result | None, batched: Result | None) -> Check:
+    """Issue 3's target: dynamic batching at least doubles throughput, p50 no worse."""
+    what = "mlp1024 b1 c16 (issue 3): batched ≥ 2 × unbatched req/s, p50 no worse"
+    if unbatched is None or batched is None:
+        return Check(what, "rows missing", None)
+    ratio = batched.rps / unbatched.rps
+    return Check(what, f"{ratio:.2f}x, p50 {batched.p50_us / 1000:,.1f} vs {unbatched.p50_us / 1000:,.1f} ms",
+                 ratio >= 2 and batched.p50_us <= unbatched.p50_us)
 
 
 def _ratio(r: Result | None, what: str, field: str, limit: float) -> Check:
@@ -116,7 +129,7 @@ def _ratio(r: Result | None, what: str, field: str, limit: float) -> Check:
 
 def checks_text(found: list[Check], caveat: str | None) -> str:
     mark = {True: "met", False: "NOT met", None: "n/a"}
-    lines = [f"issue 10 targets{f' ({caveat})' if caveat else ''}:"]
+    lines = [f"targets{f' ({caveat})' if caveat else ''}:"]
     lines += [f"  [{mark[c.met]:>7}] {c.target}: {c.measured}" for c in found]
     lines.append("  (copies per 12 MiB request: python -m bench --copies; no leak: python -m bench --leak)")
     return "\n".join(lines)

@@ -1,8 +1,9 @@
 """What each scenario sends: the model, the input tensor and the concurrency.
 
 The default set is issue 10's: identity FP32 1×16 at concurrency 1 and 8,
-identity FP32 12 MiB at 1 and 4, mlp256 batch 1 at 8. The example ``mlp``
-workloads are extras (``--workloads mlp-b1-c1,...``)."""
+identity FP32 12 MiB at 1 and 4, mlp256 batch 1 at 8. Extras (``--workloads
+NAME,...``): issue 3's ``mlp1024-b1-c16`` / ``mlp1024-batched-b1-c16`` (dynamic
+batching off and on) and the example ``mlp`` workloads."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import numpy as np
 
 from icow._proto import inference_pb2 as pb
 
-from .models import MLP256_LAYERS
+from .models import MLP256_LAYERS, MLP1024_LAYERS
 
 LARGE_BYTES = 12 << 20  # the large-tensor transfer: 12 MiB of FP32
 LARGE_COLS = 1024
@@ -69,6 +70,14 @@ def mlp256(batch: int, concurrency: int) -> Workload:
                     (batch, MLP256_LAYERS[0]), (batch, MLP256_LAYERS[-1]), concurrency)
 
 
+def mlp1024(concurrency: int, batched: bool) -> Workload:
+    """Issue 3's comparison: many batch-1 requests for a model whose run is mostly
+    reading its weights, without and with dynamic batching on the server."""
+    model = "mlp1024_batched" if batched else "mlp1024"
+    return Workload(f"{model.replace('_', '-')}-b1-c{concurrency}", model, "x", "y",
+                    (1, MLP1024_LAYERS[0]), (1, MLP1024_LAYERS[-1]), concurrency, default=False)
+
+
 def mlp(batch: int, concurrency: int) -> Workload:
     return Workload(f"mlp-b{batch}-c{concurrency}", "mlp", "input", "output",
                     (batch, 16), (batch, 4), concurrency, default=False)
@@ -77,4 +86,5 @@ def mlp(batch: int, concurrency: int) -> Workload:
 def all_workloads() -> list[Workload]:
     """The default set first, then the extras."""
     return [identity_small(1), identity_small(8), identity_large(1), identity_large(4), mlp256(1, 8),
+            mlp1024(16, batched=False), mlp1024(16, batched=True),
             *(mlp(b, c) for b in (1, 32) for c in (1, 8))]

@@ -11,12 +11,16 @@ files of ``--model-repository`` (off the hot path, with protobuf). The echoed
 request parses as a ModelInferResponse (fields 1-5 have the same numbers and
 layouts), which perf_analyzer accepts: it does not check outputs unless asked.
 
-Run as a server: ``python -m bench.baselines.echo_server --port P [--model-repository DIR]``.
+``echo_server_aio`` is the same echo on grpc.aio's asyncio server: the
+measurement behind icow's choice of server (docs/architecture.md, "Concurrency").
+
+Run as a server: ``python -m bench.baselines.echo_server --port P [--model-repository DIR] [--aio]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import itertools
 from concurrent import futures
 from pathlib import Path
@@ -54,9 +58,23 @@ class EchoServer:
         self.channel.close()
 
 
-def echo_server(env: Env) -> Server:
-    return env.server("echo", lambda port: ["-m", "bench.baselines.echo_server", "--port", str(port),
-                                            "--model-repository", str(env.repo)], _probe)
+class EchoServerAio(EchoServer):
+    name = "echo_server_aio"
+    description = "grpc.aio (asyncio) server returning the ModelInferRequest bytes unchanged"
+
+    def setup(self, workload: Workload, env: Env) -> None:
+        self.server = echo_server(env, aio=True)
+        self.channel = grpc.insecure_channel(self.server.address, options=CHANNEL_OPTIONS)
+        self.stub = self.channel.unary_unary(MODEL_INFER)
+        self.request = workload.request_bytes
+        if self.stub(self.request) != self.request:
+            raise BenchError("echo_server_aio did not echo the request")
+
+
+def echo_server(env: Env, aio: bool = False) -> Server:
+    return env.server("echo-aio" if aio else "echo",
+                      lambda port: ["-m", "bench.baselines.echo_server", "--port", str(port),
+                                    "--model-repository", str(env.repo), *(["--aio"] if aio else [])], _probe)
 
 
 def _probe(channel: grpc.Channel) -> bool:
@@ -128,27 +146,45 @@ def _unary(method, request_cls, response_cls) -> grpc.RpcMethodHandler:
                                                response_serializer=response_cls.SerializeToString)
 
 
+OPTIONS = [("grpc.max_send_message_length", MAX_MESSAGE), ("grpc.max_receive_message_length", MAX_MESSAGE),
+           ("grpc.so_reuseport", 0)]
+
+
+def _handler(echo: Echo, wrap=lambda f: f) -> grpc.GenericRpcHandler:
+    return grpc.method_handlers_generic_handler(SERVICE, {
+        "ModelInfer": grpc.unary_unary_rpc_method_handler(wrap(echo.infer)),  # raw bytes both ways, as icow's
+        "ModelMetadata": _unary(wrap(echo.metadata), pb.ModelMetadataRequest, pb.ModelMetadataResponse),
+        "ModelConfig": _unary(wrap(echo.config), pb.ModelConfigRequest, pb.ModelConfigResponse),
+        "ModelStatistics": _unary(wrap(echo.statistics), pb.ModelStatisticsRequest, pb.ModelStatisticsResponse),
+        "ServerMetadata": _unary(wrap(echo.server_metadata), pb.ServerMetadataRequest, pb.ServerMetadataResponse),
+        "ServerReady": _unary(wrap(echo.ready), pb.ServerReadyRequest, pb.ServerReadyResponse),
+        "ServerLive": _unary(wrap(echo.live), pb.ServerLiveRequest, pb.ServerLiveResponse),
+        "ModelReady": _unary(wrap(echo.model_ready), pb.ModelReadyRequest, pb.ModelReadyResponse),
+    })
+
+
 def serve(port: int, repository: Path | None, workers: int = WORKERS) -> None:
     """Serve the echo on 127.0.0.1:``port`` until killed."""
-    echo = Echo(repository)
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers),
-                         options=[("grpc.max_send_message_length", MAX_MESSAGE),
-                                  ("grpc.max_receive_message_length", MAX_MESSAGE),
-                                  ("grpc.so_reuseport", 0)])
-    handler = grpc.method_handlers_generic_handler(SERVICE, {
-        "ModelInfer": grpc.unary_unary_rpc_method_handler(echo.infer),  # raw bytes both ways, as icow's
-        "ModelMetadata": _unary(echo.metadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse),
-        "ModelConfig": _unary(echo.config, pb.ModelConfigRequest, pb.ModelConfigResponse),
-        "ModelStatistics": _unary(echo.statistics, pb.ModelStatisticsRequest, pb.ModelStatisticsResponse),
-        "ServerMetadata": _unary(echo.server_metadata, pb.ServerMetadataRequest, pb.ServerMetadataResponse),
-        "ServerReady": _unary(echo.ready, pb.ServerReadyRequest, pb.ServerReadyResponse),
-        "ServerLive": _unary(echo.live, pb.ServerLiveRequest, pb.ServerLiveResponse),
-        "ModelReady": _unary(echo.model_ready, pb.ModelReadyRequest, pb.ModelReadyResponse),
-    })
-    server.add_generic_rpc_handlers((handler,))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=OPTIONS)
+    server.add_generic_rpc_handlers((_handler(Echo(repository)),))
     server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
     server.wait_for_termination()
+
+
+async def serve_aio(port: int, repository: Path | None) -> None:
+    """The same echo on grpc.aio: handlers are coroutines on one event loop."""
+
+    def coroutine(method):
+        async def handle(request, context):
+            return method(request, context)
+        return handle
+
+    server = grpc.aio.server(options=OPTIONS)
+    server.add_generic_rpc_handlers((_handler(Echo(repository), coroutine),))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    await server.wait_for_termination()
 
 
 if __name__ == "__main__":
@@ -156,5 +192,9 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--model-repository", type=Path, help="answer metadata/config for these models")
     parser.add_argument("--workers", type=int, default=WORKERS)
+    parser.add_argument("--aio", action="store_true", help="serve on grpc.aio instead of the sync server")
     args = parser.parse_args()
-    serve(args.port, args.model_repository, args.workers)
+    if args.aio:
+        asyncio.run(serve_aio(args.port, args.model_repository))
+    else:
+        serve(args.port, args.model_repository, args.workers)
