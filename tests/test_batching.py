@@ -269,7 +269,7 @@ def test_config_queue_policy_bounds_the_queue(tmp_path):
 
 @pytest.mark.parametrize("config, reason", [
     ("max_batch_size: 0\ndynamic_batching { }\n", "dynamic_batching needs max_batch_size >= 1"),
-    ("instance_group { kind: KIND_GPU }\n", "KIND_GPU is not supported"),
+    ("instance_group { kind: KIND_MODEL }\n", "KIND_MODEL is not supported"),
     ("max_batch_size: 4\ndynamic_batching { preferred_batch_size: [ 8 ] }\n", "preferred_batch_size 8"),
     ('parameters { key: "intra_op_thread_count" value: { string_value: "many" } }\n', "intra_op_thread_count"),
 ])

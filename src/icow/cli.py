@@ -18,6 +18,16 @@ def bundled_examples() -> Path:
     return Path(str(resources.files("icow._examples") / "models"))
 
 
+def _device(text: str) -> str:
+    from .scheduling import parse_device
+
+    try:
+        parse_device(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="icow",
@@ -57,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-queue-size", type=int, default=0,
                        help="requests that may wait for a model version's instances, where its config sets "
                             "no max_queue_size; beyond it RESOURCE_EXHAUSTED (0: no limit but --workers)")
+    serve.add_argument("--device", default="cpu", metavar="cpu|cuda|cuda:N", type=_device,
+                       help="where models run unless their instance_group says otherwise (cuda needs icow[gpu])")
     serve.add_argument("--codec", choices=["native", "protobuf"], default="native",
                        help="how ModelInfer messages are read and written: native (compiled, zero-copy) "
                             "or protobuf (the generated classes; the baseline)")
@@ -139,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         repository=repository, host=args.host, port=args.port, model_control_mode=args.model_control_mode,
         load_models=args.load_model, workers=args.workers, max_message_bytes=min(args.max_message_mb, 2047) << 20,
         default_max_batch_size=args.default_max_batch_size, max_queue_size=args.max_queue_size,
+        device=args.device,
         codec=args.codec,
         grace_seconds=args.shutdown_grace_secs, metrics_port=None if args.no_metrics else args.metrics_port,
         tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca, auth_tokens=tokens,

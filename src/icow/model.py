@@ -15,7 +15,7 @@ import numpy as np
 import onnxruntime as ort
 
 from . import config as cfg
-from . import scheduling
+from . import providers, scheduling
 from ._proto import model_config_pb2 as mc
 from ._wire import address_of
 from .datatypes import from_numpy
@@ -26,6 +26,8 @@ from .stats import VersionStats
 from .tensors import to_raw
 
 log = logging.getLogger("icow.model")
+
+PROVIDERS_PARAMETER = "execution_providers"  # in ModelConfig's parameters: what the sessions use
 
 # (name, datatype, shape, byte size) of one output in a response.
 OutputSpec = tuple[str, str, tuple[int, ...], int]
@@ -40,10 +42,15 @@ class ResponseSlots(Protocol):
 
 
 class Instance:
-    """One ONNX Runtime session of a version; runs one request or batch at a time."""
+    """One ONNX Runtime session of a version; runs one request or batch at a time.
 
-    def __init__(self, path: Path, options: ort.SessionOptions) -> None:
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    On a GPU, inputs and outputs are still bound in host memory (the request and
+    the response): ONNX Runtime copies each input to the device once, into memory
+    from its CUDA arena (reused, not allocated per request), and each output back
+    once, straight into the response."""
+
+    def __init__(self, path: Path, options: ort.SessionOptions, device: int | None, config: mc.ModelConfig) -> None:
+        self.session, self.device = providers.create_session(path, options, device, config)
         self.binder = Binder(self.session)
 
 
@@ -60,15 +67,16 @@ class Model:
     its scheduler decides which instance runs a request, and batches them."""
 
     def __init__(self, name: str, version: int, path: Path, config: mc.ModelConfig,
-                 default_max_batch_size: int, default_queue_size: int = 0) -> None:
+                 default_max_batch_size: int, default_queue_size: int = 0, default_device: int | None = None) -> None:
         self.name = name
         self.version = version
         self.path = path
-        plan = scheduling.instances(config, scheduling.available_cpus())
+        plan = scheduling.instances(config, scheduling.available_cpus(), default_device)
         options = _session_options(plan)
-        self.instances = [Instance(path, options) for _ in range(plan.count)]
+        self.instances = [Instance(path, options, device, config) for device in plan.devices]
         self.session = self.instances[0].session
         self.config = cfg.complete_config(config, name, self.session, default_max_batch_size)
+        _describe_placement(self.config, self.instances)
         self.max_batch_size = self.config.max_batch_size
         self.inputs = cfg.tensor_specs(self.config.input)
         self.outputs = cfg.tensor_specs(self.config.output)
@@ -344,6 +352,22 @@ def _copy_into(allocate: Callable[[list[OutputSpec]], ResponseSlots],
     for i, data in enumerate(datas.values()):
         response.write(i, data)
     return response
+
+
+def _describe_placement(config: mc.ModelConfig, instances: list[Instance]) -> None:
+    """Write where the instances really run into the config that ModelConfig returns:
+    instance_group per device, and the providers the sessions use (from the sessions)."""
+    del config.instance_group[:]
+    devices = [i.device for i in instances]
+    for device in dict.fromkeys(devices):
+        group = config.instance_group.add(count=devices.count(device))
+        if device is None:
+            group.kind = mc.ModelInstanceGroup.KIND_CPU
+        else:
+            group.kind = mc.ModelInstanceGroup.KIND_GPU
+            group.gpus.append(device)
+    used = dict.fromkeys(p for i in instances for p in i.session.get_providers())
+    config.parameters[PROVIDERS_PARAMETER].string_value = ",".join(used)
 
 
 def _session_options(plan: scheduling.Instances) -> ort.SessionOptions:

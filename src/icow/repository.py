@@ -72,10 +72,11 @@ class Repository:
     (a model's entry is replaced whole, which is atomic)."""
 
     def __init__(self, root: Path, *, default_max_batch_size: int = 32, max_models: int = 0,
-                 max_queue_size: int = 0, store: ObjectStore | None = None) -> None:
+                 max_queue_size: int = 0, device: int | None = None, store: ObjectStore | None = None) -> None:
         self.root = Path(root)
         self.default_max_batch_size = default_max_batch_size
         self.max_queue_size = max_queue_size  # per version, where its config sets none; 0: no limit
+        self.device = device  # where models without instance_group run: a CUDA device id, None: the CPU
         self.max_models = max_models  # models loaded at once; 0: no limit
         self.store = store  # when set, root is its cache, synced before every load
         self.location = store.url if store is not None else str(self.root)  # as messages name it
@@ -164,12 +165,13 @@ class Repository:
         try:
             if not path.is_file():
                 raise FileNotFoundError(f"{path} does not exist")
-            model = Model(name, version, path, config, self.default_max_batch_size, self.max_queue_size)
+            model = Model(name, version, path, config, self.default_max_batch_size, self.max_queue_size,
+                          self.device)
         except Exception as e:  # any fault of the file: the server stays up
             reason = f"failed to load {path}: {e}"
             log.error("model '%s' version %d is unavailable: %s", name, version, reason)
             return VersionState(version, reason=reason)
-        log.info("model '%s' version %d is ready (%s)", name, version, path)
+        log.info("model '%s' version %d is ready (%s) on %s", name, version, path, _placement(model))
         return VersionState(version, model=model)
 
     # -- lookups ----------------------------------------------------------
@@ -225,6 +227,13 @@ class Repository:
                 entries.extend(IndexEntry(name, str(v), s.state, s.reason)
                                for v, s in sorted(loaded.versions.items()))
         return [e for e in entries if e.state == READY] if ready_only else entries
+
+
+def _placement(model: Model) -> str:
+    """Where a model's instances run, for the log: "CPU x2", "GPU 0 x1 (TensorrtExecutionProvider, ...)"."""
+    groups = ", ".join(f"{'GPU ' + str(g.gpus[0]) if g.gpus else 'CPU'} x{g.count}"
+                       for g in model.config.instance_group)
+    return f"{groups} ({model.config.parameters['execution_providers'].string_value})"
 
 
 def parse_version(text: str) -> int | None:

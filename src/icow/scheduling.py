@@ -14,9 +14,14 @@ from .config import ConfigError
 
 @dataclass(frozen=True)
 class Instances:
-    count: int  # sessions of the version, each running one request or batch at a time
+    devices: tuple[int | None, ...]  # one per session: a CUDA device id, or None for the CPU
     intra_op_threads: int
     inter_op_threads: int  # 0: ONNX Runtime's default
+
+    @property
+    def count(self) -> int:
+        """Sessions of the version, each running one request or batch at a time."""
+        return len(self.devices)
 
 
 @dataclass(frozen=True)
@@ -32,28 +37,48 @@ class QueuePolicy:
     timeout_ns: int  # how long one may wait; 0: until its own deadline
 
 
+def parse_device(text: str) -> int | None:
+    """``cpu`` → None, ``cuda`` → 0, ``cuda:N`` → N (the CUDA device id)."""
+    if text == "cpu":
+        return None
+    name, _, index = text.partition(":")
+    if name != "cuda" or (index and not index.isdigit()):
+        raise ValueError(f"device must be cpu, cuda or cuda:N, not {text!r}")
+    return int(index or 0)
+
+
 def available_cpus() -> int:
     """CPUs this process may run on (its affinity mask, e.g. from taskset or a cgroup)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def instances(config: mc.ModelConfig, cpus: int) -> Instances:
-    """The sessions to create. By default one, and each session gets an equal share
-    of the CPUs as intra-op threads, so that N instances running at once use the
-    machine's cores without oversubscribing them."""
-    count = 0
-    for group in config.instance_group:
-        if group.kind not in (mc.ModelInstanceGroup.KIND_AUTO, mc.ModelInstanceGroup.KIND_CPU):
-            raise ConfigError(f"instance_group {group.name or ''!r}: kind "
-                              f"{mc.ModelInstanceGroup.Kind.Name(group.kind)} is not supported; icow runs "
-                              "models on the CPU (KIND_CPU)")
+def instances(config: mc.ModelConfig, cpus: int, default_device: int | None = None) -> Instances:
+    """The sessions to create: by default one, on ``default_device`` (icow serve
+    --device). KIND_GPU puts ``count`` sessions on each of its ``gpus`` (all: device
+    0, or the default device). Each session gets an equal share of the CPUs as
+    intra-op threads, so that N instances running at once use the machine's cores
+    without oversubscribing them."""
+    devices: list[int | None] = []
+    for group in config.instance_group or [mc.ModelInstanceGroup()]:
         if group.count < 0:
             raise ConfigError(f"instance_group count must be >= 1, got {group.count}")
-        count += group.count or 1
-    count = count or 1
+        devices += _placements(group, default_device) * (group.count or 1)
     intra = _thread_parameter(config, "intra_op_thread_count")
     inter = _thread_parameter(config, "inter_op_thread_count")
-    return Instances(count, intra or max(1, cpus // count), inter)
+    return Instances(tuple(devices), intra or max(1, cpus // len(devices)), inter)
+
+
+def _placements(group: mc.ModelInstanceGroup, default_device: int | None) -> list[int | None]:
+    """The devices one instance_group places an instance on (count times each)."""
+    kind = group.kind
+    if kind == mc.ModelInstanceGroup.KIND_CPU:
+        return [None]
+    if kind == mc.ModelInstanceGroup.KIND_GPU:
+        return list(group.gpus) or [default_device or 0]
+    if kind == mc.ModelInstanceGroup.KIND_AUTO:
+        return list(group.gpus) if group.gpus else [default_device]
+    raise ConfigError(f"instance_group {group.name or ''!r}: kind {mc.ModelInstanceGroup.Kind.Name(kind)} "
+                      "is not supported; use KIND_CPU, KIND_GPU or KIND_AUTO")
 
 
 def batching(config: mc.ModelConfig) -> Batching | None:

@@ -17,6 +17,7 @@ from .health import SERVICE_NAME as HEALTH_SERVICE
 from .health import Health
 from .logs import RequestLog
 from .repository import Repository
+from .scheduling import parse_device
 from .v2 import SERVICE, InferenceService, method_handlers
 
 log = logging.getLogger("icow.server")
@@ -33,6 +34,7 @@ class ServerOptions:
     max_message_bytes: int = 2**31 - 1
     default_max_batch_size: int = 32
     max_queue_size: int = 0  # per model version unless its config says; 0: bounded by the workers only
+    device: str = "cpu"  # where models without instance_group run: cpu, cuda or cuda:N
     grace_seconds: float = 5.0
     codec: str = "native"  # or "protobuf": the baseline
     metrics_port: int | None = 8002  # Prometheus endpoint over HTTP; None: off
@@ -60,7 +62,7 @@ class InferenceServer:
             store.check()
         self.repository = Repository(options.repository, default_max_batch_size=options.default_max_batch_size,
                                      max_models=options.max_loaded_models, max_queue_size=options.max_queue_size,
-                                     store=store)
+                                     device=parse_device(options.device), store=store)
         self.service = InferenceService(self.repository, explicit_control=options.model_control_mode == "explicit",
                                         codec=options.codec, max_message_bytes=options.max_message_bytes)
         self.health = Health(self.repository, SERVICE)
