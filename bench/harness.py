@@ -198,9 +198,10 @@ class Env:
     """A temporary model repository, the servers (started once, shared by every
     workload) and the reference outputs that targets check their answers against."""
 
-    def __init__(self, pinning: Pinning, keep: bool = False) -> None:
+    def __init__(self, pinning: Pinning, keep: bool = False, device: str = "cpu") -> None:
         self.pinning = pinning
         self.keep = keep
+        self.device = device  # where icow and the in-process baseline run the models: cpu, cuda[:N]
         self.dir = Path(tempfile.mkdtemp(prefix="icow-bench-"))
         self.repo = build_repository(self.dir / "models")
         self.servers: dict[str, Server] = {}

@@ -7,6 +7,9 @@
 - ``mlp1024`` and ``mlp1024_batched``: one 1024→4096→4096→1024 perceptron file
   (≈ 25 M multiply-adds and 100 MB of weights per row), served without and with
   dynamic batching, for issue 3's batching comparison (``mlp1024-*`` workloads).
+- ``convnet`` and ``convnet_batched``: a small ResNet-like network on 3×64×64 images
+  (a stem convolution, three residual blocks, global pooling, a 10-way classifier),
+  without and with dynamic batching: the GPU comparison of issue 7.
 - ``mlp``: the example model (16→32→4), copied, for the optional ``mlp-*`` workloads.
 """
 
@@ -24,6 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 MLP256_LAYERS = (256, 1024, 1024, 16)
 MLP1024_LAYERS = (1024, 4096, 4096, 1024)
+CONVNET_INPUT = (3, 64, 64)  # one image, channels first
+CONVNET_CLASSES = 10
 
 # max_batch_size 0 and dynamic dims: any [rows, cols] is one "sample", so a 12 MiB
 # tensor needs no --default-max-batch-size trick.
@@ -45,6 +50,11 @@ MLP1024_CONFIG = (
     f'output [ {{ name: "y" data_type: TYPE_FP32 dims: [ {MLP1024_LAYERS[-1]} ] }} ]\n'
 )
 BATCHING_CONFIG = "dynamic_batching { max_queue_delay_microseconds: 1000 }\n"
+CONVNET_CONFIG = (
+    'backend: "onnxruntime"\nmax_batch_size: 16\n'
+    f'input [ {{ name: "x" data_type: TYPE_FP32 dims: [ {", ".join(map(str, CONVNET_INPUT))} ] }} ]\n'
+    f'output [ {{ name: "y" data_type: TYPE_FP32 dims: [ {CONVNET_CLASSES} ] }} ]\n'
+)
 
 
 def _finish(graph: onnx.GraphProto) -> onnx.ModelProto:
@@ -88,17 +98,61 @@ def perceptron(layers: tuple[int, ...], name: str) -> onnx.ModelProto:
     ))
 
 
+def convnet(width: int = 32, blocks: int = 3) -> onnx.ModelProto:
+    """A ResNet-like classifier: conv(3→width) + ReLU, ``blocks`` residual blocks of two
+    3×3 convolutions, global average pooling, a dense layer to CONVNET_CLASSES.
+    He-initialised by seed, so that activations neither vanish nor explode."""
+    rng = np.random.default_rng(3)
+    weights: list = []
+
+    def conv(x: str, out: str, c_in: int, nodes: list) -> str:
+        name = f"w{len(weights)}"
+        w = rng.standard_normal((width, c_in, 3, 3)) * np.sqrt(2 / (c_in * 9))
+        weights.append(numpy_helper.from_array(w.astype(np.float32), name))
+        nodes.append(helper.make_node("Conv", [x, name], [out], pads=[1, 1, 1, 1]))
+        return out
+
+    nodes: list = []
+    x = conv("x", "stem", CONVNET_INPUT[0], nodes)
+    nodes.append(helper.make_node("Relu", [x], ["h0"]))
+    x = "h0"
+    for i in range(blocks):
+        conv(x, f"b{i}c1", width, nodes)
+        nodes.append(helper.make_node("Relu", [f"b{i}c1"], [f"b{i}r1"]))
+        conv(f"b{i}r1", f"b{i}c2", width, nodes)
+        nodes += [helper.make_node("Add", [f"b{i}c2", x], [f"b{i}s"]),
+                  helper.make_node("Relu", [f"b{i}s"], [f"h{i + 1}"])]
+        x = f"h{i + 1}"
+    w = (rng.standard_normal((width, CONVNET_CLASSES)) / np.sqrt(width)).astype(np.float32)
+    weights.append(numpy_helper.from_array(w, "dense"))
+    nodes += [helper.make_node("GlobalAveragePool", [x], ["pooled"]),
+              helper.make_node("Flatten", ["pooled"], ["flat"]),
+              helper.make_node("MatMul", ["flat", "dense"], ["y"])]
+    return _finish(helper.make_graph(
+        nodes, "convnet",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", *CONVNET_INPUT])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", CONVNET_CLASSES])],
+        initializer=weights,
+    ))
+
+
+def _twice(dest: Path, name: str, model: onnx.ModelProto, config: str) -> None:
+    """``name`` with ``config``, and ``name``_batched: the same file, dynamic batching on."""
+    path = make_models.write(model, dest, name)
+    (dest / name / "config.pbtxt").write_text(config)
+    (dest / f"{name}_batched" / "1").mkdir(parents=True)
+    (dest / f"{name}_batched" / "1" / "model.onnx").symlink_to(path)
+    (dest / f"{name}_batched" / "config.pbtxt").write_text(config + BATCHING_CONFIG)
+
+
 def build_repository(dest: Path) -> Path:
-    """``dest`` with ``identity``, ``mlp256``, ``mlp1024``, ``mlp1024_batched`` (each
-    with its config.pbtxt) and the example ``mlp``."""
+    """``dest`` with ``identity``, ``mlp256``, ``mlp1024``, ``convnet`` and the last two's
+    ``_batched`` twins (each with its config.pbtxt), and the example ``mlp``."""
     shutil.copytree(ROOT / "examples" / "models" / "mlp", dest / "mlp")
     for name, model, config in (("identity", identity(), IDENTITY_CONFIG),
                                 ("mlp256", perceptron(MLP256_LAYERS, "mlp256"), MLP256_CONFIG)):
         make_models.write(model, dest, name)
         (dest / name / "config.pbtxt").write_text(config)
-    path = make_models.write(perceptron(MLP1024_LAYERS, "mlp1024"), dest, "mlp1024")
-    (dest / "mlp1024" / "config.pbtxt").write_text(MLP1024_CONFIG)
-    (dest / "mlp1024_batched" / "1").mkdir(parents=True)
-    (dest / "mlp1024_batched" / "1" / "model.onnx").symlink_to(path)
-    (dest / "mlp1024_batched" / "config.pbtxt").write_text(MLP1024_CONFIG + BATCHING_CONFIG)
+    _twice(dest, "mlp1024", perceptron(MLP1024_LAYERS, "mlp1024"), MLP1024_CONFIG)
+    _twice(dest, "convnet", convnet(), CONVNET_CONFIG)
     return dest

@@ -52,6 +52,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workloads", help="comma-separated workload names (default: issue 10's set; see --list)")
     parser.add_argument("--output", type=Path,
                         help="path prefix of the results: PREFIX.json, .md, .png (default bench/results/<UTC time>)")
+    parser.add_argument("--device", default="cpu", metavar="cpu|cuda[:N]",
+                        help="run the models there: icow serve --device, and the in-process baseline's provider "
+                             "(cuda needs onnxruntime-gpu; see README: Running on a GPU)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary repository and server logs")
     parser.add_argument("--list", action="store_true", help="list targets and workloads, then exit")
     parser.add_argument("--leak", action="store_true", help="soak mode: icow RSS after 10k and 100k requests")
@@ -109,7 +112,7 @@ def run(targets: list[str], workloads: list[Workload], args: argparse.Namespace,
     if warning:
         print(warning)
 
-    env = Env(pinning, keep=args.keep)
+    env = Env(pinning, keep=args.keep, device=args.device)
     try:
         results = run_all(targets, workloads, env, args)
     finally:
@@ -135,8 +138,8 @@ def run(targets: list[str], workloads: list[Workload], args: argparse.Namespace,
         "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": info,
         "pinning": {**asdict(pinning), "servers": {n: s.affinity for n, s in env.servers.items()}},
-        "method": {"text": METHOD, "client": args.client, "duration_s": args.duration, "warmup_s": args.warmup,
-                   "quick": args.quick},
+        "method": {"text": METHOD, "client": args.client, "device": args.device, "duration_s": args.duration,
+                   "warmup_s": args.warmup, "quick": args.quick},
         "targets": {n: load_target(n).description for n in targets if _importable(n)},
         "workloads": [{"name": w.name, "model": w.model, "shape": list(w.shape), "concurrency": w.concurrency,
                        "payload_bytes": w.payload_bytes, "request_bytes": len(w.request_bytes)} for w in workloads],

@@ -14,7 +14,7 @@ import numpy as np
 
 from icow._proto import inference_pb2 as pb
 
-from .models import MLP256_LAYERS, MLP1024_LAYERS
+from .models import CONVNET_CLASSES, CONVNET_INPUT, MLP256_LAYERS, MLP1024_LAYERS
 
 LARGE_BYTES = 12 << 20  # the large-tensor transfer: 12 MiB of FP32
 LARGE_COLS = 1024
@@ -78,6 +78,13 @@ def mlp1024(concurrency: int, batched: bool) -> Workload:
                     (1, MLP1024_LAYERS[0]), (1, MLP1024_LAYERS[-1]), concurrency, default=False)
 
 
+def convnet(concurrency: int, batched: bool) -> Workload:
+    """Issue 7's GPU comparison (it runs on a CPU too): one image per request."""
+    model = "convnet_batched" if batched else "convnet"
+    return Workload(f"{model.replace('_', '-')}-b1-c{concurrency}", model, "x", "y",
+                    (1, *CONVNET_INPUT), (1, CONVNET_CLASSES), concurrency, default=False)
+
+
 def mlp(batch: int, concurrency: int) -> Workload:
     return Workload(f"mlp-b{batch}-c{concurrency}", "mlp", "input", "output",
                     (batch, 16), (batch, 4), concurrency, default=False)
@@ -87,4 +94,5 @@ def all_workloads() -> list[Workload]:
     """The default set first, then the extras."""
     return [identity_small(1), identity_small(8), identity_large(1), identity_large(4), mlp256(1, 8),
             mlp1024(16, batched=False), mlp1024(16, batched=True),
+            *(convnet(c, batched) for c in (1, 16) for batched in (False, True)),
             *(mlp(b, c) for b in (1, 32) for c in (1, 8))]

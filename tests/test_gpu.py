@@ -121,7 +121,8 @@ def test_gpu_results_equal_the_cpu_results(make_server, tmp_path):
 @gpu
 @needs_gpu
 def test_many_concurrent_clients_on_the_gpu(make_server, tmp_path):
-    repo = _mlp_repo(tmp_path / "models", "max_batch_size: 16\ndynamic_batching { max_queue_delay_microseconds: 2000 }\n")
+    batching = "max_batch_size: 16\ndynamic_batching { max_queue_delay_microseconds: 2000 }\n"
+    repo = _mlp_repo(tmp_path / "models", batching)
     srv = make_server(repo, "--device", "cuda", "--workers", "32")
     path = repo / "mlp" / "1" / "model.onnx"
 

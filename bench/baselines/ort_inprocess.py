@@ -9,7 +9,7 @@ import os
 import numpy as np
 import onnxruntime as ort
 
-from ..harness import Env
+from ..harness import BenchError, Env
 from ..workloads import Workload
 
 
@@ -25,7 +25,10 @@ class OrtInProcess:
         options.intra_op_num_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
             else os.cpu_count() or 1
         self.session = ort.InferenceSession(str(env.model_path(workload.model)), options,
-                                            providers=["CPUExecutionProvider"])
+                                            providers=_providers(env.device))
+        if env.device != "cpu" and "CUDAExecutionProvider" not in self.session.get_providers():
+            raise BenchError(f"ort_inprocess: no CUDA for --device {env.device}; "
+                             f"this onnxruntime offers {ort.get_available_providers()}")
         self.outputs = [workload.output]
         self.feeds: dict[str, np.ndarray] = {workload.input: workload.array}
 
@@ -34,3 +37,11 @@ class OrtInProcess:
 
     def teardown(self) -> None:
         del self.session
+
+
+def _providers(device: str) -> list:
+    """As icow's providers.py: CUDA on the device (then the CPU for what CUDA lacks)."""
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    _, _, index = device.partition(":")
+    return [("CUDAExecutionProvider", {"device_id": int(index or 0)}), "CPUExecutionProvider"]

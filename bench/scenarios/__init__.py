@@ -23,6 +23,8 @@ def icow_server(env: Env, codec: str = "native") -> Server:
     extra = shlex.split(os.environ.get("ICOW_BENCH_SERVER_ARGS", ""))
     if not {"--metrics-port", "--no-metrics"} & {a.split("=")[0] for a in extra}:
         extra += ["--metrics-port", "0"]
+    if env.device != "cpu":
+        extra += ["--device", env.device]
     if f"icow-{codec}" not in env.servers:  # started once, for every workload
         env.notes.append(f"icow-{codec} server options: {' '.join(extra)}")
     return env.server(f"icow-{codec}", lambda port: ["-m", "icow", "serve", "--model-repository", str(env.repo),
