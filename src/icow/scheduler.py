@@ -39,7 +39,9 @@ class Job:
         self.deadline_ns = deadline_ns  # time.monotonic_ns() after which nobody waits for it
         self.alive = alive  # False once the caller has gone (a cancelled call)
         self.state = QUEUED
-        self.event = threading.Event()  # set when the job leaves the queue (batched: when it is done)
+        # Set when the job leaves the queue (batched: when it is done). Made only for a
+        # job that queues: one that finds a free instance at once never needs it.
+        self.event: threading.Event | None = None
         self.instance: Any = None
         self.result: Any = None
         self.error: BaseException | None = None
@@ -94,6 +96,7 @@ class Scheduler:
             limit = job.queued_ns + self.policy.timeout_ns
             if job.deadline_ns is None or limit < job.deadline_ns:
                 job.deadline_ns, job.expired_by_queue = limit, True
+        job.event = threading.Event()
         self._queue.append(job)
         self._waiting += 1
         self._cond.notify_all()
