@@ -17,6 +17,7 @@ from .health import SERVICE_NAME as HEALTH_SERVICE
 from .health import Health
 from .logs import RequestLog
 from .repository import Repository
+from .shared_memory import Limits
 from .v2 import SERVICE, InferenceService, method_handlers
 
 log = logging.getLogger("icow.server")
@@ -44,6 +45,7 @@ class ServerOptions:
     max_loaded_models: int = 0  # 0: no limit
     store: str | None = None  # s3://bucket/prefix: the repository then is its local cache folder
     s3_endpoint: str | None = None
+    shm: Limits = field(default_factory=Limits)  # client shared memory: off unless --allow-client-shm
 
 
 class InferenceServer:
@@ -60,7 +62,8 @@ class InferenceServer:
         self.repository = Repository(options.repository, default_max_batch_size=options.default_max_batch_size,
                                      max_models=options.max_loaded_models, store=store)
         self.service = InferenceService(self.repository, explicit_control=options.model_control_mode == "explicit",
-                                        codec=options.codec, max_message_bytes=options.max_message_bytes)
+                                        codec=options.codec, max_message_bytes=options.max_message_bytes,
+                                        shm=options.shm)
         self.health = Health(self.repository, SERVICE)
         self.repository.listeners.append(self.health.refresh)
         self.requests = RequestLog()
@@ -119,7 +122,10 @@ class InferenceServer:
         self.health.shutdown()  # first, so that health watchers hear NOT_SERVING
         if self.metrics is not None:
             self.metrics.stop()
-        return self._server.stop(self.options.grace_seconds if grace is None else grace)
+        stopped = self._server.stop(self.options.grace_seconds if grace is None else grace)
+        # Regions still held by running calls stay mapped until those calls end.
+        threading.Thread(target=lambda: (stopped.wait(), self.service.shm.close()), daemon=True).start()
+        return stopped
 
     def wait(self) -> None:
         self._server.wait_for_termination()
