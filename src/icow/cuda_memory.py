@@ -18,7 +18,7 @@ import threading
 
 import numpy as np
 
-from .errors import invalid, unavailable
+from .errors import InferenceServerError, invalid, unavailable
 from .shared_memory import check_range
 
 LIBRARIES = ("libcudart.so", "libcudart.so.13", "libcudart.so.12", "libcudart.so.11.0")
@@ -85,7 +85,12 @@ def runtime() -> CudaRuntime:
     with _runtime_lock:
         if _runtime is None:
             rt = CudaRuntime(_load())
-            if rt.device_count() == 0:
+            try:
+                count = rt.device_count()
+            except InferenceServerError as e:  # e.g. no driver: the usual state of a machine without a GPU
+                raise unavailable(f"CUDA shared memory needs a GPU: this server has none usable ({e.message})") \
+                    from None
+            if count == 0:
                 raise unavailable("CUDA shared memory: the CUDA runtime sees no GPU on this server")
             _runtime = rt
         return _runtime
