@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import tritonclient.grpc as tc
 import tritonclient.utils.shared_memory as shm
-from conftest import ServerProcess, start_server
-from helpers import expect_error, infer_input
 
 import icow
+from conftest import ServerProcess, start_server
+from helpers import expect_error, infer_input
 from icow.shared_memory import Limits, Registry, SystemRegion
 
 FLAG = "--allow-client-shm"

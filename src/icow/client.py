@@ -22,8 +22,8 @@ import grpc
 import numpy as np
 
 from . import _client_common as common
-from ._client_shm import ShmTransport
 from ._client_common import Inputs, ModelIndex, Version
+from ._client_shm import ShmTransport
 from ._proto import inference_pb2 as pb
 from ._proto import inference_pb2_grpc, model_config_pb2
 from .errors import InferenceServerError

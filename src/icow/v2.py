@@ -11,10 +11,10 @@ import grpc
 from google.protobuf import message_factory
 
 from . import logs, native_codec, protobuf_codec
-from .cuda_memory import CudaRegion
 from ._proto import inference_pb2 as pb
 from ._proto import inference_pb2_grpc as pb_grpc
 from ._version import __version__
+from .cuda_memory import CudaRegion
 from .errors import InferenceServerError, invalid, unimplemented
 from .repository import Repository
 from .shared_memory import Limits, Registry, SystemRegion, leases
