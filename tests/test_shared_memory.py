@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -342,3 +343,29 @@ def test_icow_client_falls_back_to_bytes(server):
         np.testing.assert_array_equal(c.infer("scale", [np.arange(4, dtype=np.float32)], version="2")["y"],
                                       [0, 3, 6, 9])
         assert c._shm is None
+
+
+# -- perf_analyzer ----------------------------------------------------------------------
+
+PERF_VENV = Path(__file__).resolve().parent.parent / "bench" / ".perf-venv"
+
+
+def test_perf_analyzer_system_shared_memory(shm_server, codec):
+    """Triton's C++ load generator in --shared-memory system mode (bench/setup_perf_analyzer.sh installs it)."""
+    binary = PERF_VENV / "bin" / "perf_analyzer"
+    cudart = sorted(PERF_VENV.glob("lib/python*/site-packages/nvidia/cuda_runtime/lib"))
+    if not binary.exists() or not cudart:
+        pytest.skip("perf_analyzer is not installed: bash bench/setup_perf_analyzer.sh")
+    if codec != "native":
+        pytest.skip("one codec is enough for the load generator's compatibility")
+    env = {**os.environ, "LD_LIBRARY_PATH": str(cudart[-1])}
+    run = subprocess.run([str(binary), "-m", "identity_FP32", "-i", "grpc", "-u", shm_server.url,
+                          "--shared-memory", "system", "--output-shared-memory-size", "4096",
+                          "--concurrency-range", "1", "-p", "500", "-s", "1000", "-r", "3",
+                          "--measurement-mode", "count_windows", "--measurement-request-count", "20"],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "Throughput" in run.stdout
+    assert shm_server.proc.poll() is None
+    with tc.InferenceServerClient(shm_server.url) as c:  # it cleaned up after itself
+        assert not c.get_system_shared_memory_status().regions
