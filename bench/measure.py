@@ -26,6 +26,10 @@ TARGETS = {
     "icow_protobuf": "bench.scenarios.icow_grpc:IcowProtobuf",
     "icow_native": "bench.scenarios.icow_grpc:IcowNative",
     "icow_tritonclient": "bench.scenarios.icow_tritonclient:IcowTritonClient",
+    "icow_shm_bytes": "bench.scenarios.icow_shm:IcowShmBytes",
+    "icow_shm": "bench.scenarios.icow_shm:IcowShm",
+    "icow_client_bytes": "bench.scenarios.icow_shm:IcowClientBytes",
+    "icow_client_shm": "bench.scenarios.icow_shm:IcowClientShm",
 }
 DEFAULT_TARGETS = ["ort_inprocess", "echo_server", "icow_protobuf", "icow_native"]
 

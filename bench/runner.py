@@ -60,6 +60,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--leak", action="store_true", help="soak mode: icow RSS after 10k and 100k requests")
     parser.add_argument("--leak-requests", default="10000,100000",
                         help="with --leak: the request counts compared, first and last (default 10000,100000)")
+    parser.add_argument("--shm", action="store_true",
+                        help="issue 9: identity 12/64 MiB through system shared memory vs gRPC bytes, and memcpy")
     parser.add_argument("--copies", action="store_true",
                         help="count bytes copied per 12 MiB request in each server (valgrind dhat)")
     args = parser.parse_args(argv)
@@ -93,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.copies:
         from . import copies
         return copies.main(args, prefix)
+    if args.shm:
+        from . import shm
+        return shm.main(args, prefix)
     targets = select(args.scenarios, list(TARGETS), DEFAULT_TARGETS, "scenario")
     chosen = select(args.workloads, [w.name for w in workloads], [w.name for w in workloads if w.default],
                     "workload")

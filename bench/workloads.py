@@ -60,9 +60,10 @@ def identity_small(concurrency: int) -> Workload:
     return Workload(f"identity-1x16-c{concurrency}", "identity", "x", "y", (1, 16), (1, 16), concurrency)
 
 
-def identity_large(concurrency: int) -> Workload:
-    shape = (LARGE_BYTES // (4 * LARGE_COLS), LARGE_COLS)
-    return Workload(f"identity-12MiB-c{concurrency}", "identity", "x", "y", shape, shape, concurrency, bulk=True)
+def identity_large(concurrency: int, mib: int = LARGE_BYTES >> 20) -> Workload:
+    shape = ((mib << 20) // (4 * LARGE_COLS), LARGE_COLS)
+    return Workload(f"identity-{mib}MiB-c{concurrency}", "identity", "x", "y", shape, shape, concurrency, bulk=True,
+                    default=mib == LARGE_BYTES >> 20)
 
 
 def mlp256(batch: int, concurrency: int) -> Workload:
@@ -95,4 +96,4 @@ def all_workloads() -> list[Workload]:
     return [identity_small(1), identity_small(8), identity_large(1), identity_large(4), mlp256(1, 8),
             mlp1024(16, batched=False), mlp1024(16, batched=True),
             *(convnet(c, batched) for c in (1, 16) for batched in (False, True)),
-            *(mlp(b, c) for b in (1, 32) for c in (1, 8))]
+            *(mlp(b, c) for b in (1, 32) for c in (1, 8)), identity_large(1, 64), identity_large(4, 64)]

@@ -133,12 +133,12 @@ py::tuple parse_request(const py::buffer &data) {
     if (!whole) throw py::error_already_set();
     py::list inputs;
     for (auto &in : req.inputs) {
-        py::object contents;
+        py::object contents = py::none();  // in shared memory: the server's registry reads it
         if (in.has_raw) {  // a view into the request: no copy
             contents = py::reinterpret_steal<py::object>(PySequence_GetSlice(
                 whole.ptr(), static_cast<Py_ssize_t>(in.raw.off), static_cast<Py_ssize_t>(in.raw.off + in.raw.len)));
             if (!contents) throw py::error_already_set();
-        } else {
+        } else if (!in.shared_memory) {
             contents = py::bytes(in.typed.data(), in.typed.size());
         }
         py::tuple shape(in.shape.size());

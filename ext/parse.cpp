@@ -250,7 +250,16 @@ void gather_typed(const char *base, InputTensor &in, const std::string &what) {
                          contents_name(t.contents));
 }
 
-void check_input(const char *base, InputTensor &in, const Request &req, size_t index) {
+bool names_region(const char *base, const std::vector<Param> &params) {
+    for (const auto &p : params)
+        if (view(base, p.key) == "shared_memory_region") return true;
+    return false;
+}
+
+// `raw` is the input's raw_input_contents entry, or null when the request has none
+// for it. Inputs in shared memory take none: raw_input_contents holds the other
+// inputs' contents, in order, as Triton's clients send them.
+void check_input(const char *base, InputTensor &in, const Span *raw, bool request_has_raw) {
     const std::string what = "input '" + std::string(view(base, in.name)) + "'";
     in.type = find_datatype(view(base, in.datatype));
     if (!in.type)
@@ -258,15 +267,19 @@ void check_input(const char *base, InputTensor &in, const Request &req, size_t i
                          "'; known: " + known_datatypes());
     bool has_typed = false;
     for (Span s : in.contents) has_typed |= s.len > 0;
-    if (!req.raw.empty() && has_typed)
+    in.count = element_count(in.shape, what);
+    if (in.shared_memory) {  // its bytes are in a region: the server's registry checks their size
+        if (has_typed) throw ParseError(what + ": has typed contents and a shared-memory region; send it one way");
+        return;
+    }
+    if (request_has_raw && has_typed)
         throw ParseError(what + ": has typed contents while the request also uses raw_input_contents; "
                                 "send every input one way");
-    in.count = element_count(in.shape, what);
-    if (req.raw.empty()) {
+    if (!request_has_raw) {
         gather_typed(base, in, what);
         return;
     }
-    in.raw = req.raw[index];
+    in.raw = *raw;
     in.has_raw = true;
     if (in.type->size == 0) {
         check_bytes_elements(base, in.raw, in.count, what);
@@ -295,15 +308,23 @@ Request parse_and_check(const char *data, size_t n) {
             default: r.skip(wt, f);
         }
     }
-    if (!req.raw.empty() && req.raw.size() != req.inputs.size())
+    size_t in_message = 0;  // inputs whose contents travel in the message
+    for (auto &in : req.inputs) {
+        in.shared_memory = names_region(data, in.params);
+        in_message += !in.shared_memory;
+    }
+    if (!req.raw.empty() && req.raw.size() != in_message)
         throw ParseError("raw_input_contents has " + std::to_string(req.raw.size()) + " entries for " +
-                         std::to_string(req.inputs.size()) + " inputs; it needs one per input, in order");
+                         std::to_string(in_message) + " inputs" +
+                         (in_message != req.inputs.size() ? " outside shared memory" : "") +
+                         "; it needs one per input, in order");
     std::unordered_set<std::string_view> names;
-    for (size_t i = 0; i < req.inputs.size(); ++i) {
-        auto &in = req.inputs[i];
+    size_t next_raw = 0;
+    for (auto &in : req.inputs) {
         if (!names.insert(view(data, in.name)).second)
             throw ParseError("input '" + std::string(view(data, in.name)) + "' appears twice in the request");
-        check_input(data, in, req, i);
+        const Span *raw = !req.raw.empty() && !in.shared_memory ? &req.raw[next_raw++] : nullptr;
+        check_input(data, in, raw, !req.raw.empty());
     }
     return req;
 }

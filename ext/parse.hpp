@@ -32,6 +32,7 @@ struct InputTensor {
     uint64_t count = 0;        // elements
     Span raw;                  // raw_input_contents entry, when used
     bool has_raw = false;
+    bool shared_memory = false;  // parameters name a shared_memory_region: no contents in the message
     std::string typed;         // typed contents in raw layout
 };
 

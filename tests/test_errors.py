@@ -164,13 +164,6 @@ def test_malformed_message(channel):
         call(b"\x0a\xff\xff\xff\xff\x0f garbage")
 
 
-def test_shared_memory_not_yet(client):
-    with expect_error(grpc.StatusCode.UNIMPLEMENTED, "system shared memory"):
-        client.register_system_shared_memory("region", "/icow_test", 64)
-    with expect_error(grpc.StatusCode.UNIMPLEMENTED, "CUDA shared memory"):
-        client.get_cuda_shared_memory_status()
-
-
 def test_load_refused_without_explicit_control(client):
     with expect_error(grpc.StatusCode.FAILED_PRECONDITION, "--model-control-mode explicit"):
         client.load_model("mlp")

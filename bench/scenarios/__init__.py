@@ -14,7 +14,7 @@ from ..harness import Env, Server
 CODECS = ("native", "protobuf")
 
 
-def icow_server(env: Env, codec: str = "native") -> Server:
+def icow_server(env: Env, codec: str = "native", *options: str) -> Server:
     """The icow server with ``codec`` on the bench repository, shared by every
     workload and every scenario that uses that codec.
 
@@ -25,11 +25,12 @@ def icow_server(env: Env, codec: str = "native") -> Server:
         extra += ["--metrics-port", "0"]
     if env.device != "cpu":
         extra += ["--device", env.device]
-    if f"icow-{codec}" not in env.servers:  # started once, for every workload
-        env.notes.append(f"icow-{codec} server options: {' '.join(extra)}")
-    return env.server(f"icow-{codec}", lambda port: ["-m", "icow", "serve", "--model-repository", str(env.repo),
-                                                     "--host", "127.0.0.1", "--port", str(port),
-                                                     "--codec", codec, *extra], _ready)
+    name = "-".join(["icow", codec, *(o.lstrip("-") for o in options)])
+    if name not in env.servers:  # started once, for every workload
+        env.notes.append(f"{name} server options: {' '.join([*options, *extra])}")
+    return env.server(name, lambda port: ["-m", "icow", "serve", "--model-repository", str(env.repo),
+                                          "--host", "127.0.0.1", "--port", str(port),
+                                          "--codec", codec, *options, *extra], _ready)
 
 
 def _ready(channel: grpc.Channel) -> bool:

@@ -37,14 +37,16 @@ def parse_request(
     str,  # model_version
     str,  # id
     dict[str, bool | int | str | float],  # parameters
-    list[tuple[str, str, tuple[int, ...], dict[str, bool | int | str | float], memoryview | bytes]],
+    list[tuple[str, str, tuple[int, ...], dict[str, bool | int | str | float], memoryview | bytes | None]],
     list[tuple[str, dict[str, bool | int | str | float]]],
 ]:
     """Parse and check a serialized ModelInferRequest, releasing the GIL for the byte work.
 
     Inputs come as (name, datatype, shape, parameters, contents): ``contents``
     is a memoryview into ``data`` for raw_input_contents (no copy), or bytes
-    gathered from the typed contents, in the raw layout. Sizes are checked:
+    gathered from the typed contents, in the raw layout, or None for an input
+    whose parameters name a ``shared_memory_region`` (its bytes are there, and
+    raw_input_contents holds only the other inputs', in order). Sizes are checked:
     contents hold exactly shape x element size bytes (BYTES: exactly as many
     length-prefixed elements as the shape has). Requested outputs come as
     (name, parameters).

@@ -87,6 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="calls handled at once; more get RESOURCE_EXHAUSTED (0: no limit)")
     ops.add_argument("--max-loaded-models", type=int, default=0,
                      help="models loaded at once; loading one more gets RESOURCE_EXHAUSTED (0: no limit)")
+    shm = serve.add_argument_group("shared memory (Triton's system and CUDA shared-memory extensions)")
+    shm.add_argument("--allow-client-shm", action="store_true",
+                     help="let clients register shared-memory regions for tensors (same host only). Off by default: "
+                          "any client that can reach the port could then have the server map host shared memory")
+    shm.add_argument("--shm-max-regions", type=int, default=64, help="shared-memory regions registered at once")
+    shm.add_argument("--shm-max-mapped-mb", type=int, default=4096,
+                     help="MiB of shared memory mapped at once, over every region")
     security = serve.add_argument_group("TLS and authentication")
     security.add_argument("--tls-cert", type=Path, metavar="PEM",
                           help="server certificate (chain): TLS on the gRPC port")
@@ -138,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         print("icow serve: --load-model needs --model-control-mode explicit", file=sys.stderr)
         return 2
     from .auth import AuthError, load_tokens
+    from .shared_memory import Limits
 
     try:
         tokens = load_tokens(args.auth_tokens_file, args.auth_tokens_env, dict(os.environ))
@@ -157,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca, auth_tokens=tokens,
         auth_open_health=args.auth_open_health, max_concurrent_requests=args.max_concurrent_requests,
         max_loaded_models=args.max_loaded_models, store=store, s3_endpoint=args.s3_endpoint,
+        shm=Limits(args.allow_client_shm, args.shm_max_regions, args.shm_max_mapped_mb << 20),
     )
     try:
         serve(options)

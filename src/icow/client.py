@@ -13,6 +13,7 @@ are retried with exponential backoff; see `Client`.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import TypeVar
@@ -22,6 +23,7 @@ import numpy as np
 
 from . import _client_common as common
 from ._client_common import Inputs, ModelIndex, Version
+from ._client_shm import ShmTransport
 from ._proto import inference_pb2 as pb
 from ._proto import inference_pb2_grpc, model_config_pb2
 from .errors import InferenceServerError
@@ -50,6 +52,12 @@ class Client:
         Deadline of each attempt in seconds; None waits indefinitely.
     max_message_bytes
         Largest message sent or received (gRPC's default is 4 MiB).
+    shared_memory
+        ``"auto"``: when the server runs on this host and allows client shared
+        memory (``icow serve --allow-client-shm``), tensors travel through
+        shared-memory regions this client creates, reuses and removes on
+        `close`, instead of inside gRPC messages; otherwise, and for BYTES
+        tensors, they go as bytes. ``"off"`` (default): always bytes.
 
     Notes
     -----
@@ -65,7 +73,10 @@ class Client:
         backoff: float = 0.1,
         timeout: float | None = None,
         max_message_bytes: int = 2**31 - 1,
+        shared_memory: str = "off",
     ) -> None:
+        if shared_memory not in ("auto", "off"):
+            raise ValueError(f"shared_memory must be 'auto' or 'off', got {shared_memory!r}")
         self._owns_channel = channel is None
         if channel is None:
             channel = grpc.insecure_channel(url, options=common.channel_options(max_message_bytes))
@@ -75,9 +86,17 @@ class Client:
         self._backoff = backoff
         self._timeout = timeout
         self._metadata: dict[tuple[str, str], pb.ModelMetadataResponse] = {}
+        self._url = url
+        self._shm_wanted = shared_memory == "auto"
+        self._shm: ShmTransport | None = None
+        self._shm_lock = threading.Lock()
 
     def close(self) -> None:
-        """Close the channel, unless it was passed in."""
+        """Remove this client's shared-memory regions; close the channel, unless it was passed in."""
+        with self._shm_lock:
+            shm, self._shm, self._shm_wanted = self._shm, None, False
+        if shm is not None:
+            shm.close()
         if self._owns_channel:
             self._channel.close()
 
@@ -137,7 +156,24 @@ class Client:
         if not isinstance(inputs, Mapping):
             meta = self._cached_metadata(model, version)
             inputs = common.name_inputs(common.positional(inputs), meta)
+        shm = self._shared_memory()
+        if shm is not None:
+            arrays = {name: np.asarray(value) for name, value in inputs.items()}
+            if shm.usable(arrays):
+                names = [outputs] if isinstance(outputs, str) else list(outputs or ())
+                names = names or [t.name for t in self._cached_metadata(model, version).outputs]
+                return shm.infer(model, arrays, version, names)
         return self._run(common.infer(model, inputs, version, outputs))
+
+    def _shared_memory(self) -> ShmTransport | None:
+        """The shared-memory path, probed on first use; None: send bytes."""
+        if not self._shm_wanted:
+            return self._shm
+        with self._shm_lock:
+            if self._shm_wanted:  # probe once, on first use: the server may not be up at construction
+                self._shm = ShmTransport.probe(self._run, self._url)
+                self._shm_wanted = False
+            return self._shm
 
     def _cached_metadata(self, model: str, version: Version) -> pb.ModelMetadataResponse:
         key = common.cache_key(model, version)

@@ -15,23 +15,33 @@ from . import _wire
 from .datatypes import DATATYPES
 from .errors import invalid
 from .model import Model
-from .request import InferRequest, reject_shared_memory
+from .request import InferRequest
+from .shared_memory import Leases
+from .shm_tensors import input_array, shm_allocate, shm_range
 
 _LITTLE = {name: d.numpy.newbyteorder("<") for name, d in DATATYPES.items() if name != "BYTES"}
 
 
-def decode_request(data: bytes) -> InferRequest:
-    """Parse and check a serialized ModelInferRequest; arrays view ``data``."""
+def decode_request(data: bytes, leases: Leases | None = None) -> InferRequest:
+    """Parse and check a serialized ModelInferRequest; arrays view ``data``, or
+    the shared-memory regions they lie in (held by ``leases``; None: refused)."""
+    leases = leases or Leases(None)
     try:
         model_name, model_version, request_id, _, inputs, outputs = _wire.parse_request(data)
     except ValueError as e:
         raise invalid(str(e)) from None
-    request = InferRequest(model_name, model_version, request_id)
+    request = InferRequest(model_name, model_version, request_id, leases=leases)
     for name, datatype, shape, parameters, contents in inputs:
-        reject_shared_memory(parameters, f"input '{name}'")
-        request.inputs[name] = _array(datatype, shape, contents)
+        what = f"input '{name}'"
+        where = shm_range(parameters, leases, what)
+        if where is None and contents is None:  # the parser saw a region name the checks refused
+            raise invalid(f"{what}: shared_memory_region must name a registered region")
+        request.inputs[name] = (input_array(where, datatype, shape, what) if where is not None
+                                else _array(datatype, shape, contents))
     for name, parameters in outputs:
-        reject_shared_memory(parameters, f"output '{name}'")
+        where = shm_range(parameters, leases, f"output '{name}'")
+        if where is not None:
+            request.shm_outputs[name] = where
         request.outputs.append(name)
     return request
 
@@ -39,6 +49,8 @@ def decode_request(data: bytes) -> InferRequest:
 def infer(model: Model, request: InferRequest) -> bytes:
     """Run ``request`` on ``model``; the serialized response."""
     allocate = functools.partial(_wire.ResponseBuffer, model.name, str(model.version), request.id)
+    if request.shm_outputs:
+        allocate = shm_allocate(allocate, request.shm_outputs)
     return model.run_into(request.inputs, request.outputs, allocate, deadline_ns=request.deadline_ns,
                           alive=request.alive).finish()
 

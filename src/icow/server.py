@@ -18,6 +18,7 @@ from .health import Health
 from .logs import RequestLog
 from .repository import Repository
 from .scheduling import parse_device
+from .shared_memory import Limits
 from .v2 import SERVICE, InferenceService, method_handlers
 
 log = logging.getLogger("icow.server")
@@ -47,6 +48,7 @@ class ServerOptions:
     max_loaded_models: int = 0  # 0: no limit
     store: str | None = None  # s3://bucket/prefix: the repository then is its local cache folder
     s3_endpoint: str | None = None
+    shm: Limits = field(default_factory=Limits)  # client shared memory: off unless --allow-client-shm
 
 
 class InferenceServer:
@@ -64,7 +66,8 @@ class InferenceServer:
                                      max_models=options.max_loaded_models, max_queue_size=options.max_queue_size,
                                      device=parse_device(options.device), store=store)
         self.service = InferenceService(self.repository, explicit_control=options.model_control_mode == "explicit",
-                                        codec=options.codec, max_message_bytes=options.max_message_bytes)
+                                        codec=options.codec, max_message_bytes=options.max_message_bytes,
+                                        shm=options.shm)
         self.health = Health(self.repository, SERVICE)
         self.repository.listeners.append(self.health.refresh)
         self.requests = RequestLog()
@@ -123,7 +126,10 @@ class InferenceServer:
         self.health.shutdown()  # first, so that health watchers hear NOT_SERVING
         if self.metrics is not None:
             self.metrics.stop()
-        return self._server.stop(self.options.grace_seconds if grace is None else grace)
+        stopped = self._server.stop(self.options.grace_seconds if grace is None else grace)
+        # Regions still held by running calls stay mapped until those calls end.
+        threading.Thread(target=lambda: (stopped.wait(), self.service.shm.close()), daemon=True).start()
+        return stopped
 
     def wait(self) -> None:
         self._server.wait_for_termination()

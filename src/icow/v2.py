@@ -15,13 +15,16 @@ from . import logs, native_codec, protobuf_codec
 from ._proto import inference_pb2 as pb
 from ._proto import inference_pb2_grpc as pb_grpc
 from ._version import __version__
+from .cuda_memory import CudaRegion
 from .errors import InferenceServerError, invalid, unimplemented
 from .repository import Repository
+from .shared_memory import Limits, Registry, SystemRegion, leases
 
 log = logging.getLogger("icow.v2")
 
 SERVICE = "inference.GRPCInferenceService"
 EXTENSIONS = ["model_repository", "model_configuration", "statistics"]
+SHM_EXTENSIONS = ["system_shared_memory", "cuda_shared_memory"]  # listed when --allow-client-shm is given
 CODECS = {"native": native_codec, "protobuf": protobuf_codec}  # how ModelInfer bytes are read and written
 
 
@@ -45,8 +48,9 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     """Serves one repository. ``ready`` is set once the startup loading is done."""
 
     def __init__(self, repository: Repository, *, explicit_control: bool, codec: str = "native",
-                 max_message_bytes: int = 2**31 - 1) -> None:
+                 max_message_bytes: int = 2**31 - 1, shm: Limits | None = None) -> None:
         self.repository = repository
+        self.shm = Registry(shm or Limits())
         self.codec = CODECS[codec]
         self.explicit_control = explicit_control
         self.max_message_bytes = max_message_bytes
@@ -67,7 +71,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ModelReadyResponse(ready=True)
 
     def ServerMetadata(self, request, context):
-        return pb.ServerMetadataResponse(name="icow", version=__version__, extensions=EXTENSIONS)
+        extensions = EXTENSIONS + (SHM_EXTENSIONS if self.shm.limits.enabled else [])
+        return pb.ServerMetadataResponse(name="icow", version=__version__, extensions=extensions)
 
     @_rpc
     def ModelMetadata(self, request, context):
@@ -101,12 +106,13 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     @_rpc
     def ModelInferBytes(self, data: bytes, context) -> bytes:
         """ModelInfer on the serialized request; returns the serialized response."""
-        request = self.codec.decode_request(data)
-        request.deadline_ns, request.alive = deadline_ns(context), context.is_active
-        logs.annotate(request_id=request.id, model=request.model_name, version=request.model_version)
-        model = self.repository.get(request.model_name, request.model_version)
-        logs.annotate(version=str(model.version))
-        response = self.codec.infer(model, request)
+        with leases(self.shm) as held:  # regions the request names stay mapped until its response is built
+            request = self.codec.decode_request(data, held)
+            request.deadline_ns, request.alive = deadline_ns(context), context.is_active
+            logs.annotate(request_id=request.id, model=request.model_name, version=request.model_version)
+            model = self.repository.get(request.model_name, request.model_version)
+            logs.annotate(version=str(model.version))
+            response = self.codec.infer(model, request)
         if len(response) > self.max_message_bytes:  # grpcio's own refusal would not say how to fix it
             raise InferenceServerError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -151,19 +157,50 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                 f"cannot {action} models: the server runs with --model-control-mode none; "
                 "start it with --model-control-mode explicit")
 
-    # -- not served yet --------------------------------------------------
+    # -- shared memory ---------------------------------------------------
+    @_rpc
+    def SystemSharedMemoryRegister(self, request, context):
+        self.shm.check_enabled("SystemSharedMemoryRegister")
+        self.shm.register(request.name, lambda: SystemRegion(request.name, request.key, request.offset,
+                                                             request.byte_size))
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    @_rpc
+    def SystemSharedMemoryUnregister(self, request, context):
+        self.shm.check_enabled("SystemSharedMemoryUnregister")
+        self.shm.unregister(request.name, "system")
+        return pb.SystemSharedMemoryUnregisterResponse()
+
     @_rpc
     def SystemSharedMemoryStatus(self, request, context):
-        raise unimplemented("system shared memory is not supported by this server yet")
+        self.shm.check_enabled("SystemSharedMemoryStatus")
+        status = pb.SystemSharedMemoryStatusResponse
+        return status(regions={r.name: status.RegionStatus(name=r.name, key=r.key, offset=r.offset,
+                                                           byte_size=r.byte_size)
+                               for r in self.shm.status(request.name, "system")})
 
-    SystemSharedMemoryRegister = SystemSharedMemoryUnregister = SystemSharedMemoryStatus
+    @_rpc
+    def CudaSharedMemoryRegister(self, request, context):
+        self.shm.check_enabled("CudaSharedMemoryRegister")
+        self.shm.register(request.name, lambda: CudaRegion(request.name, request.raw_handle, request.device_id,
+                                                           request.byte_size))
+        return pb.CudaSharedMemoryRegisterResponse()
+
+    @_rpc
+    def CudaSharedMemoryUnregister(self, request, context):
+        # With shared memory off there is nothing to unregister: OK, since clients
+        # (perf_analyzer) unregister everything of both kinds before they start.
+        self.shm.unregister(request.name, "cuda")
+        return pb.CudaSharedMemoryUnregisterResponse()
 
     @_rpc
     def CudaSharedMemoryStatus(self, request, context):
-        raise unimplemented("CUDA shared memory is not supported by this server yet")
+        status = pb.CudaSharedMemoryStatusResponse
+        regions = self.shm.status(request.name, "cuda") if self.shm.limits.enabled or request.name else []
+        return status(regions={r.name: status.RegionStatus(name=r.name, device_id=r.device_id,
+                                                           byte_size=r.byte_size) for r in regions})
 
-    CudaSharedMemoryRegister = CudaSharedMemoryUnregister = CudaSharedMemoryStatus
-
+    # -- not served ------------------------------------------------------
     @_rpc
     def TraceSetting(self, request, context):
         raise unimplemented("tracing is not supported by this server")
