@@ -18,4 +18,9 @@ fi
 
 python -m pip install -q --upgrade pip
 python -m pip install -q -e ".[test]"
+# Triton's perf_analyzer, for the test that drives icow with it (a venv of its own:
+# it ships only in an older tritonclient wheel). Needs root for its one apt package.
+if [ "$(id -u)" = 0 ] || ldconfig -p | grep -q 'libb64\.so\.0d'; then
+  bash bench/setup_perf_analyzer.sh >/dev/null
+fi
 python -m pytest "$@"

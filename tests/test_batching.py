@@ -34,7 +34,7 @@ def batching_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def batching_server(batching_repo, codec, tmp_path_factory):
     from conftest import start_server
 
-    srv = start_server(batching_repo, "--no-metrics", "--workers", "32", "--codec", codec,
+    srv = start_server(batching_repo, "--no-metrics", "--workers", "32", "--codec", codec, "--allow-client-shm",
                        log_dir=tmp_path_factory.mktemp("logs"))
     yield srv
     srv.stop()
@@ -80,6 +80,42 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_rows(batching_ser
     assert max(batch_sizes) > 4  # larger than any one request: rows of several requests
     assert sum(b.compute_infer.count for b in after.batch_stats) == after.execution_count
     assert after.inference_stats.queue.count == after.inference_stats.success.count
+
+
+def test_batched_requests_with_inputs_and_outputs_in_shared_memory(batching_server, batching_repo):
+    """Each caller's rows go into its own region: batching's scatter writes there."""
+    import secrets
+
+    import tritonclient.utils.shared_memory as shm
+
+    url = batching_server.url
+
+    def client_work(i):
+        client = tc.InferenceServerClient(url)
+        x = np.random.default_rng(i).standard_normal((1 + i % 3, 16), dtype=np.float32)
+        y_bytes = x.shape[0] * 4 * 4
+        key = f"/icow-batch-{secrets.token_hex(4)}"
+        handle = shm.create_shared_memory_region(f"r{i}", key, x.nbytes + y_bytes)
+        try:
+            shm.set_shared_memory_region(handle, [x])
+            client.register_system_shared_memory(f"r{i}", key, x.nbytes + y_bytes)
+            tensor = tc.InferInput("input", list(x.shape), "FP32")
+            tensor.set_shared_memory(f"r{i}", x.nbytes)
+            output = tc.InferRequestedOutput("output")
+            output.set_shared_memory(f"r{i}", y_bytes, offset=x.nbytes)
+            for _ in range(4):
+                client.infer("mlp", [tensor], outputs=[output])
+                y = shm.get_contents_as_numpy(handle, np.float32, [x.shape[0], 4], offset=x.nbytes)
+                expected = reference(batching_repo / "mlp" / "1" / "model.onnx", {"input": x})["output"]
+                np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+            client.unregister_system_shared_memory(f"r{i}")
+        finally:
+            shm.destroy_shared_memory_region(handle)
+
+    before = tc.InferenceServerClient(url).get_inference_statistics("mlp").model_stats[0]
+    _concurrently(client_work, 8)
+    after = tc.InferenceServerClient(url).get_inference_statistics("mlp").model_stats[0]
+    assert after.execution_count - before.execution_count < 32  # some of the 32 requests shared a run
 
 
 def test_requests_that_differ_beyond_the_batch_dimension_are_never_mixed(batching_server):

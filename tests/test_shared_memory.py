@@ -298,24 +298,45 @@ def test_unregister_during_requests(client, regions, shm_server):
 
 # -- CUDA shared memory without a GPU -------------------------------------------------
 
-def test_cuda_register_is_unavailable_without_a_gpu(client):
+def _has_gpu() -> bool:
     try:
         from icow.cuda_memory import runtime
         runtime()
     except icow.InferenceServerError:
-        pass
-    else:
-        pytest.skip("a GPU is present: the CUDA path needs tritonclient.utils.cuda_shared_memory (GPU test)")
+        return False
+    return True
+
+
+@pytest.mark.skipif(_has_gpu(), reason="checks the refusal on a machine without a GPU")
+def test_cuda_register_is_unavailable_without_a_gpu(client):
     with expect_error(grpc.StatusCode.UNAVAILABLE, "GPU"):
         client.register_cuda_shared_memory("g", b"\0" * 64, 0, 1024)
     client.unregister_cuda_shared_memory()
     assert not client.get_cuda_shared_memory_status().regions
 
 
-@pytest.mark.skip(reason="needs a GPU and tritonclient.utils.cuda_shared_memory: none on CI or this machine")
-def test_cuda_input_and_output_through_regions():
-    """Left for a GPU machine: create_shared_memory_region on device 0, register_cuda_shared_memory,
-    infer with set_shared_memory on input and output, compare get_contents_as_numpy."""
+@pytest.mark.gpu
+@pytest.mark.skipif(not _has_gpu(), reason="needs a CUDA device and driver (CUDA shared memory)")
+def test_cuda_input_and_output_through_regions(shm_server):
+    import tritonclient.utils.cuda_shared_memory as cudashm
+
+    x = np.arange(12, dtype=np.float32).reshape(4, 3)
+    regions = {name: cudashm.create_shared_memory_region(name, x.nbytes, 0) for name in ("in", "out")}
+    try:
+        cudashm.set_shared_memory_region(regions["in"], [x])
+        with tc.InferenceServerClient(shm_server.url) as c:
+            for name, handle in regions.items():
+                c.register_cuda_shared_memory(name, cudashm.get_raw_handle(handle), 0, x.nbytes)
+            tensor = tc.InferInput("x", [4, 3], "FP32")
+            tensor.set_shared_memory("in", x.nbytes)
+            output = tc.InferRequestedOutput("y")
+            output.set_shared_memory("out", x.nbytes)
+            c.infer("identity_FP32", [tensor], outputs=[output])
+            np.testing.assert_array_equal(cudashm.get_contents_as_numpy(regions["out"], np.float32, [4, 3]), x)
+            c.unregister_cuda_shared_memory()
+    finally:
+        for handle in regions.values():
+            cudashm.destroy_shared_memory_region(handle)
 
 
 # -- icow's own client ------------------------------------------------------------------
@@ -355,9 +376,9 @@ def test_perf_analyzer_system_shared_memory(shm_server, codec):
     binary = PERF_VENV / "bin" / "perf_analyzer"
     cudart = sorted(PERF_VENV.glob("lib/python*/site-packages/nvidia/cuda_runtime/lib"))
     if not binary.exists() or not cudart:
+        if os.environ.get("ICOW_REQUIRE_CPP") == "1":  # CI: scripts/test.sh installs it
+            pytest.fail("ICOW_REQUIRE_CPP=1 but perf_analyzer is not installed (bash bench/setup_perf_analyzer.sh)")
         pytest.skip("perf_analyzer is not installed: bash bench/setup_perf_analyzer.sh")
-    if codec != "native":
-        pytest.skip("one codec is enough for the load generator's compatibility")
     env = {**os.environ, "LD_LIBRARY_PATH": str(cudart[-1])}
     run = subprocess.run([str(binary), "-m", "identity_FP32", "-i", "grpc", "-u", shm_server.url,
                           "--shared-memory", "system", "--output-shared-memory-size", "4096",
