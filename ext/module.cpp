@@ -10,6 +10,7 @@
 
 #include "build.hpp"
 #include "parse.hpp"
+#include "sigbus.hpp"
 
 #include <cstdint>
 #include <cstring>
@@ -201,6 +202,11 @@ PYBIND11_MODULE(_wire, m) {
           "Join bytes/str items into length-prefixed BYTES contents.");
     m.def("model_name", &model_name, py::arg("data"),
           "model_name of a serialized ModelInferRequest, without parsing its tensors.");
+    m.def("guard_mapping", &icow::sigbus::guard, py::arg("start"), py::arg("length"),
+          "Absorb SIGBUS in [start, start + length) (a mapping whose object may shrink); its slot, or -1.");
+    m.def("unguard_mapping", &icow::sigbus::unguard, py::arg("slot"), "Stop guarding a slot from guard_mapping.");
+    m.def("mapping_faulted", &icow::sigbus::faulted, py::arg("slot"),
+          "Whether a SIGBUS was absorbed in the slot's range (its pages there are now private zeros).");
     m.def("address_of", &address_of, py::arg("data"), "The address of a contiguous buffer's first byte.");
     m.def("parse_request", &parse_request, py::arg("data"),
           "Parse and check a serialized ModelInferRequest; raw tensor contents are views into `data`.");

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import subprocess
+import sys
+import textwrap
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -240,6 +243,61 @@ def test_shrunk_object_is_an_error_not_sigbus(client, regions, shm_server):
         client.infer("scale", [shm_input("x", [4], "FP32", "shrink", 16, offset=4096)], model_version="1")
     assert shm_server.proc.poll() is None
     assert client.is_server_live()
+
+
+def test_an_object_shrunk_during_the_run_fails_the_request_not_the_server(make_server, ops_repo, codec):
+    """The race after the fstat check: the client truncates its object while the model
+    runs, and the run then writes its output there. The SIGBUS guard absorbs the fault."""
+    from ops_helpers import slow_inputs
+
+    srv = make_server(ops_repo, "--codec", codec, FLAG, "--no-metrics")
+    client = tc.InferenceServerClient(srv.url)
+    key = f"/icow-test-{secrets.token_hex(4)}"
+    handle = shm.create_shared_memory_region("out", key, 4096)
+    try:
+        client.register_system_shared_memory("out", key, 4096)
+        output = tc.InferRequestedOutput("y")
+        output.set_shared_memory("out", 4)
+        shrink = threading.Timer(0.15, os.ftruncate, (handle._mpsm_handle._fd, 0))
+        shrink.start()  # the run takes about half a second: the output is written after this
+        with expect_error(grpc.StatusCode.INVALID_ARGUMENT, "shrank while a request used it", "register it again"):
+            client.infer("slow", slow_inputs(2500), outputs=[output])
+        shrink.join()
+        assert srv.proc.poll() is None and client.is_server_live()
+        os.ftruncate(handle._mpsm_handle._fd, 4096)  # grown back: still refused until registered again
+        with expect_error(grpc.StatusCode.INVALID_ARGUMENT, "register it again"):
+            client.infer("slow", slow_inputs(10), outputs=[output])
+        client.unregister_system_shared_memory("out")
+        client.register_system_shared_memory("out", key, 4096)
+        client.infer("slow", slow_inputs(10, 2.0), outputs=[output])
+        assert shm.get_contents_as_numpy(handle, np.float32, []) == 4 * 1000  # x² N³
+    finally:
+        shm.destroy_shared_memory_region(handle)
+
+
+def test_the_sigbus_guard_absorbs_faults_only_in_guarded_mappings():
+    """In a child process: an access past a shrunk object's end is absorbed (zeros
+    read, writes kept privately) where guarded, and kills the process where not."""
+    probe = textwrap.dedent("""
+        import mmap, os, sys, numpy as np
+        from icow import _wire
+        path = f"/dev/shm/icow-sigbus-{os.getpid()}"
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+        os.unlink(path)
+        os.ftruncate(fd, 3 * 4096)
+        m = mmap.mmap(fd, 3 * 4096)
+        m[:] = b"\\x01" * (3 * 4096)
+        slot = _wire.guard_mapping(_wire.address_of(m), 3 * 4096) if sys.argv[1] == "guarded" else -1
+        os.ftruncate(fd, 4096)
+        a = np.frombuffer(m, np.uint8)
+        a[5000] = 7
+        print(int(a[:4096].sum()), int(a[4096:].sum()), _wire.mapping_faulted(slot))
+    """)
+    guarded = subprocess.run([sys.executable, "-c", probe, "guarded"], capture_output=True, text=True, timeout=60)
+    assert guarded.returncode == 0, guarded.stderr
+    assert guarded.stdout.split() == ["4096", "7", "True"]
+    bare = subprocess.run([sys.executable, "-c", probe, "bare"], capture_output=True, text=True, timeout=60)
+    assert bare.returncode == -signal.SIGBUS
 
 
 def test_unregistered_while_in_use_stays_mapped_until_the_request_ends():

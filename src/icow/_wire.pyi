@@ -27,6 +27,19 @@ def model_name(data: Buffer) -> str:
     """``model_name`` of a serialized ModelInferRequest, the other fields skipped
     unparsed. Raises ValueError when the message is malformed."""
 
+def guard_mapping(start: int, length: int) -> int:
+    """Absorb SIGBUS in [start, start + length): a mapping of an object that another
+    process may shrink. A fault there maps a private zero page over the faulting
+    page and marks the range instead of killing the process. Returns the slot for
+    ``mapping_faulted`` and ``unguard_mapping``, or -1 when every slot is taken."""
+
+def unguard_mapping(slot: int) -> None:
+    """Stop guarding a slot from ``guard_mapping``."""
+
+def mapping_faulted(slot: int) -> bool:
+    """Whether a SIGBUS was absorbed in the slot's range since it was guarded (its
+    pages there are private zeros now: the data shared with the other process are lost)."""
+
 def address_of(data: Buffer) -> int:
     """The address of a contiguous buffer's first byte (for ONNX Runtime's IOBinding)."""
 

@@ -9,11 +9,13 @@ itself is a Python ``mmap``; numpy views of it keep it alive by reference, so
 it is never unmapped under a live view.
 
 A client may shrink the object after registering it; touching a page past its
-new end would raise SIGBUS and kill the server. Every use checks the object's
-size with fstat first and refuses a region that no longer covers its range.
-What remains is a race: a shrink *between* that check and the end of the run
-still faults. Only a client that can already write the region can do it, and
-it needs --allow-client-shm on the server.
+new end raises SIGBUS, which would kill the server. Every use checks the
+object's size with fstat first and refuses a region that no longer covers its
+range. A shrink *between* that check and the end of the run is caught by the
+extension's SIGBUS guard (ext/sigbus.cpp): the faulting access lands on a private
+zero page, the region is marked, and the request fails when its regions are
+checked again after the run (``Leases.check``). The region stays refused until
+it is registered again.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Protocol
 
 import grpc
 
+from . import _wire
 from .errors import InferenceServerError, invalid, not_found
 
 SHM_DIR = "/dev/shm"
@@ -118,11 +121,18 @@ class SystemRegion:
         except BaseException:
             os.close(self._fd)
             raise
+        self._guard = _wire.guard_mapping(_wire.address_of(self._map), self.mapped_bytes)
+        if self._guard < 0:
+            self.close()
+            raise exhausted(f"{what}: no room left to guard another mapping; unregister some regions")
 
     def _object_size(self) -> int:
         return os.fstat(self._fd).st_size
 
     def check(self) -> None:
+        if _wire.mapping_faulted(self._guard):
+            raise invalid(f"shared-memory region '{self.name}': object {self.key!r} shrank while a request used "
+                          "it, and what the server read or wrote there is lost; register it again")
         size = self._object_size()
         if size < self.offset + self.byte_size:
             raise invalid(f"shared-memory region '{self.name}': object {self.key!r} shrank to {size} bytes since it "
@@ -137,6 +147,8 @@ class SystemRegion:
 
     def close(self) -> None:
         os.close(self._fd)
+        if getattr(self, "_guard", -1) >= 0:
+            _wire.unguard_mapping(self._guard)
         try:
             self._map.close()
         except BufferError:  # a view still exists: the mapping goes with its last reference
@@ -290,6 +302,11 @@ class Leases:
         region = self._registry.hold(name, what)
         self._held.append(region)
         return region
+
+    def check(self) -> None:
+        """Raise if a region the request holds shrank while it ran (fstat, and the SIGBUS guard)."""
+        for region in self._held:
+            region.check()
 
     def release(self) -> None:
         held, self._held = self._held, []

@@ -113,6 +113,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             model = self.repository.get(request.model_name, request.model_version)
             logs.annotate(version=str(model.version))
             response = self.codec.infer(model, request)
+            held.check()  # an object shrunk during the run: its data, and so the answer, are lost
         if len(response) > self.max_message_bytes:  # grpcio's own refusal would not say how to fix it
             raise InferenceServerError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
