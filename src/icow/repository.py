@@ -256,6 +256,7 @@ class Repository:
                 state = VersionState(version, old.model, f"reload failed, the version loaded before serves on: "
                                      f"{state.reason}", old.stamp)
             loaded.versions[version] = state
+        _keep_until_ready(loaded, previous)
         return loaded
 
     def _load_version(self, name: str, version: int, path: Path, config: mc.ModelConfig) -> VersionState:
@@ -382,6 +383,21 @@ def _routing_in_force(from_config: Routing, previous: LoadedModel | None) -> Rou
     if previous.config_routing == from_config:
         return previous.routing
     return dataclasses.replace(from_config, generation=previous.routing.generation + 1)
+
+
+def _keep_until_ready(loaded: LoadedModel, previous: LoadedModel | None) -> None:
+    """A version the policy newly picks failed to load: the ones serving before it,
+    which the policy now leaves out, serve on until it loads (a broken new version
+    never takes a model's traffic away)."""
+    if previous is None:
+        return
+    failed = [v for v, s in loaded.versions.items() if s.model is None and v not in previous.ready()]
+    if not failed:
+        return
+    for version, state in previous.versions.items():
+        if state.model is not None and version not in loaded.versions:
+            loaded.versions[version] = dataclasses.replace(
+                state, reason=f"serves on until version {', '.join(map(str, failed))} loads")
 
 
 def _kept(previous: LoadedModel, reason: str) -> LoadedModel:

@@ -38,7 +38,7 @@ class Routing:
 
     labels: Mapping[str, int] = field(default_factory=dict)
     split: tuple[tuple[str, int], ...] = ()
-    generation: int = 0  # counts changes made over the protocol; 0: as the config says
+    generation: int = 1  # 1 as loaded, then counts the changes (0 means 'any' to SetRouting)
 
     def version_of(self, target: str) -> int | None:
         """The version a version string or label names; None when it names none."""
