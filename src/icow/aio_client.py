@@ -180,24 +180,6 @@ class AsyncClient:
         split: Mapping[str, int] | Sequence[tuple[str, int]] | None = None,
         expected_generation: int = 0,
     ) -> rp.Routing:
-        """Change the model's routing in one atomic step.
-
-        Parameters
-        ----------
-        labels
-            Labels to set or move, to version numbers.
-        remove_labels
-            Labels to remove.
-        split
-            The new traffic split (version numbers or labels to weights); None
-            keeps it, empty removes it.
-        expected_generation
-            Non-zero: apply only if the routing is still at this generation.
-
-        Returns
-        -------
-        Routing
-            The routing now in force.
-        """
+        """`Client.set_routing`: change the model's routing in one atomic step."""
         common.forget(self._metadata, model)
         return await self._run(common.set_routing(model, labels, remove_labels, split, expected_generation))
