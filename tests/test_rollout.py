@@ -3,6 +3,7 @@ server with real clients (tritonclient, icow.Client, the ``icow models`` CLI).""
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import subprocess
 import sys
@@ -175,6 +176,13 @@ def test_routing_changes_are_checked(server):
         assert answered(client.infer_result("m", {"x": X})) == "3"
         client.set_routing("m", split={})
         assert answered(client.infer_result("m", {"x": X})) == "3"  # no split: the highest version
+
+    async def through_asyncio() -> tuple[int, str]:
+        async with icow.AsyncClient(server.url) as aio:
+            routing = await aio.set_routing("m", labels={"canary": 3}, remove_labels=["stable"])
+            return routing.labels["canary"], answered(await aio.infer_result("m", {"x": X}, version="canary"))
+
+    assert asyncio.run(through_asyncio()) == (3, "3")
 
 
 def test_unload_drains_in_flight_requests(rollout_repo):

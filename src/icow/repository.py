@@ -300,7 +300,8 @@ class Repository:
             raise unavailable(f"model '{name}' {named} is not ready: {state.reason}")
         listed = ", ".join(map(str, ready)) or "none"
         labels = describe_labels(loaded.routing)
-        what = f"{named} loaded" if number is not None else f"version or label '{version}'"
+        what = f"version '{version}' loaded" if version.isdigit() else \
+            f"{named} loaded" if number is not None else f"version or label '{version}'"
         raise not_found(f"model '{name}' has no {what}; ready versions: {listed}"
                         + (f"; labels: {labels}" if labels else ""))
 
