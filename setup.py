@@ -14,7 +14,7 @@ from setuptools.command.build_py import build_py
 ROOT = Path(__file__).resolve().parent
 PROTO_DIR = ROOT / "proto"
 STUB_DIR = ROOT / "src" / "icow" / "_proto"
-PROTOS = ["model_config.proto", "inference.proto", "litecow.proto"]
+PROTOS = ["model_config.proto", "inference.proto", "litecow.proto", "rollout.proto"]
 
 
 def generate_stubs() -> None:

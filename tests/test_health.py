@@ -62,13 +62,14 @@ def test_reflection_lists_the_services(server):
     with grpc.insecure_channel(server.url) as channel:
         (answer,) = _reflect(channel, reflection_pb2.ServerReflectionRequest(list_services=""))
     names = {s.name for s in answer.list_services_response.service}
-    assert names == {"inference.GRPCInferenceService", "ICOW", "grpc.health.v1.Health",
+    assert names == {"inference.GRPCInferenceService", "ICOW", "icow.rollout.ModelRollout", "grpc.health.v1.Health",
                      "grpc.reflection.v1alpha.ServerReflection"}
 
 
 @pytest.mark.parametrize("symbol, file, dependency", [
     ("inference.GRPCInferenceService", "inference.proto", "model_config.proto"),
     ("ICOW", "litecow.proto", None),
+    ("icow.rollout.ModelRollout", "rollout.proto", None),
     ("grpc.health.v1.Health", health_pb2.DESCRIPTOR.name, None),
     ("grpc.reflection.v1alpha.ServerReflection", reflection_pb2.DESCRIPTOR.name, None),
 ])

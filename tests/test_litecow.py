@@ -236,7 +236,7 @@ def test_errors_are_clear(server, litecow):
     ])
     expected = [
         (NOT_FOUND, "no model 'nope' in the repository"),
-        (NOT_FOUND, "model 'scale' has no version 'v1'"),
+        (NOT_FOUND, "model 'scale' has no version or label 'v1'"),
         (INVALID, "is not an s3://<bucket>/<model> URL"),
         (INVALID, "input 'x': expected datatype FP32, got FP64"),
         (INVALID, "input 'x': expected shape [4], got [3]"),

@@ -20,6 +20,7 @@ import numpy as np
 from . import datatypes, tensors
 from ._proto import inference_pb2 as pb
 from ._proto import model_config_pb2
+from ._proto import rollout_pb2 as rp
 from .errors import InferenceServerError
 
 T = TypeVar("T")
@@ -42,13 +43,23 @@ class ModelIndex(NamedTuple):
     reason: str
 
 
+class InferResult(NamedTuple):
+    """An inference's outputs, with the version that answered and the request's id."""
+
+    outputs: dict[str, np.ndarray]
+    model_version: str
+    id: str
+
+
 @dataclass(frozen=True)
 class Call(Generic[T]):
-    """One RPC: the stub method's name, its request, and its response decoder."""
+    """One RPC: the stub method's name, its request, and its response decoder;
+    ``service`` says whose stub: "inference" or "rollout" (icow's ModelRollout)."""
 
     method: str
     request: Any
     decode: Callable[[Any], T]
+    service: str = "inference"
 
 
 # --------------------------------------------------------------------------
@@ -160,6 +171,25 @@ def _none(response: Any) -> None:
     return None
 
 
+def routing(model: str) -> Call[rp.Routing]:
+    """icow's GetRouting: the model's versions, labels and traffic split."""
+    return Call("GetRouting", rp.GetRoutingRequest(model_name=model), lambda r: r, "rollout")
+
+
+def set_routing(model: str, labels: Mapping[str, int] | None, remove_labels: Sequence[str],
+                split: Mapping[str, int] | Sequence[tuple[str, int]] | None,
+                expected_generation: int) -> Call[rp.Routing]:
+    """icow's SetRouting: labels set or moved, labels removed, the split replaced
+    (unless None; empty: no split), in one step."""
+    request = rp.SetRoutingRequest(model_name=model, labels=dict(labels or {}), remove_labels=list(remove_labels),
+                                   expected_generation=expected_generation)
+    if split is not None:
+        pairs = split.items() if isinstance(split, Mapping) else split
+        request.replace_split = True
+        request.split.extend(rp.Weight(target=str(t), weight=int(w)) for t, w in pairs)
+    return Call("SetRouting", request, lambda r: r, "rollout")
+
+
 # --------------------------------------------------------------------------
 # Metadata cache for positional inputs
 
@@ -209,6 +239,7 @@ def infer(
     inputs: Mapping[str, Any],
     version: Version,
     outputs: Sequence[str] | None,
+    request_id: str = "",
 ) -> Call[dict[str, np.ndarray]]:
     """ModelInfer with named ``inputs`` sent as raw contents.
 
@@ -217,7 +248,7 @@ def infer(
     InferenceServerError
         INVALID_ARGUMENT when an input's dtype has no protocol datatype.
     """
-    request = pb.ModelInferRequest(model_name=model, model_version=_version(version))
+    request = pb.ModelInferRequest(model_name=model, model_version=_version(version), id=request_id)
     for name, value in inputs.items():
         _add_input(request, name, np.asarray(value))
     if isinstance(outputs, str):
@@ -225,6 +256,14 @@ def infer(
     for name in outputs or ():
         request.outputs.add(name=name)
     return Call("ModelInfer", request, decode_outputs)
+
+
+def infer_result(model: str, inputs: Mapping[str, Any], version: Version, outputs: Sequence[str] | None,
+                 request_id: str) -> Call[InferResult]:
+    """As `infer`, decoding the response's ``model_version`` and ``id`` too."""
+    call = infer(model, inputs, version, outputs, request_id)
+    return Call(call.method, call.request,
+                lambda r: InferResult(decode_outputs(r), r.model_version, r.id))
 
 
 def _add_input(request: pb.ModelInferRequest, name: str, array: np.ndarray) -> None:

@@ -18,12 +18,13 @@ import grpc.aio
 import numpy as np
 
 from . import _client_common as common
-from ._client_common import Inputs, ModelIndex, Version
+from ._client_common import InferResult, Inputs, ModelIndex, Version
 from ._proto import inference_pb2 as pb
-from ._proto import inference_pb2_grpc, model_config_pb2
+from ._proto import inference_pb2_grpc, model_config_pb2, rollout_pb2_grpc
+from ._proto import rollout_pb2 as rp
 from .errors import InferenceServerError
 
-__all__ = ["AsyncClient", "InferenceServerError", "ModelIndex"]
+__all__ = ["InferResult", "AsyncClient", "InferenceServerError", "ModelIndex"]
 
 T = TypeVar("T")
 
@@ -68,6 +69,7 @@ class AsyncClient:
             channel = grpc.aio.insecure_channel(url, options=options)
         self._channel = channel
         self._stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+        self._rollout = rollout_pb2_grpc.ModelRolloutStub(channel)  # icow's own service
         self._retries = retries
         self._backoff = backoff
         self._timeout = timeout
@@ -85,7 +87,7 @@ class AsyncClient:
         await self.close()
 
     async def _run(self, call: common.Call[T]) -> T:
-        method = getattr(self._stub, call.method)
+        method = getattr(self._rollout if call.service == "rollout" else self._stub, call.method)
         delays = common.retry_delays(self._retries, self._backoff)
         while True:
             try:
@@ -147,3 +149,37 @@ class AsyncClient:
         """Unload ``model``; the server must allow explicit model control."""
         common.forget(self._metadata, model)
         await self._run(common.unload(model))
+
+    async def infer_result(
+        self,
+        model: str,
+        inputs: Inputs,
+        version: Version = None,
+        outputs: Sequence[str] | None = None,
+        request_id: str = "",
+    ) -> InferResult:
+        """As `infer`, with the version that answered (``model_version``) and the
+        request's ``id``. With a traffic split, a ``request_id`` makes the choice
+        sticky: the same id gets the same version."""
+        if not isinstance(inputs, Mapping):
+            meta = await self._cached_metadata(model, version)
+            inputs = common.name_inputs(common.positional(inputs), meta)
+        return await self._run(common.infer_result(model, inputs, version, outputs, request_id))
+
+    async def routing(self, model: str) -> rp.Routing:
+        """The model's versions (state, labels, requests in flight), labels and
+        traffic split, as icow's ModelRollout service reports them."""
+        return await self._run(common.routing(model))
+
+    async def set_routing(
+        self,
+        model: str,
+        *,
+        labels: Mapping[str, int] | None = None,
+        remove_labels: Sequence[str] = (),
+        split: Mapping[str, int] | Sequence[tuple[str, int]] | None = None,
+        expected_generation: int = 0,
+    ) -> rp.Routing:
+        """`Client.set_routing`: change the model's routing in one atomic step."""
+        common.forget(self._metadata, model)
+        return await self._run(common.set_routing(model, labels, remove_labels, split, expected_generation))

@@ -28,6 +28,7 @@ import grpc
 from ._wire import model_name
 
 INFERENCE = "/inference.GRPCInferenceService/"
+ROLLOUT = "/icow.rollout.ModelRollout/"
 # Left open by --auth-open-health: liveness, readiness and metadata, which probes
 # and service discovery call without credentials.
 HEALTH_AND_METADATA = frozenset({
@@ -42,6 +43,7 @@ _MODEL_OF: dict[str, Callable[[Any], str]] = {
     **{INFERENCE + m: (lambda r: r.name) for m in ("ModelReady", "ModelMetadata", "ModelConfig")},
     **{INFERENCE + m: (lambda r: r.model_name) for m in ("RepositoryModelLoad", "RepositoryModelUnload")},
     INFERENCE + "ModelStatistics": lambda r: r.name or None,  # None: every model
+    **{ROLLOUT + m: (lambda r: r.model_name) for m in ("GetRouting", "SetRouting")},
 }
 # The calls about every model at once.
 _ALL_MODELS = frozenset({INFERENCE + "RepositoryIndex"})

@@ -8,7 +8,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from . import model_import
+from . import admin_cli, model_import
 from ._version import __version__
 from .object_store import StoreLocation, default_cache, is_store_url
 
@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="icow",
         description="icow: serve ONNX models over gRPC with the Open Inference Protocol "
                     "(KServe v2), compatible with Triton's clients.",
-        epilog="Run 'icow serve --help' for the server's options.",
+        epilog="Run 'icow serve --help' for the server's options, 'icow models --help' for operating a "
+               "running server.",
     )
     parser.add_argument("--version", action="version", version=f"icow {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -53,9 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
                             "(default: under $XDG_CACHE_HOME/icow or ~/.cache/icow)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 for every interface")
     serve.add_argument("--port", type=int, default=8001, help="gRPC port (Triton's is 8001)")
-    serve.add_argument("--model-control-mode", choices=["none", "explicit"], default="none",
+    serve.add_argument("--model-control-mode", choices=["none", "explicit", "poll"], default="none",
                        help="none: load every model at start, no load/unload requests; "
-                            "explicit: load the --load-model ones, then on request")
+                            "explicit: load the --load-model ones, then on request; "
+                            "poll: load every model, then follow changes of the repository's folders")
+    serve.add_argument("--repository-poll-secs", type=float, default=15.0, metavar="SECONDS",
+                       help="with poll: how often the repository is looked at for changes")
     serve.add_argument("--load-model", action="append", default=[], metavar="NAME",
                        help="with explicit control: a model to load at start (repeatable; '*' for all)")
     serve.add_argument("--workers", type=int, default=16, help="threads answering gRPC calls")
@@ -107,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     security.add_argument("--auth-open-health", action="store_true",
                           help="with tokens: leave health, liveness, readiness and metadata calls open")
     model_import.add_commands(commands)
+    admin_cli.add_commands(commands)
     return parser
 
 
@@ -115,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command in ("import-model", "export-model"):
         return model_import.run(args)
+    if args.command == "models":
+        return admin_cli.run(args)
     if args.command != "serve":
         parser.print_help()
         return 0 if args.command is None else 2
@@ -144,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.load_model and args.model_control_mode != "explicit":
         print("icow serve: --load-model needs --model-control-mode explicit", file=sys.stderr)
         return 2
+    if args.repository_poll_secs <= 0:
+        print("icow serve: --repository-poll-secs must be > 0", file=sys.stderr)
+        return 2
     from .auth import AuthError, load_tokens
     from .shared_memory import Limits
 
@@ -157,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     options = ServerOptions(
         repository=repository, host=args.host, port=args.port, model_control_mode=args.model_control_mode,
+        repository_poll_secs=args.repository_poll_secs,
         load_models=args.load_model, workers=args.workers, max_message_bytes=min(args.max_message_mb, 2047) << 20,
         default_max_batch_size=args.default_max_batch_size, max_queue_size=args.max_queue_size,
         device=args.device,

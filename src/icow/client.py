@@ -22,13 +22,14 @@ import grpc
 import numpy as np
 
 from . import _client_common as common
-from ._client_common import Inputs, ModelIndex, Version
+from ._client_common import InferResult, Inputs, ModelIndex, Version
 from ._client_shm import ShmTransport
 from ._proto import inference_pb2 as pb
-from ._proto import inference_pb2_grpc, model_config_pb2
+from ._proto import inference_pb2_grpc, model_config_pb2, rollout_pb2_grpc
+from ._proto import rollout_pb2 as rp
 from .errors import InferenceServerError
 
-__all__ = ["Client", "InferenceServerError", "ModelIndex"]
+__all__ = ["InferResult", "Client", "InferenceServerError", "ModelIndex"]
 
 T = TypeVar("T")
 
@@ -82,6 +83,7 @@ class Client:
             channel = grpc.insecure_channel(url, options=common.channel_options(max_message_bytes))
         self._channel = channel
         self._stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+        self._rollout = rollout_pb2_grpc.ModelRolloutStub(channel)  # icow's own service
         self._retries = retries
         self._backoff = backoff
         self._timeout = timeout
@@ -107,7 +109,7 @@ class Client:
         self.close()
 
     def _run(self, call: common.Call[T]) -> T:
-        method = getattr(self._stub, call.method)
+        method = getattr(self._rollout if call.service == "rollout" else self._stub, call.method)
         delays = common.retry_delays(self._retries, self._backoff)
         while True:
             try:
@@ -233,3 +235,55 @@ class Client:
         """Unload ``model``; the server must allow explicit model control."""
         common.forget(self._metadata, model)
         self._run(common.unload(model))
+
+    def infer_result(
+        self,
+        model: str,
+        inputs: Inputs,
+        version: Version = None,
+        outputs: Sequence[str] | None = None,
+        request_id: str = "",
+    ) -> InferResult:
+        """As `infer`, with the version that answered (``model_version``) and the
+        request's ``id``. With a traffic split, a ``request_id`` makes the choice
+        sticky: the same id gets the same version."""
+        if not isinstance(inputs, Mapping):
+            meta = self._cached_metadata(model, version)
+            inputs = common.name_inputs(common.positional(inputs), meta)
+        return self._run(common.infer_result(model, inputs, version, outputs, request_id))
+
+    def routing(self, model: str) -> rp.Routing:
+        """The model's versions (state, labels, requests in flight), labels and
+        traffic split, as icow's ModelRollout service reports them."""
+        return self._run(common.routing(model))
+
+    def set_routing(
+        self,
+        model: str,
+        *,
+        labels: Mapping[str, int] | None = None,
+        remove_labels: Sequence[str] = (),
+        split: Mapping[str, int] | Sequence[tuple[str, int]] | None = None,
+        expected_generation: int = 0,
+    ) -> rp.Routing:
+        """Change the model's routing in one atomic step.
+
+        Parameters
+        ----------
+        labels
+            Labels to set or move, to version numbers.
+        remove_labels
+            Labels to remove.
+        split
+            The new traffic split (version numbers or labels to weights); None
+            keeps it, empty removes it.
+        expected_generation
+            Non-zero: apply only if the routing is still at this generation.
+
+        Returns
+        -------
+        Routing
+            The routing now in force.
+        """
+        common.forget(self._metadata, model)
+        return self._run(common.set_routing(model, labels, remove_labels, split, expected_generation))

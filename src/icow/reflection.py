@@ -8,7 +8,7 @@ from google.protobuf import descriptor_pool
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from ._proto import inference_pb2, litecow_pb2, model_config_pb2
+from ._proto import inference_pb2, litecow_pb2, model_config_pb2, rollout_pb2
 
 
 def _pool() -> descriptor_pool.DescriptorPool:
@@ -16,7 +16,8 @@ def _pool() -> descriptor_pool.DescriptorPool:
     private pool (see _proto/_pool.py) and health's and reflection's in the default
     one; reflection answers from a single pool, so it gets one with all of them."""
     pool = descriptor_pool.DescriptorPool()
-    for module in (model_config_pb2, inference_pb2, litecow_pb2, health_pb2, reflection_pb2):  # dependencies first
+    for module in (model_config_pb2, inference_pb2, litecow_pb2, rollout_pb2, health_pb2,
+                   reflection_pb2):  # dependencies first
         pool.AddSerializedFile(module.DESCRIPTOR.serialized_pb)
     return pool
 

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import grpc
 
-from . import litecow, reflection
+from . import litecow, reflection, rollout_service
 from .auth import HEALTH_AND_METADATA, AuthInterceptor, Token
 from .health import SERVICE_NAME as HEALTH_SERVICE
 from .health import Health
 from .logs import RequestLog
+from .poll import RepositoryPoller
 from .repository import Repository
 from .scheduling import parse_device
 from .shared_memory import Limits
@@ -29,7 +30,8 @@ class ServerOptions:
     repository: Path
     host: str = "127.0.0.1"
     port: int = 8001
-    model_control_mode: str = "none"  # none: load everything at start; explicit: on request
+    model_control_mode: str = "none"  # none: load everything at start; explicit: on request; poll: follow the folder
+    repository_poll_secs: float = 15.0  # with poll: how often the repository is looked at
     load_models: list[str] = field(default_factory=list)  # with explicit; "*" for all
     workers: int = 16  # gRPC threads; ONNX Runtime releases the GIL while it runs
     max_message_bytes: int = 2**31 - 1
@@ -65,9 +67,11 @@ class InferenceServer:
         self.repository = Repository(options.repository, default_max_batch_size=options.default_max_batch_size,
                                      max_models=options.max_loaded_models, max_queue_size=options.max_queue_size,
                                      device=parse_device(options.device), store=store)
-        self.service = InferenceService(self.repository, explicit_control=options.model_control_mode == "explicit",
+        self.service = InferenceService(self.repository, control_mode=options.model_control_mode,
                                         codec=options.codec, max_message_bytes=options.max_message_bytes,
                                         shm=options.shm)
+        self.poller = RepositoryPoller(self.repository, options.repository_poll_secs) \
+            if options.model_control_mode == "poll" else None
         self.health = Health(self.repository, SERVICE)
         self.repository.listeners.append(self.health.refresh)
         self.requests = RequestLog()
@@ -86,8 +90,9 @@ class InferenceServer:
         # lIteCOW's ICOW service on the same port, over the same repository
         self._server.add_registered_method_handlers(litecow.SERVICE, litecow.method_handlers(
             litecow.LitecowService(self.repository, store.location if store is not None else None)))
+        rollout_service.add_to(self._server, self.repository)  # labels and traffic split
         self.health.add_to(self._server)
-        reflection.enable(self._server, [SERVICE, litecow.SERVICE, HEALTH_SERVICE])
+        reflection.enable(self._server, [SERVICE, litecow.SERVICE, rollout_service.SERVICE, HEALTH_SERVICE])
         address = f"{options.host}:{options.port}"
         credentials = _tls_credentials(options)
         try:
@@ -113,6 +118,8 @@ class InferenceServer:
         log.info("ready: %d model version(s): %s", len(ready), ", ".join(ready) or "none")
         self.service.ready = True
         self.health.set_ready()
+        if self.poller is not None:
+            self.poller.start()
 
     def _startup_models(self) -> list[str] | None:
         names = self.options.load_models
@@ -124,6 +131,8 @@ class InferenceServer:
         """Refuse new calls, let running ones finish for ``grace`` seconds."""
         self.service.ready = False
         self.health.shutdown()  # first, so that health watchers hear NOT_SERVING
+        if self.poller is not None:
+            self.poller.stop()
         if self.metrics is not None:
             self.metrics.stop()
         stopped = self._server.stop(self.options.grace_seconds if grace is None else grace)

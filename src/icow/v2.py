@@ -11,7 +11,7 @@ from collections.abc import Callable
 import grpc
 from google.protobuf import message_factory
 
-from . import logs, native_codec, protobuf_codec
+from . import logs, native_codec, protobuf_codec, rollout
 from ._proto import inference_pb2 as pb
 from ._proto import inference_pb2_grpc as pb_grpc
 from ._version import __version__
@@ -47,12 +47,12 @@ def _rpc(method: Callable) -> Callable:
 class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     """Serves one repository. ``ready`` is set once the startup loading is done."""
 
-    def __init__(self, repository: Repository, *, explicit_control: bool, codec: str = "native",
+    def __init__(self, repository: Repository, *, control_mode: str = "none", codec: str = "native",
                  max_message_bytes: int = 2**31 - 1, shm: Limits | None = None) -> None:
         self.repository = repository
         self.shm = Registry(shm or Limits())
         self.codec = CODECS[codec]
-        self.explicit_control = explicit_control
+        self.control_mode = control_mode  # none | explicit | poll: load/unload requests only with explicit
         self.max_message_bytes = max_message_bytes
         self.ready = False
 
@@ -77,11 +77,12 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     @_rpc
     def ModelMetadata(self, request, context):
         model = self.repository.get(request.name, request.version)
-        ready = self.repository.get_loaded(request.name).ready()
+        loaded = self.repository.get_loaded(request.name)
         mbs = model.max_batch_size
         return pb.ModelMetadataResponse(
             name=model.name,
-            versions=[str(v) for v in ready],
+            versions=[str(v) for v in loaded.ready()],  # numbers only: Triton's clients parse them
+            version_labels={k: str(v) for k, v in loaded.routing.labels.items()},
             platform=model.config.platform,
             inputs=[pb.ModelMetadataResponse.TensorMetadata(name=s.name, datatype=s.datatype.name,
                                                             shape=s.shape(mbs)) for s in model.inputs.values()],
@@ -91,7 +92,9 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     @_rpc
     def ModelConfig(self, request, context):
-        return pb.ModelConfigResponse(config=self.repository.get(request.name, request.version).config)
+        model = self.repository.get(request.name, request.version)
+        routing = self.repository.get_loaded(request.name).routing
+        return pb.ModelConfigResponse(config=rollout.config_with_routing(model.config, routing))
 
     @_rpc
     def ModelStatistics(self, request, context):
@@ -110,7 +113,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             request = self.codec.decode_request(data, held)
             request.deadline_ns, request.alive = deadline_ns(context), context.is_active
             logs.annotate(request_id=request.id, model=request.model_name, version=request.model_version)
-            model = self.repository.get(request.model_name, request.model_version)
+            model = self.repository.get(request.model_name, request.model_version, request.id)
             logs.annotate(version=str(model.version))
             response = self.codec.infer(model, request)
             held.check()  # an object shrunk during the run: its data, and so the answer, are lost
@@ -152,11 +155,14 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         return pb.RepositoryModelUnloadResponse()
 
     def _check_control(self, action: str) -> None:
-        if not self.explicit_control:
+        # As Triton: poll mode follows the repository's folders, and refuses load/unload requests.
+        if self.control_mode != "explicit":
+            how = "change the repository's folders instead (the server polls them), or start it with " \
+                  "--model-control-mode explicit" if self.control_mode == "poll" \
+                  else "start it with --model-control-mode explicit"
             raise InferenceServerError(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"cannot {action} models: the server runs with --model-control-mode none; "
-                "start it with --model-control-mode explicit")
+                f"cannot {action} models: the server runs with --model-control-mode {self.control_mode}; {how}")
 
     # -- shared memory ---------------------------------------------------
     @_rpc
