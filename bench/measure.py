@@ -26,6 +26,9 @@ TARGETS = {
     "icow_protobuf": "bench.scenarios.icow_grpc:IcowProtobuf",
     "icow_native": "bench.scenarios.icow_grpc:IcowNative",
     "icow_tritonclient": "bench.scenarios.icow_tritonclient:IcowTritonClient",
+    # issue 8's spike: the grpc++ plane (icow._plane; fails its rows where it was not built)
+    "plane_echo": "bench.baselines.plane_server:PlaneEcho",
+    "icow_plane": "bench.baselines.plane_server:IcowPlane",
 }
 DEFAULT_TARGETS = ["ort_inprocess", "echo_server", "icow_protobuf", "icow_native"]
 
