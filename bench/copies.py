@@ -58,7 +58,7 @@ def server_args(name: str, port: int, repo: Path) -> list[str]:
                 "--model-repository", str(repo)]
     codec = name.removeprefix("icow-")
     return ["-m", "icow", "serve", "--model-repository", str(repo), "--host", "127.0.0.1", "--port", str(port),
-            "--codec", codec]
+            "--codec", codec, "--no-metrics"]  # runs side by side: they cannot all have metrics on 8002
 
 
 def count_run(name: str, requests: int, repo: Path, out: Path) -> Path:
