@@ -32,9 +32,9 @@ for sym in $(readelf --dyn-syms -W "$cygrpc" | awk '$7=="UND" && $8 !~ /@|^Py|^_
     done
 done
 echo "    (none printed above: none)"
-echo "abseil inline namespace (part of every abseil symbol name): cygrpc" \
-     "$(readelf --dyn-syms -W "$cygrpc" | grep -o 'lts_[0-9]\{8\}' | sort -u | tr '\n' ' ')," \
-     "system $(nm -D "$libgrpc" | grep -o 'lts_[0-9]\{8\}' | sort -u | tr '\n' ' ')"
+echo "abseil's inline namespace (part of every abseil symbol name): cygrpc" \
+     "$(readelf --dyn-syms -W "$cygrpc" | awk '{print $8}' | c++filt | grep -o 'absl::[a-z0-9_]*::' | sort -u | tr '\n' ' ')," \
+     "system libgrpc $(nm -D "$libgrpc" | c++filt | grep -o 'absl::[a-z0-9_]*::' | sort | uniq -c | sort -rn | awk 'NR==1{print $2}')"
 
 echo
 echo "== one process: both loaded, each with its own core"
