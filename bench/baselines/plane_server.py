@@ -19,6 +19,7 @@ Run as a server: ``python -m bench.baselines.plane_server --port P --mode echo|i
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import threading
 from pathlib import Path
@@ -64,6 +65,13 @@ class IcowPlane(PlaneEcho):
         env.check(self.name, workload, output(answer, workload.output))
 
 
+class PlaneLean(IcowPlane):
+    name = "plane_lean"
+    description = ("NOT icow: grpc++ → a minimal Python handler (parse, bind, ONNX Runtime run, build; "
+                   "no checks, scheduler or statistics): a bound on issue 8's 'GIL per run' design")
+    mode = "lean"
+
+
 def plane_server(env: Env, mode: str) -> Server:
     return env.server(f"plane-{mode}", lambda port: ["-m", "bench.baselines.plane_server", "--port", str(port),
                                                      "--mode", mode, "--model-repository", str(env.repo)], _probe)
@@ -85,6 +93,11 @@ def serve(port: int, mode: str, repository: Path) -> None:
         # ModelInfer: no handler, echoed in C++; the rest: the echo baseline's protobuf handlers
         server = _plane.Server(address, None, _other(_handler(echo)), max_message_bytes=MAX_MESSAGE)
         echo.calls = _Calls(server)  # statistics count the C++ echoes
+    elif mode == "lean":
+        echo = Echo(repository)
+        server = _plane.Server(address, _lean_handler(repository), _other(_handler(echo)),
+                               max_message_bytes=MAX_MESSAGE)
+        echo.calls = _Calls(server)
     else:
         from icow import native_plane
         from icow.repository import Repository
@@ -101,6 +114,41 @@ def serve(port: int, mode: str, repository: Path) -> None:
     print(f"plane ({mode}, gRPC C++ {_plane.GRPC_VERSION}) on {address}", flush=True)
     done.wait()
     server.stop(1.0)
+
+
+def _lean_handler(repository: Path):
+    """ModelInfer as issue 8's build-out would do it, but in Python: parse (C++), one
+    ONNX Runtime run with the input bound where it lies in the request and the output
+    bound into its slot of the response (C++ builder), no checks beyond the parser's,
+    no scheduler, no statistics. Single-input, single-output FP32 models only. What
+    the GIL-per-run design costs at most, since the build-out does the Python parts in C++."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from icow import _wire
+    from icow.ort_binding import Binder
+
+    models = {}
+    for path in sorted(repository.glob("*/1/model.onnx")):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = len(os.sched_getaffinity(0))
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        if len(session.get_inputs()) == 1 and len(session.get_outputs()) == 1:
+            models[path.parent.parent.name] = (Binder(session), session.get_inputs()[0].name,
+                                               session.get_outputs()[0].name)
+
+    def handle(data: memoryview):
+        name, _, request_id, _, inputs, _ = _wire.parse_request(data)
+        binder, input_name, output_name = models[name]
+        _, _, shape, _, contents = inputs[0]
+        response = _wire.ResponseBuffer(name, "1", request_id, [(output_name, "FP32", shape, len(contents))])
+        binding = binder.bind([(input_name, np.float32, shape, _wire.address_of(contents))],
+                              [(output_name, np.float32, shape, response.address(0))])
+        binder.run(binding)  # identity: output shape = input shape
+        response.mark_written(0)
+        return response.finish()
+
+    return handle
 
 
 class _Details:
@@ -143,7 +191,7 @@ class _Calls:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--mode", choices=("echo", "icow"), required=True)
+    parser.add_argument("--mode", choices=("echo", "icow", "lean"), required=True)
     parser.add_argument("--model-repository", type=Path, required=True)
     args = parser.parse_args()
     serve(args.port, args.mode, args.model_repository)
