@@ -1,10 +1,17 @@
 """Build steps that pyproject.toml cannot declare: the compiled extension
-``icow._wire`` and the gRPC stubs generated from proto/ at build time (so that
+``icow._wire``, the optional extension ``icow._plane`` (the native gRPC data
+plane's spike, built only where ``pkg-config grpc++`` finds the gRPC C++
+libraries), and the gRPC stubs generated from proto/ at build time (so that
 they can never drift from the .proto files)."""
 
 from __future__ import annotations
 
+import os
 import re
+import shlex
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 from pybind11.setup_helpers import Pybind11Extension
@@ -41,6 +48,41 @@ def generate_stubs() -> None:
     (STUB_DIR / "model_config_pb2_grpc.py").unlink(missing_ok=True)  # no service in it
 
 
+def plane_extension() -> list[Pybind11Extension]:
+    """icow._plane, or nothing (with the reason on stderr) where it cannot be built.
+
+    It links the system's gRPC C++ libraries (Debian: libgrpc++-dev), found with
+    pkg-config. ICOW_PLANE=0 skips it on purpose (a build without the libraries).
+    ``optional=True``: a failed compile is a warning, never a failed install."""
+    def skip(why: str) -> list[Pybind11Extension]:
+        print(f"icow: not building icow._plane (native gRPC data plane, experimental): {why}; "
+              "the grpcio data plane is unaffected", file=sys.stderr)
+        return []
+
+    if os.environ.get("ICOW_PLANE", "1") == "0":
+        return skip("ICOW_PLANE=0")
+    if shutil.which("pkg-config") is None:
+        return skip("pkg-config not found")
+
+    def pkg(*args: str) -> list[str]:
+        return shlex.split(subprocess.run(["pkg-config", *args, "grpc++"], check=True, capture_output=True,
+                                          text=True).stdout)
+
+    try:
+        cflags, libs = pkg("--cflags"), pkg("--libs")
+    except subprocess.CalledProcessError:
+        return skip("pkg-config finds no grpc++ (install libgrpc++-dev)")
+    return [Pybind11Extension(
+        "icow._plane",
+        sorted(str(p.relative_to(ROOT)) for p in (ROOT / "ext" / "plane").glob("*.cpp")),
+        cxx_std=17,
+        extra_compile_args=["-O2", *cflags],
+        # pkg-config lists every abseil piece; keep only the libraries really used.
+        extra_link_args=["-Wl,--as-needed", *libs],
+        optional=True,
+    )]
+
+
 class BuildPyWithStubs(build_py):
     def run(self) -> None:
         generate_stubs()
@@ -54,7 +96,8 @@ setup(
             sorted(str(p.relative_to(ROOT)) for p in (ROOT / "ext").glob("*.cpp")),
             cxx_std=17,
             extra_compile_args=["-O3"],
-        )
+        ),
+        *plane_extension(),
     ],
     cmdclass={"build_py": BuildPyWithStubs},
 )

@@ -31,6 +31,7 @@ import grpc
 
 from . import machine
 from .baselines.echo_server import _probe as echo_probe
+from .baselines.plane_server import _probe as plane_probe
 from .harness import CHANNEL_OPTIONS, MODEL_INFER, BenchError, free_port
 from .models import ROOT, build_repository
 from .scenarios import _ready as icow_probe
@@ -39,17 +40,25 @@ from .workloads import identity_large
 
 LOW, HIGH = 1, 4
 # (path fragment of the calling shared object, the name it is reported under); first match wins.
-LIBRARIES = (("grpc/_cython", "grpcio"), ("onnxruntime", "onnxruntime"), ("icow/_wire", "icow _wire"),
-             ("numpy", "numpy"), ("google/_upb", "protobuf (upb)"), ("protobuf", "protobuf"))
+LIBRARIES = (("grpc/_cython", "grpcio"), ("icow/_plane", "icow _plane"), ("libgrpc", "gRPC C++ (libgrpc)"),
+             ("onnxruntime", "onnxruntime"), ("icow/_wire", "icow _wire"), ("numpy", "numpy"),
+             ("google/_upb", "protobuf (upb)"), ("protobuf", "protobuf"))
 NOT_CALLERS = ("vgpreload", "libc.so", "libc-", "libpython", "ld-linux", "libstdc++")
+
+
+SERVERS = ["echo", "icow-native", "icow-protobuf"]
+PLANE_SERVERS = ["plane-echo", "plane-icow"]  # issue 8's spike (icow._plane), with --copies-servers
 
 
 def server_args(name: str, port: int, repo: Path) -> list[str]:
     if name == "echo":
         return ["-m", "bench.baselines.echo_server", "--port", str(port), "--model-repository", str(repo)]
+    if name in PLANE_SERVERS:
+        return ["-m", "bench.baselines.plane_server", "--port", str(port), "--mode", name.removeprefix("plane-"),
+                "--model-repository", str(repo)]
     codec = name.removeprefix("icow-")
     return ["-m", "icow", "serve", "--model-repository", str(repo), "--host", "127.0.0.1", "--port", str(port),
-            "--codec", codec]
+            "--codec", codec, "--no-metrics"]  # runs side by side: they cannot all have metrics on 8002
 
 
 def count_run(name: str, requests: int, repo: Path, out: Path) -> Path:
@@ -77,7 +86,7 @@ def count_run(name: str, requests: int, repo: Path, out: Path) -> Path:
 
 def _send(name: str, port: int, requests: int, proc: subprocess.Popen) -> None:
     workload = identity_large(1)
-    probe = echo_probe if name == "echo" else icow_probe
+    probe = echo_probe if name == "echo" else plane_probe if name in PLANE_SERVERS else icow_probe
     deadline = time.monotonic() + 600  # python + onnxruntime start slowly under valgrind
     with grpc.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS) as channel:
         while True:
@@ -94,7 +103,7 @@ def _send(name: str, port: int, requests: int, proc: subprocess.Popen) -> None:
         stub = channel.unary_unary(MODEL_INFER)
         for _ in range(requests):
             answer = stub(workload.request_bytes, timeout=300)
-            ok = answer == workload.request_bytes if name == "echo" else \
+            ok = answer == workload.request_bytes if name in ("echo", "plane-echo") else \
                 output(answer, workload.output).tobytes() == workload.array.tobytes()
             if not ok:
                 raise BenchError(f"{name} answered wrongly under valgrind")
@@ -135,7 +144,12 @@ def main(args: argparse.Namespace, prefix: Path) -> int:
     tensor = identity_large(1).tensor_bytes
     work = Path(tempfile.mkdtemp(prefix="icow-bench-copies-"))
     repo = build_repository(work / "models")
-    servers = ["echo", "icow-native", "icow-protobuf"]
+    servers = args.copies_servers.split(",") if args.copies_servers else SERVERS
+    unknown = set(servers) - set(SERVERS + PLANE_SERVERS)
+    if unknown:
+        print(f"--copies-servers: unknown {', '.join(sorted(unknown))}; known: {', '.join(SERVERS + PLANE_SERVERS)}",
+              file=sys.stderr)
+        return 1
     print(f"counting copies per {tensor / (1 << 20):.0f} MiB identity request with valgrind DHAT "
           f"({LOW} and {HIGH} requests per server, {2 * len(servers)} runs side by side; minutes)", flush=True)
     with ThreadPoolExecutor(max_workers=2 * len(servers)) as pool:

@@ -30,6 +30,10 @@ TARGETS = {
     "icow_shm": "bench.scenarios.icow_shm:IcowShm",
     "icow_client_bytes": "bench.scenarios.icow_shm:IcowClientBytes",
     "icow_client_shm": "bench.scenarios.icow_shm:IcowClientShm",
+    # issue 8's spike: the grpc++ plane (icow._plane; fails its rows where it was not built)
+    "plane_echo": "bench.baselines.plane_server:PlaneEcho",
+    "icow_plane": "bench.baselines.plane_server:IcowPlane",
+    "plane_lean": "bench.baselines.plane_server:PlaneLean",  # not icow: a bound on the build-out's design
 }
 DEFAULT_TARGETS = ["ort_inprocess", "echo_server", "icow_protobuf", "icow_native"]
 

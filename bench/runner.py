@@ -64,6 +64,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="issue 9: identity 12/64 MiB through system shared memory vs gRPC bytes, and memcpy")
     parser.add_argument("--copies", action="store_true",
                         help="count bytes copied per 12 MiB request in each server (valgrind dhat)")
+    parser.add_argument("--copies-servers", help="with --copies: comma-separated servers (default echo,icow-native,"
+                                                 "icow-protobuf; also plane-echo,plane-icow)")
     args = parser.parse_args(argv)
     args.duration = args.duration or (1.0 if args.quick else 5.0)
     args.warmup = args.warmup if args.warmup is not None else (0.25 if args.quick else 1.0)
