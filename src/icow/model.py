@@ -138,7 +138,7 @@ class Model:
             raise
         input_ns, infer_ns, output_ns = job.timings
         self.stats.record_request(batch or 1, time.monotonic_ns() - arrived, job.started_ns - job.queued_ns,
-                                  job.queued_ns - arrived + input_ns, infer_ns, output_ns)
+                                  job.queued_ns - arrived + input_ns, infer_ns, output_ns, job.ran_alone)
         return result
 
     # -- running on an instance (the scheduler calls these) -----------------
@@ -204,11 +204,15 @@ class Model:
         self._timed(jobs, start, fed, ran)
 
     def _timed(self, jobs: list[Job], start: int, fed: int, ran: int) -> None:
-        """Account one execution: its phases go to every job in it and to batch_stats."""
+        """Account one execution: its phases go to every job in it, and to batch_stats
+        (for a job that ran alone, with its request's own record, under one lock)."""
         timings = (fed - start, ran - fed, time.monotonic_ns() - ran)
         for job in jobs:
             job.timings = timings
-        self.stats.record_execution(sum(job.rows for job in jobs), *timings)
+        if len(jobs) == 1:
+            jobs[0].ran_alone = True
+        else:
+            self.stats.record_execution(sum(job.rows for job in jobs), *timings)
 
     # -- checks ------------------------------------------------------------
     def output_names(self, requested: Sequence[str] = (), *, non_tensor: bool = False) -> list[str]:

@@ -29,7 +29,7 @@ class Job:
     """One request on its way through a scheduler. ``payload`` is the model's business."""
 
     __slots__ = ("payload", "rows", "key", "deadline_ns", "alive", "state", "event", "instance",
-                 "result", "error", "queued_ns", "started_ns", "timings", "expired_by_queue")
+                 "result", "error", "queued_ns", "started_ns", "timings", "ran_alone", "expired_by_queue")
 
     def __init__(self, payload: Any, rows: int, key: Hashable, deadline_ns: int | None,
                  alive: Callable[[], bool] | None) -> None:
@@ -47,6 +47,7 @@ class Job:
         self.error: BaseException | None = None
         self.queued_ns = self.started_ns = time.monotonic_ns()
         self.timings = (0, 0, 0)  # input, infer, output ns, set by whoever runs it
+        self.ran_alone = False  # a run of its own (not part of a batch): its request records the execution
         self.expired_by_queue = False
 
 
@@ -175,7 +176,7 @@ class DirectScheduler(Scheduler):
     def _release(self, instance: Any) -> None:
         """Hand the instance to the oldest waiting job, or put it back."""
         with self._cond:
-            job = self._next_live()
+            job = self._next_live() if self._waiting else None
             if job is None:
                 self._free.append(instance)
                 return

@@ -56,10 +56,14 @@ class VersionStats:
             self.pending += 1
 
     def record_request(self, rows: int, total_ns: int, queue_ns: int, input_ns: int, infer_ns: int,
-                       output_ns: int) -> None:
+                       output_ns: int, ran_alone: bool = False) -> None:
         """A request succeeded: its own times, which for a batched request include
-        the whole batch's input, infer and output time, as Triton reports them."""
+        the whole batch's input, infer and output time, as Triton reports them.
+        ``ran_alone``: it was a run of its own, counted here rather than by record_execution
+        (one lock instead of two on the common path)."""
         with self._lock:
+            if ran_alone:
+                self._execution(rows, input_ns, infer_ns, output_ns)
             self.pending -= 1
             self.latency_buckets[bisect.bisect_left(LATENCY_BUCKETS_US, total_ns // 1000)] += 1
             self.inference_count += rows
@@ -71,13 +75,16 @@ class VersionStats:
             self.compute_output.add(output_ns)
 
     def record_execution(self, batch_size: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
-        """One run of the model, for one request or a batch of them (``batch_size`` rows)."""
+        """One run of the model for a batch of requests (``batch_size`` rows in all)."""
         with self._lock:
-            self.execution_count += 1
-            totals = self.batches.get(batch_size) or self.batches.setdefault(batch_size, BatchStats())
-            totals.compute_input.add(input_ns)
-            totals.compute_infer.add(infer_ns)
-            totals.compute_output.add(output_ns)
+            self._execution(batch_size, input_ns, infer_ns, output_ns)
+
+    def _execution(self, batch_size: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
+        self.execution_count += 1
+        totals = self.batches.get(batch_size) or self.batches.setdefault(batch_size, BatchStats())
+        totals.compute_input.add(input_ns)
+        totals.compute_infer.add(infer_ns)
+        totals.compute_output.add(output_ns)
 
     def snapshot(self) -> VersionStats:
         """A consistent copy to read while requests keep updating this one."""
