@@ -146,7 +146,8 @@ class Model:
         """Run ``jobs`` on ``instance``, alone or as one batch; set each one's result or error."""
         if len(jobs) > 1:
             try:
-                return self._run_batch(instance, jobs)
+                self._run_batch(instance, jobs)
+                return
             except InferenceServerError as e:  # find who caused it: each alone fails only if it must
                 log.info("model '%s' version %d: a batch of %d requests failed (%s); running them one by one",
                          self.name, self.version, len(jobs), e.message)

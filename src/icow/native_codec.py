@@ -30,7 +30,7 @@ def decode_request(data: bytes, leases: Leases | None = None) -> InferRequest:
         model_name, model_version, request_id, _, inputs, outputs = _wire.parse_request(data)
     except ValueError as e:
         raise invalid(str(e)) from None
-    request = InferRequest(model_name, model_version, request_id, leases=leases)
+    request = InferRequest(model_name, model_version, request_id)
     for name, datatype, shape, parameters, contents in inputs:
         what = f"input '{name}'"
         where = shm_range(parameters, leases, what)

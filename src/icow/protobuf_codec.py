@@ -34,7 +34,7 @@ def decode_request(data: bytes, leases: Leases | None = None) -> InferRequest:
         raise invalid(f"raw_input_contents has {len(raw)} entries for {len(in_message)} inputs"
                       + (" outside shared memory" if len(in_message) != len(msg.inputs) else "")
                       + "; it needs one per input, in order")
-    request = InferRequest(msg.model_name, msg.model_version, msg.id, leases=leases)
+    request = InferRequest(msg.model_name, msg.model_version, msg.id)
     raw_next = iter(raw)  # raw_input_contents holds the inputs outside shared memory, in order
     for tensor in msg.inputs:
         what = f"input '{tensor.name}'"

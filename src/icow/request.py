@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .shared_memory import Leases
 from .shm_tensors import ShmRange
 
 
@@ -21,4 +20,3 @@ class InferRequest:
     deadline_ns: int | None = None  # time.monotonic_ns() when the caller stops waiting
     alive: Callable[[], bool] | None = None  # False once the call is cancelled
     shm_outputs: dict[str, ShmRange] = field(default_factory=dict)  # outputs to write into shared memory
-    leases: Leases = field(default_factory=lambda: Leases(None))  # the regions it holds until it ends

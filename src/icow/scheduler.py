@@ -72,10 +72,6 @@ class Scheduler:
         """Run ``job``, blocking the caller until it is done; its result, or its error raised."""
         raise NotImplementedError
 
-    @property
-    def queued(self) -> int:
-        return self._waiting
-
     def close(self) -> None:
         """Fail every queued job and stop taking new ones."""
         with self._cond:

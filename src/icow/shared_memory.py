@@ -24,8 +24,6 @@ import mmap
 import os
 import stat
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -289,7 +287,8 @@ class Registry:
 
 
 class Leases:
-    """The regions one request holds, released together when it ends."""
+    """The regions one request holds, released together when it ends
+    (``with Leases(registry) as held:``)."""
 
     def __init__(self, registry: Registry | None) -> None:
         self._registry = registry
@@ -308,16 +307,13 @@ class Leases:
         for region in self._held:
             region.check()
 
+    def __enter__(self) -> Leases:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
     def release(self) -> None:
         held, self._held = self._held, []
         for region in held:
             self._registry.release(region)
-
-
-@contextmanager
-def leases(registry: Registry | None) -> Iterator[Leases]:
-    held = Leases(registry)
-    try:
-        yield held
-    finally:
-        held.release()

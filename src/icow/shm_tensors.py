@@ -37,7 +37,7 @@ class ShmRange:
 def shm_range(parameters: Mapping, leases: Leases, what: str) -> ShmRange | None:
     """The region range ``parameters`` name, leased to the request; None when
     they name none."""
-    if not any(p in parameters for p in SHM_PARAMETERS):
+    if not parameters or not any(p in parameters for p in SHM_PARAMETERS):
         return None
     name = parameters.get("shared_memory_region")
     if not isinstance(name, str) or not name:

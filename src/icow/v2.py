@@ -18,7 +18,7 @@ from ._version import __version__
 from .cuda_memory import CudaRegion
 from .errors import InferenceServerError, invalid, unimplemented
 from .repository import Repository
-from .shared_memory import Limits, Registry, SystemRegion, leases
+from .shared_memory import Leases, Limits, Registry, SystemRegion
 
 log = logging.getLogger("icow.v2")
 
@@ -109,7 +109,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     @_rpc
     def ModelInferBytes(self, data: bytes, context) -> bytes:
         """ModelInfer on the serialized request; returns the serialized response."""
-        with leases(self.shm) as held:  # regions the request names stay mapped until its response is built
+        with Leases(self.shm) as held:  # regions the request names stay mapped until its response is built
             request = self.codec.decode_request(data, held)
             request.deadline_ns, request.alive = deadline_ns(context), context.is_active
             logs.annotate(request_id=request.id, model=request.model_name, version=request.model_version)
