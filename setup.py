@@ -74,7 +74,9 @@ def plane_extension() -> list[Pybind11Extension]:
         return skip("pkg-config finds no grpc++ (install libgrpc++-dev)")
     return [Pybind11Extension(
         "icow._plane",
-        sorted(str(p.relative_to(ROOT)) for p in (ROOT / "ext" / "plane").glob("*.cpp")),
+        # The parser and the response layout are _wire's too: compiled into both.
+        sorted(str(p.relative_to(ROOT)) for p in (ROOT / "ext" / "plane").glob("*.cpp")) + ["ext/parse.cpp",
+                                                                                         "ext/layout.cpp"],
         cxx_std=17,
         extra_compile_args=["-O2", *cflags],
         # pkg-config lists every abseil piece; keep only the libraries really used.

@@ -7,17 +7,13 @@
 #include <string>
 #include <vector>
 
+#include "layout.hpp"
+
 namespace icow {
 
 // Below this many bytes the GIL is kept: giving it up costs more than the work,
 // and taking it back can wait for another thread's whole switch interval.
 inline constexpr size_t RELEASE_GIL_BYTES = 64 * 1024;
-
-struct OutputSpec {
-    std::string name, datatype;
-    std::vector<int64_t> shape;
-    size_t nbytes;
-};
 
 class ResponseBuffer {
   public:

@@ -106,7 +106,7 @@ def test_wrong_declared_output_shape_falls_back_to_a_copy(tmp_path):
     repo = Repository(tmp_path)
     repo.load_all()
     liar = repo.get("liar")
-    liar._output_dims["y"] = ["batch", 7]  # what a graph with a wrong output shape declares
+    liar.output_dims["y"] = ["batch", 7]  # what a graph with a wrong output shape declares
     spies = []
     response = liar.run_into({"x": np.ones((2, 3), np.float32)}, (),
                              lambda specs: spies.append(Spy("liar", "1", "", specs)) or spies[-1])

@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--codec", choices=["native", "protobuf"], default="native",
                        help="how ModelInfer messages are read and written: native (compiled, zero-copy) "
                             "or protobuf (the generated classes; the baseline)")
+    serve.add_argument("--data-plane", choices=["native", "grpcio"], default="native",
+                       help="the gRPC server on the port: native (grpc++ in icow's extension; ModelInfer answered "
+                            "in C++, other calls passed to grpcio) or grpcio. Without icow._plane: grpcio, and a "
+                            "warning")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                        help="debug also logs every request (the access log)")
     ops = serve.add_argument_group("operations")
@@ -172,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         default_max_batch_size=args.default_max_batch_size, max_queue_size=args.max_queue_size,
         device=args.device,
         codec=args.codec,
+        data_plane=args.data_plane,
         grace_seconds=args.shutdown_grace_secs, metrics_port=None if args.no_metrics else args.metrics_port,
         tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca, auth_tokens=tokens,
         auth_open_health=args.auth_open_health, max_concurrent_requests=args.max_concurrent_requests,

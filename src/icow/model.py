@@ -86,15 +86,16 @@ class Model:
                                    if not cfg.is_tensor_type(o.type)}
         self.stats = VersionStats()
         # What IOBinding needs to know output shapes before the run.
-        self._input_dims = {a.name: list(a.shape or []) for a in self.session.get_inputs()}
-        self._output_dims = {a.name: list(a.shape or []) for a in self.session.get_outputs()}
-        self._bind_outputs = all(s.datatype.name != "BYTES" and s.reshape is None
+        self.input_dims = {a.name: list(a.shape or []) for a in self.session.get_inputs()}
+        self.output_dims = {a.name: list(a.shape or []) for a in self.session.get_outputs()}
+        self.bind_outputs = all(s.datatype.name != "BYTES" and s.reshape is None
                                  for s in (*self.inputs.values(), *self.outputs.values()))
         self._shape_cache: dict[tuple, dict[str, tuple] | None] = {}
         self.batching = scheduling.batching(self.config)
-        policy = scheduling.queue_policy(self.config, default_queue_size)
-        self.scheduler = (BatchScheduler(name, self.instances, policy, self._execute, self.batching)
-                          if self.batching else DirectScheduler(name, self.instances, policy, self._execute))
+        self.queue = scheduling.queue_policy(self.config, default_queue_size)
+        self.scheduler = (BatchScheduler(name, self.instances, self.queue, self._execute, self.batching)
+                          if self.batching else DirectScheduler(name, self.instances, self.queue, self._execute))
+        self.on_unbindable: list[Callable[[], None]] = []  # told when outputs can no longer be bound
         weakref.finalize(self, self.scheduler.close)  # its threads end with the model
 
     def close(self) -> None:
@@ -175,8 +176,10 @@ class Model:
         if shapes is not None:  # the bound run failed where a plain one works
             log.warning("model '%s' version %d: its declared output shapes are wrong; "
                         "outputs will be copied", self.name, self.version)
-            self._bind_outputs = False
+            self.bind_outputs = False
             self._shape_cache.clear()
+            for listener in self.on_unbindable:
+                listener()
         result = _copy_into(allocate, results) if allocate is not None else results
         self._timed([job], start, fed, ran)
         return result
@@ -293,7 +296,7 @@ class Model:
     def _output_shapes(self, feeds: dict[str, np.ndarray], names: list[str]) -> dict[str, tuple] | None:
         """Output shapes known before the run, for the inputs' shapes; None when
         one is unknown (or binding does not apply). Remembered per input shapes."""
-        if not self._bind_outputs:
+        if not self.bind_outputs:
             return None
         key = (*(a.shape for a in feeds.values()), *names)
         try:
@@ -310,14 +313,14 @@ class Model:
         if any(a.size == 0 for a in feeds.values()):
             return None
         symbols: dict[str, int] = {}
-        for name, dims in self._input_dims.items():
+        for name, dims in self.input_dims.items():
             for dim, size in zip(dims, feeds[name].shape):
                 if isinstance(dim, str) and symbols.setdefault(dim, size) != size:
                     return None
         shapes = {}
         for name in names:
             shape = tuple(d if isinstance(d, int) and d >= 0 else symbols.get(d, -1) if isinstance(d, str) else -1
-                          for d in self._output_dims[name])
+                          for d in self.output_dims[name])
             if any(d <= 0 for d in shape):  # unknown, or empty: let ONNX Runtime decide
                 return None
             shapes[name] = shape

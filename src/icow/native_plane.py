@@ -1,24 +1,25 @@
-"""The native gRPC data plane — the spike of issue 8, experimental, off by default.
+"""The native gRPC data plane (docs/native-plane.md): ``icow serve --data-plane native``.
 
-``icow._plane`` is a grpc++ server (callback API, one generic service on raw
-bytes) built only where the gRPC C++ libraries were found at build time. This
-module puts icow's v2 service behind it: ModelInfer's request bytes go from
-C++ straight to the codec (``native_codec.decode_request`` reads them in place,
-in gRPC's own slice), every other method through the same protobuf handlers
-grpcio uses. Nothing in ``icow serve`` uses it yet; docs/native-plane.md says
-what was measured and what the build-out needs (deadlines, cancellation, auth,
-TLS, interceptors and statistics of the request log are not wired here).
+``icow._plane`` is a grpc++ server on the public port, built only where the gRPC
+C++ libraries were found at build time. ModelInfer requests that it can serve
+exactly as the full path would are parsed, checked, bound to ONNX Runtime and
+answered in C++, with the GIL held only around the bind and run calls. Every
+other call (other methods, shared memory, strings, dynamic batching, errors,
+auth) goes through, bytes unchanged, to icow's grpcio server on a private Unix
+socket (the backend), so both planes answer alike.
+
+This module publishes the model table the fast path reads: an entry per ready
+version, keyed by name and version, label or "" (the default version), made
+again on every repository change.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import weakref
 
-import grpc
-
-from .errors import InferenceServerError
-from .v2 import SERVICE, InferenceService, method_handlers
+from .model import Model
+from .repository import Repository
 
 log = logging.getLogger("icow.native_plane")
 
@@ -26,12 +27,11 @@ try:
     from . import _plane
 except ImportError as e:  # built without the gRPC C++ libraries, or they are missing at run time
     _plane = None
-    UNAVAILABLE_REASON: str | None = f"icow._plane cannot be imported ({e}): the native data plane is not available"
+    UNAVAILABLE_REASON: str | None = f"icow._plane cannot be imported ({e})"
 else:
     UNAVAILABLE_REASON = None
 
-Answer = bytes | tuple[int, str]
-_INTERNAL = grpc.StatusCode.INTERNAL.value[0]
+_UNKNOWN = -1
 
 
 def available() -> bool:
@@ -39,75 +39,95 @@ def available() -> bool:
     return _plane is not None
 
 
-def model_infer_handler(service: InferenceService) -> Callable[[memoryview], Answer]:
-    """ModelInfer as ``_plane`` calls it: request bytes in, response bytes or (code, message) out."""
-    codec, repository, limit = service.codec, service.repository, service.max_message_bytes
-
-    def handle(data: memoryview) -> Answer:
-        try:
-            request = codec.decode_request(data)
-            model = repository.get(request.model_name, request.model_version)
-            response = codec.infer(model, request)
-            if len(response) > limit:
-                return (grpc.StatusCode.RESOURCE_EXHAUSTED.value[0],
-                        f"the response of model '{model.name}' is {len(response)} bytes, over the server's limit "
-                        f"of {limit} bytes")
-            return response
-        except InferenceServerError as e:
-            return (e.code.value[0], e.message)
-        except Exception as e:
-            log.exception("ModelInfer failed")
-            return (_INTERNAL, f"ModelInfer failed: {type(e).__name__}: {e}")
-
-    return handle
+def grpc_version() -> str:
+    return _plane.GRPC_VERSION if _plane is not None else ""
 
 
-class _Abort(Exception):
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(details)
-        self.code, self.details = code, details
+class ModelTable:
+    """The entries of the fast path, made once per model version."""
+
+    def __init__(self, repository: Repository) -> None:
+        self.repository = repository
+        self._entries: weakref.WeakKeyDictionary[Model, object] = weakref.WeakKeyDictionary()
+
+    def entries(self) -> dict[str, object]:
+        """Table key (name, newline, version or label or "") -> ModelEntry."""
+        table = {}
+        for loaded in self.repository.loaded():
+            ready = loaded.ready()
+            names = {str(v): m for v, m in ready.items()}
+            names.update({label: ready[v] for label, v in loaded.routing.labels.items() if v in ready})
+            if not loaded.routing.split and ready:  # with a split the default is a pick per request
+                names[""] = ready[max(ready)]
+            for key, model in names.items():
+                entry = self._entry(model)
+                if entry is not None:
+                    table[f"{loaded.name}\n{key}"] = entry
+        return table
+
+    def _entry(self, model: Model):
+        if model not in self._entries:
+            self._entries[model] = model_entry(model)
+        return self._entries[model]
 
 
-class _Context:
-    """What v2's protobuf handlers ask of a grpc.ServicerContext, for calls that
-    came through the native plane (no deadline, no metadata: the spike's scope)."""
-
-    def abort(self, code: grpc.StatusCode, details: str):
-        raise _Abort(code, details)
-
-    def time_remaining(self) -> None:
+def model_entry(model: Model):
+    """The fast path's entry for ``model``, or None where only the full path serves it
+    as it must: dynamic batching, strings, config reshapes, outputs that cannot be
+    bound before the run, onnxruntime without the calls beneath its IOBinding wrapper."""
+    specs = (*model.inputs.values(), *model.outputs.values())
+    if (model.batching or not model.bind_outputs or any(s.datatype.name == "BYTES" or s.reshape is not None
+                                                          for s in specs)
+            or not all(i.binder.fast for i in model.instances)):
         return None
+    symbols: dict[str, int] = {}
 
-    def is_active(self) -> bool:
-        return True
+    def graph(dims: list) -> list[int]:
+        """>= 0 fixed, -1 unknown, -2-k the k-th symbol."""
+        return [d if isinstance(d, int) and d >= 0 else -2 - symbols.setdefault(d, len(symbols))
+                if isinstance(d, str) else _UNKNOWN for d in dims]
 
-    def invocation_metadata(self) -> tuple:
-        return ()
+    def spec(s, dims: list, shape: list[int]) -> tuple:
+        numpy = s.datatype.numpy
+        return (s.name, s.datatype.name, numpy.itemsize, shape, graph(dims), numpy.type)
 
-
-def other_handler(service: InferenceService) -> Callable[[str, memoryview], Answer]:
-    """Every method but ModelInfer, through the protobuf handlers grpcio serves them with."""
-    handlers = {f"/{SERVICE}/{name}": h for name, h in method_handlers(service).items()}
-
-    def handle(method: str, data: memoryview) -> Answer:
-        handler = handlers.get(method)
-        if handler is None or handler.unary_unary is None:
-            return (grpc.StatusCode.UNIMPLEMENTED.value[0], f"method {method} is not served on the native plane")
-        try:
-            request = handler.request_deserializer(bytes(data))
-            return handler.response_serializer(handler.unary_unary(request, _Context()))
-        except _Abort as e:
-            return (e.code.value[0], e.details)
-        except Exception as e:
-            log.exception("%s failed", method)
-            return (_INTERNAL, f"{method} failed: {type(e).__name__}: {e}")
-
-    return handle
+    inputs = [spec(s, model.input_dims[s.name], s.shape(model.max_batch_size)) for s in model.inputs.values()]
+    outputs = [spec(s, model.output_dims[s.name], []) for s in model.outputs.values()]
+    instances = [(i.binder.c_session, i.binder.new_binding, i.binder.cpu) for i in model.instances]
+    stats = model.stats
+    entry = _plane.ModelEntry(model.name, model.version, model.max_batch_size, inputs, outputs, instances,
+                              stats.record_request, stats.record_failure, model.queue.max_size,
+                              model.queue.timeout_ns)
+    model.on_unbindable.append(entry.disable)
+    return entry
 
 
-def serve(service: InferenceService, address: str, max_message_bytes: int = 2**31 - 1):
-    """Serve ``service`` on the native plane at ``address``; the running ``_plane.Server``."""
-    if _plane is None:
-        raise RuntimeError(UNAVAILABLE_REASON)
-    return _plane.Server(address, model_infer_handler(service), other_handler(service),
-                         max_message_bytes=max_message_bytes)
+class NativePlane:
+    """The plane's server on ``address``, passing what it does not serve to ``backend``."""
+
+    def __init__(self, repository: Repository, address: str, backend: str, *, workers: int,
+                 max_message_bytes: int, max_concurrent: int, tls: tuple[bytes, bytes, bytes | None] | None) -> None:
+        if _plane is None:
+            raise RuntimeError(UNAVAILABLE_REASON)
+        self.table = ModelTable(repository)
+        self.server = _plane.Server(address, backend, workers=workers, max_message_bytes=max_message_bytes,
+                                    max_concurrent=max_concurrent, tls=tls)
+        self.port = self.server.port
+        repository.listeners.append(lambda name: self.refresh())
+
+    def refresh(self) -> None:
+        """Publish the table anew (on every repository change)."""
+        self.server.publish(self.table.entries())
+
+    def serve_fast(self, on: bool) -> None:
+        """Let the fast path serve ModelInfer (off: everything goes to the backend)."""
+        self.server.fast = on
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {"served_fast": self.server.served_fast, "handed_on": self.server.handed_on,
+                "in_flight": self.server.in_flight}
+
+    def stop(self, grace: float) -> None:
+        """Refuse new calls, let running ones finish for ``grace`` seconds. Blocks."""
+        self.server.stop(grace)

@@ -19,9 +19,9 @@ class Binder:
     def __init__(self, session: ort.InferenceSession) -> None:
         self._session = session
         try:
-            self._c_session = session._sess
-            self._cpu = ort.OrtDevice.make("cpu", 0)._get_c_device()
-            self._new = ort.capi._pybind_state.SessionIOBinding
+            self.c_session = session._sess  # also bound from C++ by the native plane (native_plane.py)
+            self.cpu = ort.OrtDevice.make("cpu", 0)._get_c_device()
+            self.new_binding = ort.capi._pybind_state.SessionIOBinding
             self.fast = True
         except AttributeError:
             self.fast = False
@@ -30,16 +30,16 @@ class Binder:
         """A binding of (name, numpy type, shape, address) inputs and outputs on the CPU."""
         if not self.fast:
             return self._bind_public(inputs, outputs)
-        binding = self._new(self._c_session)
+        binding = self.new_binding(self.c_session)
         for name, kind, shape, address in inputs:
-            binding.bind_input(name, self._cpu, kind, shape, address)
+            binding.bind_input(name, self.cpu, kind, shape, address)
         for name, kind, shape, address in outputs:
-            binding.bind_output(name, self._cpu, kind, shape, address)
+            binding.bind_output(name, self.cpu, kind, shape, address)
         return binding
 
     def run(self, binding) -> None:
         if self.fast:
-            self._c_session.run_with_iobinding(binding, None)
+            self.c_session.run_with_iobinding(binding, None)
         else:
             self._session.run_with_iobinding(binding)
 

@@ -203,6 +203,7 @@ class Repository:
             self._models[name] = updated
         log.info("model '%s' routing (generation %d): labels %s; split %s", name, routing.generation,
                  describe_labels(routing) or "none", describe_split(routing) or "none (the highest version)")
+        self._notify(name)
         return updated
 
     def sync_store(self) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import signal
+import tempfile
 import threading
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -11,7 +13,7 @@ from pathlib import Path
 
 import grpc
 
-from . import litecow, reflection, rollout_service
+from . import litecow, logs, native_plane, reflection, rollout_service
 from .auth import HEALTH_AND_METADATA, AuthInterceptor, Token
 from .health import SERVICE_NAME as HEALTH_SERVICE
 from .health import Health
@@ -40,6 +42,7 @@ class ServerOptions:
     device: str = "cpu"  # where models without instance_group run: cpu, cuda or cuda:N
     grace_seconds: float = 5.0
     codec: str = "native"  # or "protobuf": the baseline
+    data_plane: str = "native"  # native (grpc++, where icow._plane loads; else grpcio, with a warning) or grpcio
     metrics_port: int | None = 8002  # Prometheus endpoint over HTTP; None: off
     tls_cert: Path | None = None  # PEM server certificate (chain) and key: TLS on the gRPC port
     tls_key: Path | None = None
@@ -79,13 +82,15 @@ class InferenceServer:
         if options.auth_tokens:
             interceptors.append(AuthInterceptor(options.auth_tokens,
                                                 HEALTH_AND_METADATA if options.auth_open_health else ()))
+        native = _use_native_plane(options.data_plane)
+        self.data_plane = "native" if native else "grpcio"
         grpc_options = [("grpc.max_send_message_length", options.max_message_bytes),
                         ("grpc.max_receive_message_length", options.max_message_bytes),
                         ("grpc.so_reuseport", 0)]  # a second server on a taken port must fail, not share it
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=options.workers,
                                                                thread_name_prefix="icow-rpc"), options=grpc_options,
-                                   interceptors=interceptors,
-                                   maximum_concurrent_rpcs=options.max_concurrent_requests or None)
+                                   interceptors=interceptors,  # the native plane limits the calls itself
+                                   maximum_concurrent_rpcs=None if native else options.max_concurrent_requests or None)
         self._server.add_registered_method_handlers(SERVICE, method_handlers(self.service))
         # lIteCOW's ICOW service on the same port, over the same repository
         self._server.add_registered_method_handlers(litecow.SERVICE, litecow.method_handlers(
@@ -94,12 +99,13 @@ class InferenceServer:
         self.health.add_to(self._server)
         reflection.enable(self._server, [SERVICE, litecow.SERVICE, rollout_service.SERVICE, HEALTH_SERVICE])
         address = f"{options.host}:{options.port}"
-        credentials = _tls_credentials(options)
-        try:
-            self.port = (self._server.add_secure_port(address, credentials) if credentials
-                         else self._server.add_insecure_port(address))
-        except RuntimeError as e:
-            raise OSError(f"cannot listen on {address}: {e}") from None
+        tls = _tls_files(options)
+        self.plane: native_plane.NativePlane | None = None
+        self._stopped: threading.Event | None = None
+        if native:
+            self._listen_native(address, tls)
+        else:
+            self.port = _listen(self._server, address, tls)
         self.address = f"{options.host}:{self.port}"
         self.metrics = None
         if options.metrics_port is not None:
@@ -107,17 +113,40 @@ class InferenceServer:
 
             self.metrics = MetricsServer(self.repository, options.host, options.metrics_port)
 
+    def _listen_native(self, address: str, tls: tuple[bytes, bytes, bytes | None] | None) -> None:
+        """The plane on ``address``; the grpcio server behind it on a Unix socket of a private
+        folder (mode 0700: only this user reaches it, and the plane's TLS is not bypassed)."""
+        self._backend_dir = tempfile.mkdtemp(prefix="icow-backend-")
+        backend = f"unix:{self._backend_dir}/grpc.sock"
+        _listen(self._server, backend, None)
+        self._server.start()  # the plane passes calls on from the moment it listens
+        try:
+            self.plane = native_plane.NativePlane(
+                self.repository, address, backend, workers=self.options.workers,
+                max_message_bytes=self.options.max_message_bytes,
+                max_concurrent=self.options.max_concurrent_requests, tls=tls)
+        except RuntimeError as e:
+            self._server.stop(0)
+            shutil.rmtree(self._backend_dir, ignore_errors=True)
+            raise OSError(f"cannot listen on {address}: {e}") from None
+        self.port = self.plane.port
+
     def start(self) -> None:
         """Listen (live at once), then load the models (ready when done)."""
-        self._server.start()
+        if self.plane is None:
+            self._server.start()
         log.info("icow listening on %s (gRPC%s, Open Inference Protocol)", self.address,
                  ", TLS" + (" with client certificates" if self.options.tls_client_ca else "")
                  if self.options.tls_cert else "")
+        log.info("data plane: %s", self._describe_plane())
         self.repository.load_all(self._startup_models())
         ready = [f"{e.name}:{e.version}" for e in self.repository.index() if e.state == "READY"]
         log.info("ready: %d model version(s): %s", len(ready), ", ".join(ready) or "none")
         self.service.ready = True
         self.health.set_ready()
+        if self.plane is not None:
+            self.plane.refresh()
+            self.plane.serve_fast(self._fast_path_matches())
         if self.poller is not None:
             self.poller.start()
 
@@ -135,13 +164,45 @@ class InferenceServer:
             self.poller.stop()
         if self.metrics is not None:
             self.metrics.stop()
-        stopped = self._server.stop(self.options.grace_seconds if grace is None else grace)
+        grace = self.options.grace_seconds if grace is None else grace
+        stopped = self._stop_native(grace) if self.plane is not None else self._server.stop(grace)
         # Regions still held by running calls stay mapped until those calls end.
         threading.Thread(target=lambda: (stopped.wait(), self.service.shm.close()), daemon=True).start()
         return stopped
 
+    def _stop_native(self, grace: float) -> threading.Event:
+        if self._stopped is None:
+            self._stopped = threading.Event()
+
+            def stop() -> None:
+                self.plane.stop(grace)  # calls passed on finish through the backend meanwhile
+                self._server.stop(0).wait()
+                shutil.rmtree(self._backend_dir, ignore_errors=True)
+                self._stopped.set()
+
+            threading.Thread(target=stop, name="icow-stop", daemon=True).start()
+        return self._stopped
+
     def wait(self) -> None:
-        self._server.wait_for_termination()
+        if self.plane is not None:
+            while not (self._stopped and self._stopped.wait(1.0)):
+                pass
+        else:
+            self._server.wait_for_termination()
+
+    def _describe_plane(self) -> str:
+        if self.plane is not None:
+            return f"native (gRPC C++ {native_plane.grpc_version()}; other calls through grpcio)"
+        if self.options.data_plane == "native":
+            return f"grpcio, not native: {native_plane.UNAVAILABLE_REASON}"
+        return "grpcio"
+
+    def _fast_path_matches(self) -> bool:
+        """Whether ModelInfer may be answered in C++: not where the full path does per call
+        what the fast path does not (token checks; the access log of successful calls; the
+        protobuf codec, the baseline)."""
+        return (self.options.codec == "native" and not self.options.auth_tokens
+                and not logs.access_log.isEnabledFor(logging.DEBUG))
 
 
 def serve(options: ServerOptions) -> None:
@@ -164,8 +225,28 @@ def serve(options: ServerOptions) -> None:
         log.info("stopped: every accepted call finished")
 
 
-def _tls_credentials(options: ServerOptions) -> grpc.ServerCredentials | None:
-    """Server credentials from the PEM files of the options; None without TLS."""
+def _use_native_plane(choice: str) -> bool:
+    if choice not in ("native", "grpcio"):
+        raise ValueError(f"data plane must be native or grpcio, not {choice!r}")
+    if choice == "native" and not native_plane.available():
+        log.warning("the native data plane is not available, serving on grpcio: %s "
+                    "(a build needs the gRPC C++ libraries: libgrpc++-dev)", native_plane.UNAVAILABLE_REASON)
+    return choice == "native" and native_plane.available()
+
+
+def _listen(server: grpc.Server, address: str, tls: tuple[bytes, bytes, bytes | None] | None) -> int:
+    try:
+        if tls is None:
+            return server.add_insecure_port(address)
+        key, cert, ca = tls
+        return server.add_secure_port(address, grpc.ssl_server_credentials(
+            [(key, cert)], root_certificates=ca, require_client_auth=ca is not None))
+    except RuntimeError as e:
+        raise OSError(f"cannot listen on {address}: {e}") from None
+
+
+def _tls_files(options: ServerOptions) -> tuple[bytes, bytes, bytes | None] | None:
+    """(key, certificate chain, client CA or None) from the PEM files of the options; None without TLS."""
     if options.tls_cert is None and options.tls_key is None:
         if options.tls_client_ca is not None:
             raise OSError("--tls-client-ca needs --tls-cert and --tls-key")
@@ -186,4 +267,4 @@ def _tls_credentials(options: ServerOptions) -> grpc.ServerCredentials | None:
             raise OSError(f"{flag} {getattr(options, flag[2:].replace('-', '_'))} is not a PEM "
                           f"{'certificate' if 'cert' in flag else 'private key'}")
     ca = read(options.tls_client_ca, "--tls-client-ca") if options.tls_client_ca else None
-    return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
+    return key, cert, ca

@@ -56,15 +56,16 @@ class VersionStats:
             self.pending += 1
 
     def record_request(self, rows: int, total_ns: int, queue_ns: int, input_ns: int, infer_ns: int,
-                       output_ns: int, ran_alone: bool = False) -> None:
+                       output_ns: int, ran_alone: bool = False, begun: bool = True) -> None:
         """A request succeeded: its own times, which for a batched request include
         the whole batch's input, infer and output time, as Triton reports them.
         ``ran_alone``: it was a run of its own, counted here rather than by record_execution
-        (one lock instead of two on the common path)."""
+        (one lock instead of two on the common path). ``begun``: it was counted
+        by begin() (the native plane's requests are not: they hold their session themselves)."""
         with self._lock:
             if ran_alone:
                 self._execution(rows, input_ns, infer_ns, output_ns)
-            self.pending -= 1
+            self.pending -= begun
             self.latency_buckets[bisect.bisect_left(LATENCY_BUCKETS_US, total_ns // 1000)] += 1
             self.inference_count += rows
             self.last_inference_ms = time.time_ns() // 1_000_000
@@ -93,8 +94,8 @@ class VersionStats:
             clone.__dict__.update(copy.deepcopy({k: v for k, v in self.__dict__.items() if k != "_lock"}))
         return clone
 
-    def record_failure(self, total_ns: int) -> None:
+    def record_failure(self, total_ns: int, begun: bool = True) -> None:
         with self._lock:
-            self.pending -= 1
+            self.pending -= begun
             self.last_inference_ms = time.time_ns() // 1_000_000
             self.fail.add(total_ns)

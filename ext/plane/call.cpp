@@ -1,0 +1,316 @@
+#include "call.hpp"
+
+#include <chrono>
+#include <cstring>
+#include <string>
+
+#include "gil.hpp"
+
+namespace icow::plane {
+namespace {
+
+int64_t now_ns() {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+}
+
+// The call's deadline on the steady clock, in ns; 0: none.
+int64_t steady_deadline(std::chrono::system_clock::time_point deadline) {
+    if (deadline == std::chrono::system_clock::time_point::max()) return 0;
+    const auto left = deadline - std::chrono::system_clock::now();
+    return now_ns() + std::chrono::duration_cast<std::chrono::nanoseconds>(left).count();
+}
+
+// Metadata a server may not pass on as a client's: transport headers.
+bool transport_header(grpc::string_ref key) {
+    const std::string_view k(key.data(), key.size());
+    return k.empty() || k[0] == ':' || k.rfind("grpc-", 0) == 0 || k == "user-agent" || k == "te" ||
+           k == "content-type" || k == "host";
+}
+
+// Names of onnxruntime's C binding methods, made once (under the GIL).
+py::tuple dims(const std::vector<int64_t> &shape) {
+    py::tuple t(shape.size());
+    for (size_t i = 0; i < shape.size(); ++i) t[i] = py::int_(shape[i]);
+    return t;
+}
+
+struct Names {
+    py::str bind_input{"bind_input"}, bind_output{"bind_output"}, run{"run_with_iobinding"};
+};
+const Names &names() {
+    static const Names *n = new Names();  // never freed: outlives the interpreter's last use
+    return *n;
+}
+
+}  // namespace
+
+// The client side of the way through: every event goes to the Call.
+class Call::Backend final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
+  public:
+    explicit Backend(Call *call) : call_(call) {}
+    void OnReadInitialMetadataDone(bool) override { call_->backend_initial_metadata(); }
+    void OnReadDone(bool ok) override { call_->backend_read_done(ok); }
+    void OnWriteDone(bool ok) override { call_->backend_write_done(ok); }
+    void OnDone(const grpc::Status &status) override { call_->backend_done(status); }
+
+  private:
+    Call *call_;
+};
+
+Call::Call(Service *service, grpc::GenericCallbackServerContext *context) : service_(service), context_(context) {
+    const size_t limit = service_->options.max_concurrent;
+    if (service_->in_flight.fetch_add(1) >= limit && limit) {
+        Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "Concurrent RPC limit exceeded!"));
+        return;
+    }
+    const bool infer = context_->method() == MODEL_INFER;
+    if (infer && (service_->options.echo || service_->fast.load(std::memory_order_relaxed))) {
+        StartRead(&up_);
+    } else if (service_->backend) {
+        hand_on(false);
+    } else {
+        Finish(grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "method " + context_->method() + " is not served here"));
+    }
+}
+
+void Call::OnReadDone(bool ok) {
+    if (!proxying_.load()) {
+        first_message(ok);
+        return;
+    }
+    if (ok) {  // the client's next message, on to the backend
+        backend_->StartWrite(&up_);
+        return;
+    }
+    backend_->StartWritesDone();  // the client is done sending
+    backend_->RemoveHold();
+}
+
+void Call::OnWriteDone(bool ok) {
+    if (!proxying_.load()) return;  // the fast path's answer went with Finish
+    if (ok) {
+        backend_->StartRead(&down_);
+    } else {  // the client is gone
+        client_context_.TryCancel();
+    }
+}
+
+void Call::OnCancel() {
+    cancelled_.store(true);
+    if (proxying_.load()) client_context_.TryCancel();
+}
+
+void Call::OnDone() {
+    service_->in_flight.fetch_sub(1);
+    release();
+}
+
+void Call::release() {
+    if (refs_.fetch_sub(1) == 1) delete this;
+}
+
+// ---------------------------------------------------------------------------
+// The fast path
+// ---------------------------------------------------------------------------
+void Call::first_message(bool ok) {
+    if (!ok) {
+        Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "the call carried no request message"));
+        return;
+    }
+    if (service_->options.echo) {
+        response_ = up_;  // shares the slices: the floor of this plane
+        StartWriteAndFinish(&response_, grpc::WriteOptions(), grpc::Status::OK);
+        return;
+    }
+    arrived_ns_ = now_ns();
+    if (plan()) {
+        schedule();
+    } else {
+        hand_on(true);
+    }
+}
+
+bool Call::plan() {
+    if (!up_.TrySingleSlice(&slice_).ok() && !up_.DumpToSingleSlice(&slice_).ok()) return false;
+    const char *base = reinterpret_cast<const char *>(slice_.begin());
+    try {
+        request_ = parse_request(base, slice_.size());
+    } catch (const ParseError &) {
+        return false;  // the full path says what is wrong
+    }
+    auto table = service_->table();
+    auto found = table->find(table_key({base + request_.model_name.off, request_.model_name.len},
+                                       {base + request_.model_version.off, request_.model_version.len}));
+    if (found == table->end()) return false;
+    entry_ = found->second;
+    return entry_->plan_request(request_, base, service_->options.max_message, &plan_);
+}
+
+void Call::schedule() {
+    deadline_ns_ = steady_deadline(context_->deadline());
+    if (entry_->queue_timeout_ns && (!deadline_ns_ || arrived_ns_ + entry_->queue_timeout_ns < deadline_ns_)) {
+        deadline_ns_ = arrived_ns_ + entry_->queue_timeout_ns;
+        queue_timeout_ = true;
+    }
+    size_t instance;
+    {
+        std::lock_guard<std::mutex> lock(entry_->mu);
+        if (entry_->idle.empty()) {
+            if (!entry_->max_queue || entry_->waiting.size() < entry_->max_queue) {
+                entry_->waiting.push_back(this);
+                return;
+            }
+            const std::string message = "model '" + entry_->name + "' has " + std::to_string(entry_->waiting.size()) +
+                                        " requests queued, its limit (max_queue_size); retry later";
+            service_->workers.post([this, message] {
+                finish_failed(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, message));
+            });
+            return;
+        }
+        instance = entry_->idle.back();
+        entry_->idle.pop_back();
+    }
+    service_->workers.post([this, instance] { execute(this, instance); });
+}
+
+// A request that leaves without running: counted as a failure, as icow's scheduler does.
+void Call::finish_failed(const grpc::Status &status) {
+    {
+        Gil gil;
+        try {
+            entry_->record_failure(now_ns() - arrived_ns_, false);
+        } catch (py::error_already_set &) {
+        }
+    }
+    Finish(status);
+}
+
+void Call::execute(Call *job, size_t instance) {
+    // Each job leaves its instance to the next one waiting. A job may be gone
+    // once it has finished: nothing of it is touched after.
+    const std::shared_ptr<ModelEntry> entry = job->entry_;
+    for (;;) {
+        job->run_on(*entry, instance);
+        std::lock_guard<std::mutex> lock(entry->mu);
+        if (entry->waiting.empty()) {
+            entry->idle.push_back(instance);
+            return;
+        }
+        job = entry->waiting.front();
+        entry->waiting.pop_front();
+    }
+}
+
+void Call::run_on(const ModelEntry &entry, size_t instance) {
+    if (cancelled_.load()) {
+        finish_failed(grpc::Status(grpc::StatusCode::CANCELLED, "the call was cancelled while it waited in the queue"));
+        return;
+    }
+    if (deadline_ns_ && now_ns() > deadline_ns_) {
+        finish_failed(queue_timeout_
+            ? grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                           "request timed out in the queue of model '" + entry.name + "' (default_timeout_microseconds)")
+            : grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                           "deadline passed while the request waited in the queue of model '" + entry.name + "'"));
+        return;
+    }
+    const std::string id(reinterpret_cast<const char *>(slice_.begin()) + request_.id.off, request_.id.len);
+    grpc::Slice out(response_size(entry.name, entry.version, id, plan_.response));
+    char *data = reinterpret_cast<char *>(const_cast<uint8_t *>(out.begin()));
+    const auto offsets = write_response(data, entry.name, entry.version, id, plan_.response);
+    if (!run_bound(entry, entry.instances[instance], data, offsets)) {
+        hand_on(true);  // the full path runs it again: it has the error, or the fallback
+        return;
+    }
+    service_->served_fast.fetch_add(1, std::memory_order_relaxed);
+    response_ = grpc::ByteBuffer(&out, 1);
+    StartWriteAndFinish(&response_, grpc::WriteOptions(), grpc::Status::OK);
+}
+
+// Inputs bound where they lie in the request, outputs into their place in the
+// response; one ONNX Runtime run. The GIL is held for the binding and the run
+// (ONNX Runtime releases it while it computes).
+bool Call::run_bound(const ModelEntry &entry, const Instance &instance, char *response,
+                     const std::vector<size_t> &offsets) {
+    const int64_t start = now_ns();
+    Gil gil;
+    try {
+        const Names &n = names();
+        py::object binding = instance.new_binding(instance.session);
+        py::object bind_input = binding.attr(n.bind_input), bind_output = binding.attr(n.bind_output);
+        for (size_t k = 0; k < entry.inputs.size(); ++k) {
+            const TensorSpec &spec = entry.inputs[k];
+            bind_input(spec.py_name, instance.device, spec.py_type, dims(plan_.input_shapes[k]),
+                       reinterpret_cast<uintptr_t>(plan_.inputs[k]));
+        }
+        for (size_t i = 0; i < plan_.outputs.size(); ++i) {
+            const TensorSpec &spec = entry.outputs[plan_.outputs[i]];
+            bind_output(spec.py_name, instance.device, spec.py_type, dims(plan_.response[i].shape),
+                        reinterpret_cast<uintptr_t>(response + offsets[i]));
+        }
+        const int64_t fed = now_ns();
+        instance.session.attr(n.run)(binding, py::none());
+        const int64_t ran = now_ns();
+        entry.record(plan_.rows, ran - arrived_ns_, start - arrived_ns_, fed - start, ran - fed, 0, true, false);
+        return true;
+    } catch (py::error_already_set &) {  // cleared here; the full path reports it
+        return false;
+    } catch (const std::exception &) {
+        return false;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The way through to the backend: messages pumped both ways, one in flight
+// each way; metadata, deadline and cancellation passed on; its status back.
+// ---------------------------------------------------------------------------
+void Call::hand_on(bool have_first) {
+    service_->handed_on.fetch_add(1, std::memory_order_relaxed);
+    proxying_.store(true);
+    refs_.fetch_add(1);
+    for (const auto &[key, value] : context_->client_metadata())
+        if (!transport_header(key)) client_context_.AddMetadata(std::string(key.data(), key.size()),
+                                                                std::string(value.data(), value.size()));
+    client_context_.set_deadline(context_->deadline());
+    backend_ = std::make_unique<Backend>(this);
+    service_->backend->PrepareBidiStreamingCall(&client_context_, context_->method(), grpc::StubOptions(),
+                                                backend_.get());
+    backend_->AddHold();  // until the client has sent its last message: writes come from outside reactions
+    if (have_first) {
+        backend_->StartWrite(&up_);
+    } else {
+        StartRead(&up_);
+    }
+    backend_->StartRead(&down_);
+    backend_->StartCall();
+    if (cancelled_.load()) client_context_.TryCancel();
+}
+
+void Call::backend_write_done(bool ok) {
+    if (ok) {
+        StartRead(&up_);
+    } else {  // the backend's side has ended: it sends its status
+        backend_->RemoveHold();
+    }
+}
+
+void Call::backend_read_done(bool ok) {
+    if (ok) StartWrite(&down_);  // then OnWriteDone reads the next one
+}
+
+void Call::backend_initial_metadata() {
+    for (const auto &[key, value] : client_context_.GetServerInitialMetadata())
+        if (!transport_header(key)) context_->AddInitialMetadata(std::string(key.data(), key.size()),
+                                                                 std::string(value.data(), value.size()));
+}
+
+void Call::backend_done(const grpc::Status &status) {
+    for (const auto &[key, value] : client_context_.GetServerTrailingMetadata())
+        if (!transport_header(key)) context_->AddTrailingMetadata(std::string(key.data(), key.size()),
+                                                                  std::string(value.data(), value.size()));
+    Finish(status);
+    release();
+}
+
+}  // namespace icow::plane

@@ -1,0 +1,70 @@
+// One call on the native plane (service.hpp says which way it goes).
+#pragma once
+
+#include <grpcpp/generic/async_generic_service.h>
+#include <grpcpp/grpcpp.h>
+
+#include <atomic>
+#include <memory>
+
+#include "models.hpp"
+#include "service.hpp"
+
+namespace icow::plane {
+
+class Call final : public grpc::ServerGenericBidiReactor {
+  public:
+    Call(Service *service, grpc::GenericCallbackServerContext *context);
+
+    void OnReadDone(bool ok) override;
+    void OnWriteDone(bool ok) override;
+    void OnCancel() override;
+    void OnDone() override;
+
+    // On a worker thread: run `job` on `instance` of its model (reserved for
+    // it), then whichever jobs wait for that model.
+    static void execute(Call *job, size_t instance);
+
+  private:
+    class Backend;
+    friend class Backend;
+
+    // The fast path
+    void first_message(bool ok);
+    bool plan();
+    void schedule();
+    void finish_failed(const grpc::Status &status);
+    void run_on(const ModelEntry &entry, size_t instance);
+    bool run_bound(const ModelEntry &entry, const Instance &instance, char *response,
+                   const std::vector<size_t> &offsets);
+
+    // The way through to the backend
+    void hand_on(bool have_first);
+    void backend_write_done(bool ok);
+    void backend_read_done(bool ok);
+    void backend_initial_metadata();
+    void backend_done(const grpc::Status &status);
+    void release();
+
+    Service *service_;
+    grpc::GenericCallbackServerContext *context_;
+    grpc::ByteBuffer up_, down_;  // a message from the client, to the client
+    std::atomic<bool> proxying_{false};
+    std::atomic<int> refs_{1};  // this side, and the backend's once started
+    std::atomic<bool> cancelled_{false};
+
+    // ModelInfer on the fast path
+    grpc::Slice slice_;  // the request in one piece; the parse's spans point into it
+    Request request_;
+    std::shared_ptr<ModelEntry> entry_;
+    Plan plan_;
+    int64_t arrived_ns_ = 0, deadline_ns_ = 0;  // deadline 0: none
+    bool queue_timeout_ = false;                // the deadline is the model's queue timeout
+    grpc::ByteBuffer response_;
+
+    // The backend call
+    std::unique_ptr<Backend> backend_;
+    grpc::ClientContext client_context_;
+};
+
+}  // namespace icow::plane

@@ -1,0 +1,50 @@
+// The native plane's gRPC service: one generic (raw bytes) service for every
+// method. ModelInfer requests that the model table can serve are run here
+// (call.cpp, "the fast path"); every other call, and every ModelInfer the
+// fast path hands on, goes unchanged to icow's grpcio server behind it (the
+// backend, on a private Unix socket), so both planes answer alike.
+#pragma once
+
+#include <grpcpp/generic/async_generic_service.h>
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/grpcpp.h>
+
+#include <atomic>
+#include <memory>
+#include <string>
+
+#include "models.hpp"
+#include "workers.hpp"
+
+namespace icow::plane {
+
+inline constexpr const char *MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer";
+
+struct Options {
+    std::string backend;         // the grpcio server's address ("unix:..."); empty: none
+    bool echo = false;           // ModelInfer returns its request (the plane's floor, for benchmarks)
+    size_t workers = 16;         // threads that run models
+    size_t max_message = 0;      // bytes, each way
+    size_t max_concurrent = 0;   // calls at once; 0: no limit
+};
+
+class Service final : public grpc::CallbackGenericService {
+  public:
+    explicit Service(const Options &options);
+
+    grpc::ServerGenericBidiReactor *CreateReactor(grpc::GenericCallbackServerContext *context) override;
+
+    std::shared_ptr<const Table> table() const { return std::atomic_load(&table_); }
+    void publish(std::shared_ptr<const Table> table) { std::atomic_store(&table_, std::move(table)); }
+
+    const Options options;
+    std::atomic<bool> fast{false};  // Python turns the fast path off where it cannot match the full path
+    std::unique_ptr<grpc::GenericStub> backend;
+    Workers workers;
+    std::atomic<uint64_t> served_fast{0}, handed_on{0}, in_flight{0};
+
+  private:
+    std::shared_ptr<const Table> table_ = std::make_shared<Table>();
+};
+
+}  // namespace icow::plane
