@@ -127,16 +127,36 @@ def test_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_test_repository(tmp_path_factory.mktemp("repo") / "models")
 
 
-@pytest.fixture(scope="session", params=["native", "protobuf"])
-def codec(request: pytest.FixtureRequest) -> str:
-    """Each protocol test runs once per ModelInfer codec, so the two cannot drift apart."""
+# (codec, data plane) of the protocol tests' servers. The native codec runs on both
+# planes; the protobuf codec (the baseline) on the native plane, whose fast path it
+# turns off, so that its requests take the way through to grpcio.
+SERVER_KINDS = [("native", "native"), ("native", "grpcio"), ("protobuf", "native")]
+
+
+@pytest.fixture(scope="session", params=SERVER_KINDS, ids=[f"{c}-codec-{p}-plane" for c, p in SERVER_KINDS])
+def server_kind(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """Each protocol test runs once per codec and once per data plane, so they cannot drift apart."""
     return request.param
 
 
 @pytest.fixture(scope="session")
-def server(test_repo: Path, codec: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """One server per codec for the session, every model of the test repository loaded."""
-    srv = start_server(test_repo, "--codec", codec, log_dir=tmp_path_factory.mktemp("logs"))
+def codec(server_kind: tuple[str, str]) -> str:
+    return server_kind[0]
+
+
+@pytest.fixture(scope="session")
+def plane(server_kind: tuple[str, str]) -> str:
+    return server_kind[1]
+
+
+@pytest.fixture(scope="session")
+def server(test_repo: Path, server_kind: tuple[str, str],
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One server per (codec, plane) for the session, every model of the test repository loaded."""
+    codec, plane = server_kind
+    srv = start_server(test_repo, "--codec", codec, "--data-plane", plane, log_dir=tmp_path_factory.mktemp("logs"))
+    if plane == "native":
+        assert "data plane: native" in srv.log(), srv.log()
     yield srv
     srv.stop()
 

@@ -31,10 +31,11 @@ def batching_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def batching_server(batching_repo, codec, tmp_path_factory):
+def batching_server(batching_repo, codec, plane, tmp_path_factory):
     from conftest import start_server
 
-    srv = start_server(batching_repo, "--no-metrics", "--workers", "32", "--codec", codec, "--allow-client-shm",
+    srv = start_server(batching_repo, "--no-metrics", "--workers", "32", "--codec", codec, "--data-plane", plane,
+                       "--allow-client-shm",
                        log_dir=tmp_path_factory.mktemp("logs"))
     yield srv
     srv.stop()

@@ -30,8 +30,8 @@ MAX_MAPPED_MB = 32
 
 
 @pytest.fixture(scope="module")
-def shm_server(test_repo: Path, codec: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    srv = start_server(test_repo, "--codec", codec, FLAG, "--shm-max-regions", str(MAX_REGIONS),
+def shm_server(test_repo: Path, codec: str, plane: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    srv = start_server(test_repo, "--codec", codec, "--data-plane", plane, FLAG, "--shm-max-regions", str(MAX_REGIONS),
                        "--shm-max-mapped-mb", str(MAX_MAPPED_MB), "--no-metrics",
                        log_dir=tmp_path_factory.mktemp("shm-logs"))
     yield srv
@@ -245,12 +245,12 @@ def test_shrunk_object_is_an_error_not_sigbus(client, regions, shm_server):
     assert client.is_server_live()
 
 
-def test_an_object_shrunk_during_the_run_fails_the_request_not_the_server(make_server, ops_repo, codec):
+def test_an_object_shrunk_during_the_run_fails_the_request_not_the_server(make_server, ops_repo, codec, plane):
     """The race after the fstat check: the client truncates its object while the model
     runs, and the run then writes its output there. The SIGBUS guard absorbs the fault."""
     from ops_helpers import slow_inputs
 
-    srv = make_server(ops_repo, "--codec", codec, FLAG, "--no-metrics")
+    srv = make_server(ops_repo, "--codec", codec, "--data-plane", plane, FLAG, "--no-metrics")
     client = tc.InferenceServerClient(srv.url)
     key = f"/icow-test-{secrets.token_hex(4)}"
     handle = shm.create_shared_memory_region("out", key, 4096)
