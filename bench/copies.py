@@ -47,18 +47,18 @@ NOT_CALLERS = ("vgpreload", "libc.so", "libc-", "libpython", "ld-linux", "libstd
 
 
 SERVERS = ["echo", "icow-native", "icow-protobuf"]
-PLANE_SERVERS = ["plane-echo", "plane-icow"]  # issue 8's spike (icow._plane), with --copies-servers
+PLANE_SERVERS = ["plane-echo", "plane-icow"]  # the native data plane (icow._plane), with --copies-servers
 
 
 def server_args(name: str, port: int, repo: Path) -> list[str]:
     if name == "echo":
         return ["-m", "bench.baselines.echo_server", "--port", str(port), "--model-repository", str(repo)]
-    if name in PLANE_SERVERS:
-        return ["-m", "bench.baselines.plane_server", "--port", str(port), "--mode", name.removeprefix("plane-"),
-                "--model-repository", str(repo)]
-    codec = name.removeprefix("icow-")
+    if name == "plane-echo":
+        return ["-m", "bench.baselines.plane_server", "--port", str(port), "--model-repository", str(repo)]
+    codec, plane = ("native", "native") if name == "plane-icow" else (name.removeprefix("icow-"), "grpcio")
     return ["-m", "icow", "serve", "--model-repository", str(repo), "--host", "127.0.0.1", "--port", str(port),
-            "--codec", codec, "--no-metrics"]  # runs side by side: they cannot all have metrics on 8002
+            "--codec", codec, "--data-plane", plane,
+            "--no-metrics"]  # runs side by side: they cannot all have metrics on 8002
 
 
 def count_run(name: str, requests: int, repo: Path, out: Path) -> Path:
@@ -86,7 +86,7 @@ def count_run(name: str, requests: int, repo: Path, out: Path) -> Path:
 
 def _send(name: str, port: int, requests: int, proc: subprocess.Popen) -> None:
     workload = identity_large(1)
-    probe = echo_probe if name == "echo" else plane_probe if name in PLANE_SERVERS else icow_probe
+    probe = echo_probe if name == "echo" else plane_probe if name == "plane-echo" else icow_probe
     deadline = time.monotonic() + 600  # python + onnxruntime start slowly under valgrind
     with grpc.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS) as channel:
         while True:

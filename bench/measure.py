@@ -30,10 +30,9 @@ TARGETS = {
     "icow_shm": "bench.scenarios.icow_shm:IcowShm",
     "icow_client_bytes": "bench.scenarios.icow_shm:IcowClientBytes",
     "icow_client_shm": "bench.scenarios.icow_shm:IcowClientShm",
-    # issue 8's spike: the grpc++ plane (icow._plane; fails its rows where it was not built)
+    # the native data plane (icow._plane; fails its rows where it was not built) and its floor
     "plane_echo": "bench.baselines.plane_server:PlaneEcho",
-    "icow_plane": "bench.baselines.plane_server:IcowPlane",
-    "plane_lean": "bench.baselines.plane_server:PlaneLean",  # not icow: a bound on the build-out's design
+    "icow_plane": "bench.scenarios.icow_grpc:IcowPlane",
 }
 DEFAULT_TARGETS = ["ort_inprocess", "echo_server", "icow_protobuf", "icow_native"]
 

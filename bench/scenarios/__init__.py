@@ -16,7 +16,8 @@ CODECS = ("native", "protobuf")
 
 def icow_server(env: Env, codec: str = "native", *options: str) -> Server:
     """The icow server with ``codec`` on the bench repository, shared by every
-    workload and every scenario that uses that codec.
+    workload and every scenario that uses that codec. On the grpcio data plane
+    unless ``options`` say ``--data-plane native`` (the ``icow_plane`` target).
 
     ICOW_BENCH_SERVER_ARGS adds server options (e.g. ``--no-metrics``); metrics
     are on, as by default, but on a free port unless those options say otherwise."""
@@ -25,12 +26,13 @@ def icow_server(env: Env, codec: str = "native", *options: str) -> Server:
         extra += ["--metrics-port", "0"]
     if env.device != "cpu":
         extra += ["--device", env.device]
+    plane = [] if "--data-plane" in options else ["--data-plane", "grpcio"]
     name = "-".join(["icow", codec, *(o.lstrip("-") for o in options)])
     if name not in env.servers:  # started once, for every workload
         env.notes.append(f"{name} server options: {' '.join([*options, *extra])}")
     return env.server(name, lambda port: ["-m", "icow", "serve", "--model-repository", str(env.repo),
                                           "--host", "127.0.0.1", "--port", str(port),
-                                          "--codec", codec, *options, *extra], _ready)
+                                          "--codec", codec, *plane, *options, *extra], _ready)
 
 
 def _ready(channel: grpc.Channel) -> bool:

@@ -2,9 +2,11 @@
 response parsing: the client does as little as gRPC allows, so the figure is
 the server's (plus the transport that ``echo_server`` measures alone).
 
-Two targets, one per codec of ``icow serve``: ``icow_native`` (the compiled
-zero-copy codec with IOBinding, the default) and ``icow_protobuf`` (generated
-protobuf classes and numpy: the baseline the native codec must beat)."""
+Two targets on the grpcio data plane, one per codec of ``icow serve``:
+``icow_native`` (the compiled zero-copy codec with IOBinding, the default) and
+``icow_protobuf`` (generated protobuf classes and numpy: the baseline the native
+codec must beat); and ``icow_plane``, the default ``icow serve``: the native data
+plane (grpc++, ModelInfer answered in C++)."""
 
 from __future__ import annotations
 
@@ -21,11 +23,12 @@ from . import icow_server
 class IcowGrpc:
     name = "icow_grpc"
     codec = "native"
+    options: tuple[str, ...] = ()
     description = "icow serve, raw ModelInferRequest bytes over a bare grpcio channel"
     server: Server | None = None
 
     def setup(self, workload: Workload, env: Env) -> None:
-        self.server = icow_server(env, self.codec)
+        self.server = icow_server(env, self.codec, *self.options)
         self.channel = grpc.insecure_channel(self.server.address, options=CHANNEL_OPTIONS)
         self.stub = self.channel.unary_unary(MODEL_INFER)  # no (de)serializer: bytes both ways
         self.request = workload.request_bytes
@@ -41,13 +44,19 @@ class IcowGrpc:
 class IcowNative(IcowGrpc):
     name = "icow_native"
     codec = "native"
-    description = "icow serve --codec native (compiled codec, IOBinding), raw request bytes over grpcio"
+    description = "icow serve --codec native --data-plane grpcio (compiled codec, IOBinding), raw request bytes"
+
+
+class IcowPlane(IcowGrpc):
+    name = "icow_plane"
+    options = ("--data-plane", "native")
+    description = "icow serve (--data-plane native: grpc++, ModelInfer parsed, run and built in C++), raw request bytes"
 
 
 class IcowProtobuf(IcowGrpc):
     name = "icow_protobuf"
     codec = "protobuf"
-    description = "icow serve --codec protobuf (generated classes + numpy), raw request bytes over grpcio"
+    description = "icow serve --codec protobuf --data-plane grpcio (generated classes + numpy), raw request bytes"
 
 
 def output(data: bytes, name: str) -> np.ndarray:

@@ -1,5 +1,6 @@
 #include "call.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <string>
@@ -99,6 +100,20 @@ void Call::OnWriteDone(bool ok) {
 void Call::OnCancel() {
     cancelled_.store(true);
     if (proxying_.load()) client_context_.TryCancel();
+    if (queued_.load()) leave_queue();
+}
+
+// A cancelled call (or one whose deadline passed) gives its place in the queue up at once.
+void Call::leave_queue() {
+    {
+        std::lock_guard<std::mutex> lock(entry_->mu);
+        auto found = std::find(entry_->waiting.begin(), entry_->waiting.end(), this);
+        if (found == entry_->waiting.end()) return;  // an instance has taken it: it sees cancelled_
+        entry_->waiting.erase(found);
+    }
+    service_->workers.post([this] {
+        finish_failed(grpc::Status(grpc::StatusCode::CANCELLED, "the call was cancelled while it waited in the queue"));
+    });
 }
 
 void Call::OnDone() {
@@ -120,6 +135,7 @@ void Call::first_message(bool ok) {
     }
     if (service_->options.echo) {
         response_ = up_;  // shares the slices: the floor of this plane
+        service_->served_fast.fetch_add(1, std::memory_order_relaxed);
         StartWriteAndFinish(&response_, grpc::WriteOptions(), grpc::Status::OK);
         return;
     }
@@ -159,6 +175,14 @@ void Call::schedule() {
         if (entry_->idle.empty()) {
             if (!entry_->max_queue || entry_->waiting.size() < entry_->max_queue) {
                 entry_->waiting.push_back(this);
+                queued_.store(true);
+                if (cancelled_.load()) {  // OnCancel ran before queued_ was set
+                    entry_->waiting.pop_back();
+                    service_->workers.post([this] {
+                        finish_failed(grpc::Status(grpc::StatusCode::CANCELLED,
+                                                   "the call was cancelled while it waited in the queue"));
+                    });
+                }
                 return;
             }
             const std::string message = "model '" + entry_->name + "' has " + std::to_string(entry_->waiting.size()) +

@@ -34,6 +34,7 @@ class Call final : public grpc::ServerGenericBidiReactor {
     bool plan();
     void schedule();
     void finish_failed(const grpc::Status &status);
+    void leave_queue();
     void run_on(const ModelEntry &entry, size_t instance);
     bool run_bound(const ModelEntry &entry, const Instance &instance, char *response,
                    const std::vector<size_t> &offsets);
@@ -52,6 +53,7 @@ class Call final : public grpc::ServerGenericBidiReactor {
     std::atomic<bool> proxying_{false};
     std::atomic<int> refs_{1};  // this side, and the backend's once started
     std::atomic<bool> cancelled_{false};
+    std::atomic<bool> queued_{false};  // entry_ is set and the call went into its queue
 
     // ModelInfer on the fast path
     grpc::Slice slice_;  // the request in one piece; the parse's spans point into it
