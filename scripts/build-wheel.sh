@@ -57,7 +57,7 @@ wheel="$outdir/$(basename "$repaired")"
 import os, sys, zipfile
 names = zipfile.ZipFile(sys.argv[1]).namelist()
 libs = sum(n.startswith("icow.libs/") and not n.endswith("/") for n in names)
-plane = "with" if any(n.startswith("icow/_plane.") for n in names) else "without"
+plane = "with" if any(n.startswith("icow/_plane.") and n.endswith(".so") for n in names) else "without"
 print(f"build-wheel: {os.path.basename(sys.argv[1])}: {os.path.getsize(sys.argv[1]) / 2**20:.1f} MiB, "
       f"{plane} icow._plane, {libs} libraries in icow.libs/")
 PY
