@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build icow's manylinux wheel:  bash scripts/build-wheel.sh [OUTDIR]   (default dist/)
+# Build icow's manylinux wheel:  bash scripts/build-wheel.sh [OUTDIR]   (default: dist/ in the checkout)
 #
 # `python -m build --wheel` in a throwaway virtualenv, from a clean copy of the checkout
 # (tracked and untracked-but-not-ignored files: no stale build/ objects can slip in),
@@ -14,11 +14,14 @@
 # setup.py's reason is printed. Needs python3 with venv, a C++17 compiler, and for
 # _plane pkg-config and libgrpc++-dev (scripts/install-system-deps.sh).
 set -euo pipefail
-cd "$(dirname "$0")/.."
-
-outdir="${1:-dist}"
+root="$(cd "$(dirname "$0")/.." && pwd)"
+outdir="${1:-$root/dist}"  # relative to where it is run from
 mkdir -p "$outdir"
 outdir="$(cd "$outdir" && pwd)"
+cd "$root"
+
+git rev-parse --is-inside-work-tree >/dev/null 2>&1 \
+  || { echo "build-wheel: needs a git checkout (it builds from the files git tracks or does not ignore)" >&2; exit 1; }
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
@@ -33,7 +36,7 @@ git ls-files -z --cached --others --exclude-standard \
 
 # setup.py's own lines ("icow: ...", e.g. why _plane is not built) are shown; the rest
 # of the build's output only when it fails.
-if ! (cd "$work/src" && nice -n 10 "$work/tools/bin/python" -m build --wheel --outdir "$work/built" .) \
+if ! (cd "$work/src" && "$work/tools/bin/python" -m build --wheel --outdir "$work/built" .) \
      >"$work/build.log" 2>&1; then
   cat "$work/build.log" >&2
   echo "build-wheel: the build failed" >&2
