@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
-# Build icow's wheel, install it into a fresh virtualenv, start `icow serve` from
-# there (bundled examples) and complete one inference with tritonclient and one
-# through lIteCOW's ICOW service.
+# The wheel, as a user gets it:
+# 1. icow's manylinux wheel (scripts/build-wheel.sh) in a fresh virtualenv: icow._plane
+#    imports and finds the gRPC C++ libraries in the wheel's icow.libs/, not the system's;
+#    `icow serve` from there (bundled examples) completes one inference with tritonclient
+#    and one through lIteCOW's ICOW service.
+# 2. A source build where pkg-config finds no grpc++ (as on a machine without the gRPC C++
+#    libraries): it says it skips icow._plane, installs, has no native plane and serves
+#    the same two inferences.
+# Needs what build-wheel.sh needs, libgrpc++-dev included (scripts/install-system-deps.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,22 +18,55 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+fail() {
+  echo "wheel-smoke: FAIL: $*" >&2
+  exit 1
+}
 
-python3 -m venv "$work/build-env"
-"$work/build-env/bin/python" -m pip install -q build
-"$work/build-env/bin/python" -m build -q --wheel --outdir "$work/dist" . >/dev/null
+bash scripts/build-wheel.sh "$work/dist" >/dev/null
 wheel="$(ls "$work"/dist/icow-*.whl)"
 echo "wheel-smoke: built $(basename "$wheel")"
+# The same build without the libraries: an empty pkg-config search path hides grpc++.
+mkdir "$work/no-pkgconfig"
+PKG_CONFIG_LIBDIR="$work/no-pkgconfig" bash scripts/build-wheel.sh "$work/dist-nogrpc" >/dev/null 2>"$work/nogrpc.log" \
+  || { cat "$work/nogrpc.log" >&2; fail "the build without grpc++ failed"; }
+skipped="$(grep -m1 '^icow: not building icow._plane' "$work/nogrpc.log")" \
+  || { cat "$work/nogrpc.log" >&2; fail "the build without grpc++ did not say that it skips icow._plane"; }
+echo "wheel-smoke: the build without grpc++ says: $skipped"
+wheel_nogrpc="$(ls "$work"/dist-nogrpc/icow-*.whl)"
 
 python3 -m venv "$work/env"
-"$work/env/bin/python" -m pip install -q "${wheel}[server]" "tritonclient[grpc]==2.73.0"
-
-port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+py="$work/env/bin/python"
+"$py" -m pip install -q "${wheel}[server]" "tritonclient[grpc]==2.73.0"
 cd "$work"  # nothing from the checkout on the path: only the installed wheel
-"$work/env/bin/icow" serve --port "$port" --metrics-port 0 >"$work/server.log" 2>&1 &
-server_pid=$!
 
-"$work/env/bin/python" - "$port" <<'PY'
+# icow._plane loads, and every library it needs beyond what manylinux lets a wheel take
+# from the system (libc, libm, libstdc++, libgcc_s, libz, ...) comes from the wheel's
+# icow.libs/: libgrpc++, libgrpc, libgpr, abseil, and what they pull in.
+plane_so="$("$py" -c 'import icow._plane as p; print(p.__file__)')" \
+  || fail "import icow._plane fails in a fresh virtualenv with the manylinux wheel"
+libs_dir="$(realpath "$(dirname "$plane_so")/../icow.libs")"
+ldd "$plane_so" >"$work/ldd.txt"
+vendored=""  # the names resolved into icow.libs/, one a line
+while read -r name arrow path _; do
+  [ "$arrow" = "=>" ] || continue  # linux-vdso, the loader's absolute path
+  [ "$path" != not ] || { cat "$work/ldd.txt" >&2; fail "$name: not found"; }
+  resolved="$(realpath -e "$path")"
+  if [ "$(dirname "$resolved")" = "$libs_dir" ]; then
+    vendored+="$name"$'\n'
+    continue
+  fi
+  case "$name" in libc.so.*|libm.so.*|libstdc++.so.*|libgcc_s.so.*|libz.so.*|libpthread.so.*|libdl.so.*|librt.so.*) ;;
+    *) cat "$work/ldd.txt" >&2
+       fail "icow._plane takes $name from $resolved, not from the wheel's $libs_dir" ;;
+  esac
+done <"$work/ldd.txt"
+for lib in 'libgrpc++[-.]' 'libgrpc[-.]' 'libgpr[-.]' 'libabsl_'; do
+  grep -q "^$lib" <<<"$vendored" || { cat "$work/ldd.txt" >&2; fail "ldd of $plane_so resolves no $lib in $libs_dir"; }
+done
+echo "wheel-smoke: icow._plane loads, with its $(grep -c . <<<"$vendored") libraries from the wheel's icow.libs/"
+
+cat >"$work/client.py" <<'PY'
 import sys, time
 import numpy as np
 import tritonclient.grpc as tc
@@ -59,3 +98,33 @@ reply = stub.get_inference(lc.InferenceRequest(model_key="s3://models/scale", mo
 assert list(reply.name_to_array["y"].float_array.values) == [0.0, 2.0, 4.0, 6.0], reply
 print("wheel-smoke: ICOW/get_inference through the installed wheel OK")
 PY
+
+# Start `icow serve` from the virtualenv, run client.py against it, stop it.
+serve_and_infer() {
+  local port
+  port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+  "$work/env/bin/icow" serve --port "$port" --metrics-port 0 >"$work/server.log" 2>&1 &
+  server_pid=$!
+  "$py" "$work/client.py" "$port" || { cat "$work/server.log" >&2; fail "inference through the installed wheel"; }
+}
+
+serve_and_infer
+# TODO(issue 8, point 6): when `icow serve` gets `--data-plane native|grpcio` (native the
+# default where icow._plane loads) and logs its plane, check that this server is on it:
+#   grep -q "data plane: native" "$work/server.log" || { cat "$work/server.log" >&2; fail "not on the native data plane"; }
+kill "$server_pid" && wait "$server_pid" 2>/dev/null || true
+server_pid=""
+
+# The build without grpc++, in place of the manylinux wheel (same dependencies).
+"$py" -m pip install -q --force-reinstall --no-deps "$wheel_nogrpc"
+[ ! -e "$libs_dir" ] || fail "$libs_dir is still there after the wheel without icow._plane replaced the manylinux wheel"
+"$py" - <<'PY' || fail "the build without grpc++ has a native plane, or says nothing about it"
+from icow import native_plane
+
+assert native_plane.available() is False
+assert "icow._plane cannot be imported" in native_plane.UNAVAILABLE_REASON, native_plane.UNAVAILABLE_REASON
+print("wheel-smoke: without grpc++:", native_plane.UNAVAILABLE_REASON)
+PY
+serve_and_infer
+# TODO(issue 8, point 6): with `--data-plane`, this server must fall back and say so:
+#   grep -q "data plane: grpcio" "$work/server.log" || { cat "$work/server.log" >&2; fail "no fallback to the grpcio data plane"; }
