@@ -109,9 +109,8 @@ serve_and_infer() {
 }
 
 serve_and_infer
-# TODO(issue 8, point 6): when `icow serve` gets `--data-plane native|grpcio` (native the
-# default where icow._plane loads) and logs its plane, check that this server is on it:
-#   grep -q "data plane: native" "$work/server.log" || { cat "$work/server.log" >&2; fail "not on the native data plane"; }
+# `icow serve` is on the native data plane by default where icow._plane loads
+grep -q "data plane: native" "$work/server.log" || { cat "$work/server.log" >&2; fail "not on the native data plane"; }
 kill "$server_pid" && wait "$server_pid" 2>/dev/null || true
 server_pid=""
 
@@ -126,5 +125,5 @@ assert "icow._plane cannot be imported" in native_plane.UNAVAILABLE_REASON, nati
 print("wheel-smoke: without grpc++:", native_plane.UNAVAILABLE_REASON)
 PY
 serve_and_infer
-# TODO(issue 8, point 6): with `--data-plane`, this server must fall back and say so:
-#   grep -q "data plane: grpcio" "$work/server.log" || { cat "$work/server.log" >&2; fail "no fallback to the grpcio data plane"; }
+# without it, the server falls back to grpcio and says so
+grep -q "data plane: grpcio, not native" "$work/server.log" || { cat "$work/server.log" >&2; fail "no fallback to the grpcio data plane"; }
