@@ -55,8 +55,8 @@ def plane_extension() -> list[Pybind11Extension]:
     pkg-config. ICOW_PLANE=0 skips it on purpose (a build without the libraries).
     ``optional=True``: a failed compile is a warning, never a failed install."""
     def skip(why: str) -> list[Pybind11Extension]:
-        print(f"icow: not building icow._plane (native gRPC data plane, experimental): {why}; "
-              "the grpcio data plane is unaffected", file=sys.stderr)
+        print(f"icow: not building icow._plane (the native gRPC data plane): {why}; "
+              "icow serve will run on the grpcio data plane", file=sys.stderr)
         return []
 
     if os.environ.get("ICOW_PLANE", "1") == "0":

@@ -255,20 +255,27 @@ def test_a_deadline_that_passes_in_the_queue_drops_the_request(slow_server):
 
 
 @needs_plane
-def test_tokens_keep_the_fast_path_off(repo):
-    """With tokens every ModelInfer goes through the full path, which checks them."""
+def test_tokens_are_checked_on_the_fast_path(repo):
+    """A token that may use the model is served in C++; a missing, wrong or limited one is
+    handed on, and the full path refuses it as it always has."""
     from icow.auth import parse_tokens
 
-    server = start(repo, "native", auth_tokens=parse_tokens("a-secret-of-24-characters\n", "test"))
+    tokens = parse_tokens("every-model-token-of-24-chars\nonly-scale-token-of-24-chars scale\n", "test")
+    server = start(repo, "native", auth_tokens=tokens)
     try:
         call = raw_call(server.port)
-        with pytest.raises(grpc.RpcError) as error:
-            call(request(1, 1)[0], timeout=10)
-        assert error.value.code() == grpc.StatusCode.UNAUTHENTICATED
         data, x = request(1, 1)
-        token = [("authorization", "Bearer a-secret-of-24-characters")]
-        np.testing.assert_array_equal(output(call(data, metadata=token, timeout=10)), x)
+        for metadata, code in (((), grpc.StatusCode.UNAUTHENTICATED),
+                               ([("authorization", "Bearer not-a-token-at-all-really")], grpc.StatusCode.UNAUTHENTICATED),
+                               ([("authorization", "Bearer only-scale-token-of-24-chars")],
+                                grpc.StatusCode.PERMISSION_DENIED)):
+            with pytest.raises(grpc.RpcError) as error:
+                call(data, metadata=metadata, timeout=10)
+            assert error.value.code() == code
         assert server.plane.counts["served_fast"] == 0
+        for value in ("Bearer every-model-token-of-24-chars", "bearer  every-model-token-of-24-chars"):
+            np.testing.assert_array_equal(output(call(data, metadata=[("authorization", value)], timeout=10)), x)
+        assert server.plane.counts["served_fast"] == 2
     finally:
         server.stop(1.0).wait(10)
 

@@ -66,7 +66,7 @@ Call::Call(Service *service, grpc::GenericCallbackServerContext *context) : serv
         return;
     }
     const bool infer = context_->method() == MODEL_INFER;
-    if (infer && (service_->options.echo || service_->fast.load(std::memory_order_relaxed))) {
+    if (infer && (service_->options.echo || service_->fast.load())) {
         StartRead(&up_);
     } else if (service_->backend) {
         hand_on(false);
@@ -155,9 +155,10 @@ bool Call::plan() {
     } catch (const ParseError &) {
         return false;  // the full path says what is wrong
     }
+    const std::string_view model(base + request_.model_name.off, request_.model_name.len);
+    if (!service_->tokens.empty() && !service_->token_allows(context_, model)) return false;
     auto table = service_->table();
-    auto found = table->find(table_key({base + request_.model_name.off, request_.model_name.len},
-                                       {base + request_.model_version.off, request_.model_version.len}));
+    auto found = table->find(table_key(model, {base + request_.model_version.off, request_.model_version.len}));
     if (found == table->end()) return false;
     entry_ = found->second;
     return entry_->plan_request(request_, base, service_->options.max_message, &plan_);

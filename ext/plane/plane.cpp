@@ -82,6 +82,18 @@ class Server {
         service_.reset();
     }
 
+    // (sha256 digest, models or None) per token: ModelInfer's fast path checks them as icow.auth does.
+    void set_tokens(const py::list &tokens) {
+        std::vector<icow::plane::Token> parsed;
+        for (auto item : tokens) {
+            auto t = item.cast<py::tuple>();
+            icow::plane::Token token{t[0].cast<std::string>(), t[1].is_none(), {}};
+            if (!token.every_model) token.models = t[1].cast<std::vector<std::string>>();
+            parsed.push_back(std::move(token));
+        }
+        service().tokens = std::move(parsed);
+    }
+
     Service &service() {
         if (!service_) throw std::runtime_error("the server was stopped");
         return *service_;
@@ -132,6 +144,8 @@ PYBIND11_MODULE(_plane, m) {
             "fast", [](Server &s) { return s.service().fast.load(); },
             [](Server &s, bool on) { s.service().fast.store(on); })
         .def("publish", &Server::publish, py::arg("entries"))
+        .def("set_tokens", &Server::set_tokens, py::arg("tokens"),
+             "Before serving: [(sha256 digest, [model, ...] or None)]; the fast path serves only calls they allow.")
         .def_property_readonly("served_fast", [](Server &s) { return s.service().served_fast.load(); })
         .def_property_readonly("handed_on", [](Server &s) { return s.service().handed_on.load(); })
         .def_property_readonly("in_flight", [](Server &s) { return s.service().in_flight.load(); })

@@ -1,5 +1,11 @@
 #include "service.hpp"
 
+#include <openssl/crypto.h>
+#include <openssl/sha.h>
+
+#include <algorithm>
+#include <cctype>
+
 #include "call.hpp"
 
 namespace icow::plane {
@@ -17,6 +23,29 @@ std::unique_ptr<grpc::GenericStub> backend_stub(const std::string &address) {
 
 Service::Service(const Options &options_)
     : options(options_), backend(backend_stub(options_.backend)), workers(options_.workers) {}
+
+bool Service::token_allows(grpc::GenericCallbackServerContext *context, std::string_view model) const {
+    const auto &metadata = context->client_metadata();
+    const auto found = metadata.find("authorization");
+    if (found == metadata.end()) return false;
+    std::string_view value(found->second.data(), found->second.size());
+    const size_t space = value.find(' ');
+    if (space == std::string_view::npos) return false;
+    std::string scheme(value.substr(0, space));
+    std::transform(scheme.begin(), scheme.end(), scheme.begin(), [](unsigned char c) { return std::tolower(c); });
+    std::string_view secret = value.substr(space + 1);
+    while (!secret.empty() && std::isspace(static_cast<unsigned char>(secret.front()))) secret.remove_prefix(1);
+    while (!secret.empty() && std::isspace(static_cast<unsigned char>(secret.back()))) secret.remove_suffix(1);
+    if (scheme != "bearer" || secret.empty()) return false;
+    unsigned char digest[SHA256_DIGEST_LENGTH];
+    SHA256(reinterpret_cast<const unsigned char *>(secret.data()), secret.size(), digest);
+    const Token *match = nullptr;
+    for (const auto &token : tokens)  // every token is compared: the time does not say which matched
+        if (token.digest.size() == sizeof digest && CRYPTO_memcmp(token.digest.data(), digest, sizeof digest) == 0)
+            match = &token;
+    if (match == nullptr) return false;
+    return match->every_model || std::find(match->models.begin(), match->models.end(), model) != match->models.end();
+}
 
 grpc::ServerGenericBidiReactor *Service::CreateReactor(grpc::GenericCallbackServerContext *context) {
     return new Call(this, context);

@@ -12,6 +12,8 @@
 #include <atomic>
 #include <memory>
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include "models.hpp"
 #include "workers.hpp"
@@ -28,6 +30,13 @@ struct Options {
     size_t max_concurrent = 0;   // calls at once; 0: no limit
 };
 
+// A bearer token as icow.auth keeps it: sha256 of the secret, the models it may use.
+struct Token {
+    std::string digest;
+    bool every_model = true;
+    std::vector<std::string> models;
+};
+
 class Service final : public grpc::CallbackGenericService {
   public:
     explicit Service(const Options &options);
@@ -37,7 +46,11 @@ class Service final : public grpc::CallbackGenericService {
     std::shared_ptr<const Table> table() const { return std::atomic_load(&table_); }
     void publish(std::shared_ptr<const Table> table) { std::atomic_store(&table_, std::move(table)); }
 
+    // Whether the call's bearer token may use `model` (the full path answers any other case).
+    bool token_allows(grpc::GenericCallbackServerContext *context, std::string_view model) const;
+
     const Options options;
+    std::vector<Token> tokens;  // set before serving; empty: no authentication
     std::atomic<bool> fast{false};  // Python turns the fast path off where it cannot match the full path
     std::unique_ptr<grpc::GenericStub> backend;
     Workers workers;

@@ -5,7 +5,7 @@ C++ libraries were found at build time. ModelInfer requests that it can serve
 exactly as the full path would are parsed, checked, bound to ONNX Runtime and
 answered in C++, with the GIL held only around the bind and run calls. Every
 other call (other methods, shared memory, strings, dynamic batching, errors,
-auth) goes through, bytes unchanged, to icow's grpcio server on a private Unix
+token checks that fail) goes through, bytes unchanged, to icow's grpcio server on a private Unix
 socket (the backend), so both planes answer alike.
 
 This module publishes the model table the fast path reads: an entry per ready
@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import logging
 import weakref
+from collections.abc import Sequence
 
+from .auth import Token
 from .model import Model
 from .repository import Repository
 
@@ -106,12 +108,14 @@ class NativePlane:
     """The plane's server on ``address``, passing what it does not serve to ``backend``."""
 
     def __init__(self, repository: Repository, address: str, backend: str, *, workers: int,
-                 max_message_bytes: int, max_concurrent: int, tls: tuple[bytes, bytes, bytes | None] | None) -> None:
+                 max_message_bytes: int, max_concurrent: int, tls: tuple[bytes, bytes, bytes | None] | None,
+                 tokens: Sequence[Token] = ()) -> None:
         if _plane is None:
             raise RuntimeError(UNAVAILABLE_REASON)
         self.table = ModelTable(repository)
         self.server = _plane.Server(address, backend, workers=workers, max_message_bytes=max_message_bytes,
                                     max_concurrent=max_concurrent, tls=tls)
+        self.server.set_tokens([(t.digest, None if t.models is None else sorted(t.models)) for t in tokens])
         self.port = self.server.port
         repository.listeners.append(lambda name: self.refresh())
 

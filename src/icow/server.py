@@ -124,7 +124,7 @@ class InferenceServer:
             self.plane = native_plane.NativePlane(
                 self.repository, address, backend, workers=self.options.workers,
                 max_message_bytes=self.options.max_message_bytes,
-                max_concurrent=self.options.max_concurrent_requests, tls=tls)
+                max_concurrent=self.options.max_concurrent_requests, tls=tls, tokens=self.options.auth_tokens)
         except RuntimeError as e:
             self._server.stop(0)
             shutil.rmtree(self._backend_dir, ignore_errors=True)
@@ -199,10 +199,9 @@ class InferenceServer:
 
     def _fast_path_matches(self) -> bool:
         """Whether ModelInfer may be answered in C++: not where the full path does per call
-        what the fast path does not (token checks; the access log of successful calls; the
-        protobuf codec, the baseline)."""
-        return (self.options.codec == "native" and not self.options.auth_tokens
-                and not logs.access_log.isEnabledFor(logging.DEBUG))
+        what the fast path does not (the access log of successful calls; the protobuf codec,
+        the baseline). Tokens the fast path checks itself."""
+        return self.options.codec == "native" and not logs.access_log.isEnabledFor(logging.DEBUG)
 
 
 def serve(options: ServerOptions) -> None:
