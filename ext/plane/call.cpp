@@ -161,7 +161,7 @@ bool Call::plan() {
     auto found = table->find(table_key(model, {base + request_.model_version.off, request_.model_version.len}));
     if (found == table->end()) return false;
     entry_ = found->second;
-    return entry_->plan_request(request_, base, service_->options.max_message, &plan_);
+    return entry_->plan(request_, base, service_->options.max_message, &plan_);
 }
 
 void Call::schedule() {
@@ -186,7 +186,7 @@ void Call::schedule() {
                 }
                 return;
             }
-            const std::string message = "model '" + entry_->name + "' has " + std::to_string(entry_->waiting.size()) +
+            const std::string message = "model '" + entry_->spec.name + "' has " + std::to_string(entry_->waiting.size()) +
                                         " requests queued, its limit (max_queue_size); retry later";
             service_->workers.post([this, message] {
                 finish_failed(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, message));
@@ -235,15 +235,15 @@ void Call::run_on(const ModelEntry &entry, size_t instance) {
     if (deadline_ns_ && now_ns() > deadline_ns_) {
         finish_failed(queue_timeout_
             ? grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                           "request timed out in the queue of model '" + entry.name + "' (default_timeout_microseconds)")
+                           "request timed out in the queue of model '" + entry.spec.name + "' (default_timeout_microseconds)")
             : grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
-                           "deadline passed while the request waited in the queue of model '" + entry.name + "'"));
+                           "deadline passed while the request waited in the queue of model '" + entry.spec.name + "'"));
         return;
     }
     const std::string id(reinterpret_cast<const char *>(slice_.begin()) + request_.id.off, request_.id.len);
-    grpc::Slice out(response_size(entry.name, entry.version, id, plan_.response));
+    grpc::Slice out(response_size(entry.spec.name, entry.spec.version, id, plan_.response));
     char *data = reinterpret_cast<char *>(const_cast<uint8_t *>(out.begin()));
-    const auto offsets = write_response(data, entry.name, entry.version, id, plan_.response);
+    const auto offsets = write_response(data, entry.spec.name, entry.spec.version, id, plan_.response);
     if (!run_bound(entry, entry.instances[instance], data, offsets)) {
         hand_on(true);  // the full path runs it again: it has the error, or the fallback
         return;
@@ -264,14 +264,14 @@ bool Call::run_bound(const ModelEntry &entry, const Instance &instance, char *re
         const Names &n = names();
         py::object binding = instance.new_binding(instance.session);
         py::object bind_input = binding.attr(n.bind_input), bind_output = binding.attr(n.bind_output);
-        for (size_t k = 0; k < entry.inputs.size(); ++k) {
-            const TensorSpec &spec = entry.inputs[k];
-            bind_input(spec.py_name, instance.device, spec.py_type, dims(plan_.input_shapes[k]),
+        for (size_t k = 0; k < entry.input_names.size(); ++k) {
+            const BindNames &input = entry.input_names[k];
+            bind_input(input.name, instance.device, input.type, dims(plan_.input_shapes[k]),
                        reinterpret_cast<uintptr_t>(plan_.inputs[k]));
         }
         for (size_t i = 0; i < plan_.outputs.size(); ++i) {
-            const TensorSpec &spec = entry.outputs[plan_.outputs[i]];
-            bind_output(spec.py_name, instance.device, spec.py_type, dims(plan_.response[i].shape),
+            const BindNames &output = entry.output_names[plan_.outputs[i]];
+            bind_output(output.name, instance.device, output.type, dims(plan_.response[i].shape),
                         reinterpret_cast<uintptr_t>(response + offsets[i]));
         }
         const int64_t fed = now_ns();

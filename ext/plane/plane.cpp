@@ -119,8 +119,8 @@ PYBIND11_MODULE(_plane, m) {
              py::arg("name"), py::arg("version"), py::arg("max_batch_size"), py::arg("inputs"), py::arg("outputs"),
              py::arg("instances"), py::arg("record"), py::arg("record_failure"), py::arg("max_queue") = 0,
              py::arg("queue_timeout_ns") = 0)
-        .def_property_readonly("name", [](const ModelEntry &e) { return e.name; })
-        .def_property_readonly("version", [](const ModelEntry &e) { return e.version; })
+        .def_property_readonly("name", [](const ModelEntry &e) { return e.spec.name; })
+        .def_property_readonly("version", [](const ModelEntry &e) { return e.spec.version; })
         .def_property_readonly("disabled", [](const ModelEntry &e) { return e.disabled.load(); })
         .def("disable", [](ModelEntry &e) { e.disabled.store(true); },
              "Leave the model to the full path from now on (its outputs cannot be bound before the run).");

@@ -101,7 +101,7 @@ class InferenceServer:
         address = f"{options.host}:{options.port}"
         tls = _tls_files(options)
         self.plane: native_plane.NativePlane | None = None
-        self._stopped: threading.Event | None = None
+        self._stopped, self._stopping = threading.Event(), False  # the native plane's shutdown
         if native:
             self._listen_native(address, tls)
         else:
@@ -171,8 +171,8 @@ class InferenceServer:
         return stopped
 
     def _stop_native(self, grace: float) -> threading.Event:
-        if self._stopped is None:
-            self._stopped = threading.Event()
+        if not self._stopping:
+            self._stopping = True
 
             def stop() -> None:
                 self.plane.stop(grace)  # calls passed on finish through the backend meanwhile
@@ -185,7 +185,7 @@ class InferenceServer:
 
     def wait(self) -> None:
         if self.plane is not None:
-            while not (self._stopped and self._stopped.wait(1.0)):
+            while not self._stopped.wait(1.0):  # a timeout, so that signals are handled
                 pass
         else:
             self._server.wait_for_termination()

@@ -28,6 +28,11 @@ def seeds():
             values = [b"a", b"b", b"c"] if name == "BYTES" else np.arange(3).astype(datatype.numpy).tolist()
             getattr(tensor.contents, datatype.contents).extend(values)
             yield f"typed_{name}", typed
+    two = pb.ModelInferRequest(model_name="m")  # fuzz_parse.cc's third model: inputs x and w
+    for input_name in ("x", "w"):
+        two.inputs.add(name=input_name, datatype="FP16", shape=[3])
+        two.raw_input_contents.append(np.arange(3, dtype="<f2").tobytes())
+    yield "two_inputs_FP16", two
 
 
 if __name__ == "__main__":
