@@ -1,4 +1,5 @@
-"""``python -m bench --leak``: the soak. The icow server (native codec) answers
+"""``python -m bench --leak``: the soak. The icow server (native codec, on the
+``--leak-plane``: native by default, as ``icow serve`` runs) answers
 identity 1×16 requests from 8 client threads; its RSS is read after every
 ``first`` requests up to ``last`` (default 10k and 100k). A leak of even a few
 bytes per request grows RSS linearly with the count; the target is RSS(last)
@@ -19,7 +20,7 @@ from pathlib import Path
 from . import machine, procstat
 from .harness import Env, pin_client
 from .measure import describe_error
-from .scenarios.icow_grpc import IcowNative
+from .scenarios.icow_grpc import IcowGrpc, IcowNative, IcowPlane
 from .workloads import identity_small
 
 LIMIT = 1.05  # RSS(last) / RSS(first)
@@ -46,7 +47,7 @@ def run_count(call: Callable[[], None], threads: int, count: int) -> str | None:
     return errors[0] if errors else None
 
 
-def soak(target: IcowNative, first: int, last: int) -> tuple[list[dict], str | None]:
+def soak(target: IcowGrpc, first: int, last: int) -> tuple[list[dict], str | None]:
     """RSS samples after every ``first`` requests up to ``last``."""
     samples, done, t0 = [], 0, time.perf_counter()
     pid = target.server.pid
@@ -74,9 +75,10 @@ def main(args: argparse.Namespace, prefix: Path) -> int:
     print(f"icow bench --leak  {started:%Y-%m-%d %H:%M:%SZ}  commit {info['commit']}\n"
           f"machine: {info['cpu']}, {info['cores']} cores; load average {info['loadavg_start']}\n"
           f"pinning: {pinning.note}\n"
-          f"icow serve --codec native, {workload.name}: {THREADS} threads, RSS (VmRSS) every {first:,} requests")
+          f"icow serve --codec native --data-plane {args.leak_plane}, {workload.name}: {THREADS} threads, "
+          f"RSS (VmRSS) every {first:,} requests")
     env = Env(pinning, keep=args.keep)
-    target = IcowNative()
+    target = IcowPlane() if args.leak_plane == "native" else IcowNative()
     try:
         target.setup(workload, env)
         samples, error = soak(target, first, last)
@@ -86,7 +88,7 @@ def main(args: argparse.Namespace, prefix: Path) -> int:
     verdict = _verdict(samples, first, last, error)
     print(verdict)
     document = {"date": started.isoformat(timespec="seconds"), "machine": {**info, "loadavg_end": machine.load()},
-                "pinning": pinning.note, "workload": workload.name, "threads": THREADS, "samples": samples,
+                "pinning": pinning.note, "data_plane": args.leak_plane, "workload": workload.name, "threads": THREADS, "samples": samples,
                 "limit_ratio": LIMIT, "verdict": verdict, "error": error, "server_log_anomalies": anomalies}
     path = prefix.with_name(prefix.name + "-leak.json")
     path.parent.mkdir(parents=True, exist_ok=True)

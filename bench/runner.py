@@ -60,6 +60,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--leak", action="store_true", help="soak mode: icow RSS after 10k and 100k requests")
     parser.add_argument("--leak-requests", default="10000,100000",
                         help="with --leak: the request counts compared, first and last (default 10000,100000)")
+    parser.add_argument("--leak-plane", choices=["native", "grpcio"], default="native",
+                        help="with --leak: the data plane of the server soaked (default native)")
     parser.add_argument("--shm", action="store_true",
                         help="issue 9: identity 12/64 MiB through system shared memory vs gRPC bytes, and memcpy")
     parser.add_argument("--copies", action="store_true",

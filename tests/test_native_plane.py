@@ -265,10 +265,10 @@ def test_tokens_are_checked_on_the_fast_path(repo):
     try:
         call = raw_call(server.port)
         data, x = request(1, 1)
-        for metadata, code in (((), grpc.StatusCode.UNAUTHENTICATED),
-                               ([("authorization", "Bearer not-a-token-at-all-really")], grpc.StatusCode.UNAUTHENTICATED),
-                               ([("authorization", "Bearer only-scale-token-of-24-chars")],
-                                grpc.StatusCode.PERMISSION_DENIED)):
+        refused = [((), grpc.StatusCode.UNAUTHENTICATED),
+                   ([("authorization", "Bearer not-a-token-at-all-really")], grpc.StatusCode.UNAUTHENTICATED),
+                   ([("authorization", "Bearer only-scale-token-of-24-chars")], grpc.StatusCode.PERMISSION_DENIED)]
+        for metadata, code in refused:
             with pytest.raises(grpc.RpcError) as error:
                 call(data, metadata=metadata, timeout=10)
             assert error.value.code() == code

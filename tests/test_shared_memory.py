@@ -30,7 +30,8 @@ MAX_MAPPED_MB = 32
 
 
 @pytest.fixture(scope="module")
-def shm_server(test_repo: Path, codec: str, plane: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def shm_server(test_repo: Path, codec: str, plane: str,
+               tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     srv = start_server(test_repo, "--codec", codec, "--data-plane", plane, FLAG, "--shm-max-regions", str(MAX_REGIONS),
                        "--shm-max-mapped-mb", str(MAX_MAPPED_MB), "--no-metrics",
                        log_dir=tmp_path_factory.mktemp("shm-logs"))

@@ -165,6 +165,7 @@ bool Call::plan() {
 }
 
 void Call::schedule() {
+    entry_->pending.fetch_add(1);  // until the call is answered or handed on (done())
     deadline_ns_ = steady_deadline(context_->deadline());
     if (entry_->queue_timeout_ns && (!deadline_ns_ || arrived_ns_ + entry_->queue_timeout_ns < deadline_ns_)) {
         deadline_ns_ = arrived_ns_ + entry_->queue_timeout_ns;
@@ -208,6 +209,7 @@ void Call::finish_failed(const grpc::Status &status) {
         } catch (py::error_already_set &) {
         }
     }
+    entry_->pending.fetch_sub(1);
     Finish(status);
 }
 
@@ -245,9 +247,11 @@ void Call::run_on(const ModelEntry &entry, size_t instance) {
     char *data = reinterpret_cast<char *>(const_cast<uint8_t *>(out.begin()));
     const auto offsets = write_response(data, entry.spec.name, entry.spec.version, id, plan_.response);
     if (!run_bound(entry, entry.instances[instance], data, offsets)) {
-        hand_on(true);  // the full path runs it again: it has the error, or the fallback
+        entry_->pending.fetch_sub(1);
+        hand_on(true);  // the full path runs it again (and counts it): it has the error, or the fallback
         return;
     }
+    entry_->pending.fetch_sub(1);
     service_->served_fast.fetch_add(1, std::memory_order_relaxed);
     response_ = grpc::ByteBuffer(&out, 1);
     StartWriteAndFinish(&response_, grpc::WriteOptions(), grpc::Status::OK);

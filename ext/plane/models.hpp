@@ -52,6 +52,7 @@ class ModelEntry {
     const size_t max_queue;             // 0: no bound
     const int64_t queue_timeout_ns;     // 0: none
     std::atomic<bool> disabled{false};  // the model's outputs cannot be bound before the run
+    std::atomic<int64_t> pending{0};    // calls queued or running here (VersionStats.pending adds them)
 
     // Scheduling: an idle instance runs a job at once; otherwise it waits, FIFO.
     std::mutex mu;

@@ -122,6 +122,7 @@ PYBIND11_MODULE(_plane, m) {
         .def_property_readonly("name", [](const ModelEntry &e) { return e.spec.name; })
         .def_property_readonly("version", [](const ModelEntry &e) { return e.spec.version; })
         .def_property_readonly("disabled", [](const ModelEntry &e) { return e.disabled.load(); })
+        .def_property_readonly("pending", [](const ModelEntry &e) { return e.pending.load(); })
         .def("disable", [](ModelEntry &e) { e.disabled.store(true); },
              "Leave the model to the full path from now on (its outputs cannot be bound before the run).");
 

@@ -101,6 +101,7 @@ def model_entry(model: Model):
                               stats.record_request, stats.record_failure, model.queue.max_size,
                               model.queue.timeout_ns)
     model.on_unbindable.append(entry.disable)
+    stats.pending_sources.append(weakref.ref(entry))  # weak: the entry holds the stats' methods
     return entry
 
 

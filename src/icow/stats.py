@@ -6,6 +6,7 @@ import bisect
 import copy
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 
 # Upper bounds, in microseconds, of the request latency histogram that
@@ -46,14 +47,21 @@ class VersionStats:
         self.compute_infer = Duration()
         self.compute_output = Duration()
         self.batches: dict[int, BatchStats] = {}
-        self.pending = 0  # requests between begin() and their record_request/record_failure
+        self._pending = 0  # requests between begin() and their record_request/record_failure
+        # weak references to objects with a ``pending`` count of their own (the native plane's entries)
+        self.pending_sources: list[weakref.ref] = []
         # successful requests per LATENCY_BUCKETS_US bucket (not cumulative); the last is +Inf
         self.latency_buckets = [0] * (len(LATENCY_BUCKETS_US) + 1)
+
+    @property
+    def pending(self) -> int:
+        """Requests queued or running: this object's, and its sources'."""
+        return self._pending + sum(source.pending for ref in self.pending_sources if (source := ref()) is not None)
 
     def begin(self) -> None:
         """A request starts; record_request or record_failure ends it."""
         with self._lock:
-            self.pending += 1
+            self._pending += 1
 
     def record_request(self, rows: int, total_ns: int, queue_ns: int, input_ns: int, infer_ns: int,
                        output_ns: int, ran_alone: bool = False, begun: bool = True) -> None:
@@ -65,7 +73,7 @@ class VersionStats:
         with self._lock:
             if ran_alone:
                 self._execution(rows, input_ns, infer_ns, output_ns)
-            self.pending -= begun
+            self._pending -= begun
             self.latency_buckets[bisect.bisect_left(LATENCY_BUCKETS_US, total_ns // 1000)] += 1
             self.inference_count += rows
             self.last_inference_ms = time.time_ns() // 1_000_000
@@ -91,11 +99,12 @@ class VersionStats:
         """A consistent copy to read while requests keep updating this one."""
         with self._lock:
             clone = copy.copy(self)
-            clone.__dict__.update(copy.deepcopy({k: v for k, v in self.__dict__.items() if k != "_lock"}))
+            clone.__dict__.update(copy.deepcopy({k: v for k, v in self.__dict__.items()
+                                                 if k not in ("_lock", "pending_sources")}))
         return clone
 
     def record_failure(self, total_ns: int, begun: bool = True) -> None:
         with self._lock:
-            self.pending -= begun
+            self._pending -= begun
             self.last_inference_ms = time.time_ns() // 1_000_000
             self.fail.add(total_ns)
