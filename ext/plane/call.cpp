@@ -92,8 +92,9 @@ void Call::OnWriteDone(bool ok) {
     if (!proxying_.load()) return;  // the fast path's answer went with Finish
     if (ok) {
         backend_->StartRead(&down_);
-    } else {  // the client is gone
+    } else {  // the client is gone: no more reads from the backend
         client_context_.TryCancel();
+        backend_->RemoveHold();
     }
 }
 
@@ -293,6 +294,8 @@ bool Call::run_bound(const ModelEntry &entry, const Instance &instance, char *re
 // ---------------------------------------------------------------------------
 // The way through to the backend: messages pumped both ways, one in flight
 // each way; metadata, deadline and cancellation passed on; its status back.
+// Each pump is a chain (read one side, write the other, on that write's end
+// read again), so neither side ever has two operations of a kind in flight.
 // ---------------------------------------------------------------------------
 void Call::hand_on(bool have_first) {
     service_->handed_on.fetch_add(1, std::memory_order_relaxed);
@@ -305,7 +308,10 @@ void Call::hand_on(bool have_first) {
     backend_ = std::make_unique<Backend>(this);
     service_->backend->PrepareBidiStreamingCall(&client_context_, context_->method(), grpc::StubOptions(),
                                                 backend_.get());
-    backend_->AddHold();  // until the client has sent its last message: writes come from outside reactions
+    // Two holds keep the backend call from ending (OnDone) while this side may still act on it:
+    // one until the client has sent its last message (writes start from this side's reactions),
+    // one until the backend's last message has gone to the client (so is no write of ours).
+    backend_->AddMultipleHolds(2);
     if (have_first) {
         backend_->StartWrite(&up_);
     } else {
@@ -325,7 +331,11 @@ void Call::backend_write_done(bool ok) {
 }
 
 void Call::backend_read_done(bool ok) {
-    if (ok) StartWrite(&down_);  // then OnWriteDone reads the next one
+    if (ok) {
+        StartWrite(&down_);  // then OnWriteDone reads the next one
+    } else {
+        backend_->RemoveHold();  // the backend has said all: its status follows
+    }
 }
 
 void Call::backend_initial_metadata() {

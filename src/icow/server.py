@@ -102,6 +102,7 @@ class InferenceServer:
         tls = _tls_files(options)
         self.plane: native_plane.NativePlane | None = None
         self._stopped, self._stopping = threading.Event(), False  # the native plane's shutdown
+        self._cut = 0
         if native:
             self._listen_native(address, tls)
         else:
@@ -175,13 +176,26 @@ class InferenceServer:
             self._stopping = True
 
             def stop() -> None:
+                cut = threading.Timer(grace, self._count_cut)  # what is still running when the grace ends
+                cut.start()
                 self.plane.stop(grace)  # calls passed on finish through the backend meanwhile
+                cut.cancel()
                 self._server.stop(0).wait()
                 shutil.rmtree(self._backend_dir, ignore_errors=True)
                 self._stopped.set()
 
             threading.Thread(target=stop, name="icow-stop", daemon=True).start()
         return self._stopped
+
+    def _count_cut(self) -> None:
+        try:
+            self._cut = self.plane.counts["in_flight"]
+        except RuntimeError:  # stopped meanwhile: nothing was cut
+            pass
+
+    def calls_cut(self) -> int:
+        """After wait(): how many calls the end of the grace period cut short."""
+        return self._cut if self.plane is not None else self.requests.in_flight
 
     def wait(self) -> None:
         if self.plane is not None:
@@ -216,7 +230,7 @@ def serve(options: ServerOptions) -> None:
     signal.signal(signal.SIGINT, shutdown)
     server.start()
     server.wait()
-    cut = server.requests.in_flight
+    cut = server.calls_cut()
     if cut:
         log.warning("stopped: %d call(s) were still running when the %.0fs grace period ended "
                     "(--shutdown-grace-secs)", cut, options.grace_seconds)
