@@ -5,6 +5,7 @@
 #include <cstring>
 #include <string>
 
+#include "buffers.hpp"
 #include "gil.hpp"
 
 namespace icow::plane {
@@ -73,6 +74,10 @@ Call::Call(Service *service, grpc::GenericCallbackServerContext *context) : serv
     } else {
         Finish(grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "method " + context_->method() + " is not served here"));
     }
+}
+
+Call::~Call() {
+    if (block_ != nullptr) buffers().put(block_, block_capacity_);
 }
 
 void Call::OnReadDone(bool ok) {
@@ -148,11 +153,32 @@ void Call::first_message(bool ok) {
     }
 }
 
+// The request in one piece: its only slice, or (a large request arrives in many)
+// one copy into a pooled block.
+bool Call::contiguous_request() {
+    if (up_.TrySingleSlice(&slice_).ok()) {
+        data_ = reinterpret_cast<const char *>(slice_.begin());
+        size_ = slice_.size();
+        return true;
+    }
+    std::vector<grpc::Slice> slices;
+    if (!up_.Dump(&slices).ok()) return false;
+    size_ = up_.Length();
+    block_ = buffers().take(std::max(size_, BufferPool::MIN_SIZE), &block_capacity_);
+    char *at = block_;
+    for (const auto &s : slices) {
+        std::memcpy(at, s.begin(), s.size());
+        at += s.size();
+    }
+    data_ = block_;
+    return true;
+}
+
 bool Call::plan() {
-    if (!up_.TrySingleSlice(&slice_).ok() && !up_.DumpToSingleSlice(&slice_).ok()) return false;
-    const char *base = reinterpret_cast<const char *>(slice_.begin());
+    if (!contiguous_request()) return false;
+    const char *base = data_;
     try {
-        request_ = parse_request(base, slice_.size());
+        request_ = parse_request(base, size_);
     } catch (const ParseError &) {
         return false;  // the full path says what is wrong
     }
@@ -243,8 +269,8 @@ void Call::run_on(const ModelEntry &entry, size_t instance) {
                            "deadline passed while the request waited in the queue of model '" + entry.spec.name + "'"));
         return;
     }
-    const std::string id(reinterpret_cast<const char *>(slice_.begin()) + request_.id.off, request_.id.len);
-    grpc::Slice out(response_size(entry.spec.name, entry.spec.version, id, plan_.response));
+    const std::string id(data_ + request_.id.off, request_.id.len);
+    grpc::Slice out = buffers().slice(response_size(entry.spec.name, entry.spec.version, id, plan_.response));
     char *data = reinterpret_cast<char *>(const_cast<uint8_t *>(out.begin()));
     const auto offsets = write_response(data, entry.spec.name, entry.spec.version, id, plan_.response);
     if (!run_bound(entry, entry.instances[instance], data, offsets)) {

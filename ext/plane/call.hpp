@@ -15,6 +15,7 @@ namespace icow::plane {
 class Call final : public grpc::ServerGenericBidiReactor {
   public:
     Call(Service *service, grpc::GenericCallbackServerContext *context);
+    ~Call() override;
 
     void OnReadDone(bool ok) override;
     void OnWriteDone(bool ok) override;
@@ -32,6 +33,7 @@ class Call final : public grpc::ServerGenericBidiReactor {
     // The fast path
     void first_message(bool ok);
     bool plan();
+    bool contiguous_request();
     void schedule();
     void finish_failed(const grpc::Status &status);
     void leave_queue();
@@ -56,7 +58,11 @@ class Call final : public grpc::ServerGenericBidiReactor {
     std::atomic<bool> queued_{false};  // entry_ is set and the call went into its queue
 
     // ModelInfer on the fast path
-    grpc::Slice slice_;  // the request in one piece; the parse's spans point into it
+    grpc::Slice slice_;  // the request in one piece (one slice), or
+    char *block_ = nullptr;  // its copy in a pooled block (many slices)
+    size_t block_capacity_ = 0;
+    const char *data_ = nullptr;  // where the request is: the parse's spans point into it
+    size_t size_ = 0;
     Request request_;
     std::shared_ptr<ModelEntry> entry_;
     Plan plan_;

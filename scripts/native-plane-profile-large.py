@@ -1,11 +1,12 @@
-"""Server CPU per 12 MiB identity call, and a `perf record -g` profile, of icow on the
-native plane (``plane``) or on grpcio (``grpcio``): docs/native-plane.md, "12 MiB".
+"""Server CPU per large identity call (12 MiB, or 64 MiB with --workload), and a `perf
+record -g` profile, of icow on the native plane (``plane``) or on grpcio (``grpcio``):
+docs/native-plane.md.
 
 The server runs on CPU 0, this client on CPU 1, for 6 s at concurrency 1. ``--reuse-pages``
 starts the server with glibc's mmap and trim thresholds at 1 GiB, so large buffers reuse
 pages instead of faulting in fresh ones.
 
-    python scripts/native-plane-profile-12mib.py plane|grpcio [--reuse-pages]
+    python scripts/native-plane-profile-12mib.py plane|grpcio [--reuse-pages] [--workload identity-64MiB-c1]
     perf report -i /tmp/icow-plane-profile-plane.data --no-children --sort dso
 """
 
@@ -39,15 +40,14 @@ def main() -> None:
     parser.add_argument("plane", choices=["plane", "grpcio"])
     parser.add_argument("--reuse-pages", action="store_true")
     parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument("--workload", default="identity-12MiB-c1")
     args = parser.parse_args()
 
-    workload = {w.name: w for w in all_workloads()}["identity-12MiB-c1"]
+    workload = {w.name: w for w in all_workloads()}[args.workload]
     repo = build_repository(pathlib.Path(tempfile.mkdtemp()) / "models")
     port = free_port()
-    server = (["-m", "bench.baselines.plane_server", "--mode", "icow", "--port", str(port),
-               "--model-repository", str(repo)] if args.plane == "plane" else
-              ["-m", "icow", "serve", "--no-metrics", "--host", "127.0.0.1", "--port", str(port),
-               "--model-repository", str(repo)])
+    server = ["-m", "icow", "serve", "--no-metrics", "--host", "127.0.0.1", "--port", str(port),
+              "--model-repository", str(repo), "--data-plane", "native" if args.plane == "plane" else "grpcio"]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     if args.reuse_pages:
         env.update(MALLOC_MMAP_THRESHOLD_="1073741824", MALLOC_TRIM_THRESHOLD_="1073741824")
