@@ -224,7 +224,11 @@ void Call::schedule() {
         instance = entry_->idle.back();
         entry_->idle.pop_back();
     }
-    service_->workers.post([this, instance] { execute(this, instance); });
+    if (entry_->runs_briefly()) {
+        execute(this, instance, true);  // a hand-off to a worker would cost more than the run
+    } else {
+        service_->workers.post([this, instance] { execute(this, instance, false); });
+    }
 }
 
 // A request that leaves without running: counted as a failure, as icow's scheduler does.
@@ -240,7 +244,7 @@ void Call::finish_failed(const grpc::Status &status) {
     Finish(status);
 }
 
-void Call::execute(Call *job, size_t instance) {
+void Call::execute(Call *job, size_t instance, bool inline_run) {
     // Each job leaves its instance to the next one waiting. A job may be gone
     // once it has finished: nothing of it is touched after.
     const std::shared_ptr<ModelEntry> entry = job->entry_;
@@ -253,6 +257,11 @@ void Call::execute(Call *job, size_t instance) {
         }
         job = entry->waiting.front();
         entry->waiting.pop_front();
+        if (inline_run) {  // a gRPC thread runs one job at most: the queue goes to a worker
+            Service *service = job->service_;
+            service->workers.post([job, instance] { execute(job, instance, false); });
+            return;
+        }
     }
 }
 
@@ -308,6 +317,7 @@ bool Call::run_bound(const ModelEntry &entry, const Instance &instance, char *re
         const int64_t fed = now_ns();
         instance.session.attr(n.run)(binding, py::none());
         const int64_t ran = now_ns();
+        entry.ran(ran - fed);
         entry.record(plan_.rows, ran - arrived_ns_, start - arrived_ns_, fed - start, ran - fed, 0, true, false);
         return true;
     } catch (py::error_already_set &) {  // cleared here; the full path reports it

@@ -22,9 +22,10 @@ class Call final : public grpc::ServerGenericBidiReactor {
     void OnCancel() override;
     void OnDone() override;
 
-    // On a worker thread: run `job` on `instance` of its model (reserved for
-    // it), then whichever jobs wait for that model.
-    static void execute(Call *job, size_t instance);
+    // Run `job` on `instance` of its model (reserved for it), then whichever jobs
+    // wait for that model: on a worker thread, or (`inline_run`, a model that runs
+    // briefly) on the gRPC thread that read the request, for that one job.
+    static void execute(Call *job, size_t instance, bool inline_run);
 
   private:
     class Backend;

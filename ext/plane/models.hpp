@@ -54,6 +54,19 @@ class ModelEntry {
     std::atomic<bool> disabled{false};  // the model's outputs cannot be bound before the run
     std::atomic<int64_t> pending{0};    // calls queued or running here (VersionStats.pending adds them)
 
+    // Runs shorter than this (on average) stay on the gRPC thread that read the
+    // request: a hand-off to a worker costs two thread switches, ~10-50 µs here.
+    static constexpr int64_t BRIEF_RUN_NS = 200'000;
+    bool runs_briefly() const {
+        const int64_t avg = run_ns.load(std::memory_order_relaxed);
+        return avg > 0 && avg < BRIEF_RUN_NS;
+    }
+    void ran(int64_t ns) const {  // a moving average over about the last 8 runs
+        const int64_t avg = run_ns.load(std::memory_order_relaxed);
+        run_ns.store(avg == 0 ? ns : avg + (ns - avg) / 8, std::memory_order_relaxed);
+    }
+    mutable std::atomic<int64_t> run_ns{0};  // 0: never ran (the first run goes to a worker)
+
     // Scheduling: an idle instance runs a job at once; otherwise it waits, FIFO.
     std::mutex mu;
     std::vector<size_t> idle;
