@@ -1,10 +1,12 @@
-"""icow._plane: the native gRPC data plane's spike (issue 8; docs/native-plane.md).
+"""icow._plane: the native gRPC data plane (docs/native-plane.md; used by
+``icow serve --data-plane native``, through ``icow.native_plane``).
 
-A grpc++ callback server (generic service on raw bytes) built only where the
+A grpc++ callback server (one generic service on raw bytes) built only where the
 gRPC C++ libraries are found at build time; ``import icow._plane`` fails
-otherwise. Experimental, off by default: icow's server does not use it."""
+otherwise. ModelInfer requests that the published model table serves are
+answered in C++; every other call goes through to the ``backend`` server."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 GRPC_VERSION: str
 """The version of the gRPC C++ library the module runs on."""
@@ -12,28 +14,57 @@ GRPC_VERSION: str
 MODEL_INFER: str
 """'/inference.GRPCInferenceService/ModelInfer'."""
 
-Answer = bytes | tuple[int, str]
-"""A handler's answer: the response bytes, or (gRPC status code number, message)."""
+# (name, datatype, itemsize, request shape (-1: any), graph dims (>= 0 fixed, -1 unknown,
+# -2-k the k-th symbol), numpy scalar type)
+TensorSpec = tuple[str, str, int, Sequence[int], Sequence[int], type]
 
-class RequestSlice:
-    """A request's bytes (read-only buffer) held in gRPC's own slice."""
+class ModelEntry:
+    """One ready model version as the fast path sees it. ``instances``: per ONNX Runtime
+    session (its C session ``session._sess``, ``SessionIOBinding``, the CPU device object).
+    ``record`` / ``record_failure``: VersionStats.record_request / record_failure, called
+    under the GIL with ``begun=False``."""
+
+    def __init__(self, name: str, version: int, max_batch_size: int, inputs: list[TensorSpec],
+                 outputs: list[TensorSpec], instances: list[tuple[object, type, object]],
+                 record: Callable[..., None], record_failure: Callable[..., None], max_queue: int = 0,
+                 queue_timeout_ns: int = 0) -> None: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def version(self) -> str: ...
+    @property
+    def disabled(self) -> bool: ...
+    @property
+    def pending(self) -> int:
+        """Calls queued or running on the fast path."""
+    def disable(self) -> None:
+        """Leave the model to the full path from now on (its outputs cannot be bound before the run)."""
 
 class Server:
-    """A grpc++ server on ``address`` ("127.0.0.1:0" picks a port).
+    """A grpc++ server on ``address`` ("127.0.0.1:0" picks a port); other calls go to
+    ``backend`` ("unix:PATH" or "host:port"; "" answers them UNIMPLEMENTED). ``echo``:
+    ModelInfer returns its request, in C++ (the plane's floor). ``tls``: (key PEM,
+    certificate chain PEM, client CA PEM or None). ``max_concurrent``: calls at once,
+    beyond that RESOURCE_EXHAUSTED; 0 no limit."""
 
-    ModelInfer: ``handler(data)`` under the GIL, ``data`` a read-only memoryview
-    of the request, not copied where gRPC holds it in one slice; with no handler,
-    the request is echoed in C++ without touching Python. Every other method:
-    ``other(method, data)``, or UNIMPLEMENTED with no ``other``. An exception in
-    a handler becomes INTERNAL with its text."""
-
-    def __init__(self, address: str, handler: Callable[[memoryview], Answer] | None = None,
-                 other: Callable[[str, memoryview], Answer] | None = None,
-                 max_message_bytes: int = 268435456) -> None: ...
+    def __init__(self, address: str, backend: str = "", echo: bool = False, workers: int = 16,
+                 max_message_bytes: int = 2147483647, max_concurrent: int = 0,
+                 tls: tuple[bytes, bytes, bytes | None] | None = None) -> None: ...
     @property
     def port(self) -> int: ...
+    fast: bool
+    """Whether ModelInfer may be answered in C++ (off: everything goes to the backend)."""
+    def publish(self, entries: dict[str, ModelEntry]) -> None:
+        """Replace the model table: keys are name, newline, version, label or ""."""
+    def set_tokens(self, tokens: list[tuple[bytes, list[str] | None]]) -> None:
+        """Before serving: (sha256 digest, models or None) per bearer token."""
     @property
-    def calls(self) -> int:
-        """ModelInfer calls received so far."""
+    def served_fast(self) -> int:
+        """ModelInfer calls answered in C++ (echoed ones included)."""
+    @property
+    def handed_on(self) -> int:
+        """Calls passed through to the backend."""
+    @property
+    def in_flight(self) -> int: ...
     def stop(self, grace: float = 0.0) -> None:
         """Stop serving; calls in flight get ``grace`` seconds to finish. Idempotent."""
