@@ -11,10 +11,14 @@
 namespace icow::plane {
 namespace {
 
+}  // namespace
+
 int64_t now_ns() {
     return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
         .count();
 }
+
+namespace {
 
 // The call's deadline on the steady clock, in ns; 0: none.
 int64_t steady_deadline(std::chrono::system_clock::time_point deadline) {
@@ -198,27 +202,15 @@ void Call::schedule() {
         deadline_ns_ = arrived_ns_ + entry_->queue_timeout_ns;
         queue_timeout_ = true;
     }
+    if (entry_->batching.max_rows > 0) {
+        queue_for_batch();
+        return;
+    }
     size_t instance;
     {
         std::lock_guard<std::mutex> lock(entry_->mu);
         if (entry_->idle.empty()) {
-            if (!entry_->max_queue || entry_->waiting.size() < entry_->max_queue) {
-                entry_->waiting.push_back(this);
-                queued_.store(true);
-                if (cancelled_.load()) {  // OnCancel ran before queued_ was set
-                    entry_->waiting.pop_back();
-                    service_->workers.post([this] {
-                        finish_failed(grpc::Status(grpc::StatusCode::CANCELLED,
-                                                   "the call was cancelled while it waited in the queue"));
-                    });
-                }
-                return;
-            }
-            const std::string message = "model '" + entry_->spec.name + "' has " + std::to_string(entry_->waiting.size()) +
-                                        " requests queued, its limit (max_queue_size); retry later";
-            service_->workers.post([this, message] {
-                finish_failed(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, message));
-            });
+            wait_in_queue();
             return;
         }
         instance = entry_->idle.back();
@@ -265,10 +257,34 @@ void Call::execute(Call *job, size_t instance, bool inline_run) {
     }
 }
 
-void Call::run_on(const ModelEntry &entry, size_t instance) {
+// Into the model's queue (its lock held), or refused when the queue is full.
+// True when queued: from then on another thread may take and finish this call.
+bool Call::wait_in_queue() {
+    if (entry_->max_queue && entry_->waiting.size() >= entry_->max_queue) {
+        const std::string message = "model '" + entry_->spec.name + "' has " + std::to_string(entry_->waiting.size()) +
+                                    " requests queued, its limit (max_queue_size); retry later";
+        service_->workers.post([this, message] {
+            finish_failed(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, message));
+        });
+        return false;
+    }
+    entry_->waiting.push_back(this);
+    queued_.store(true);
+    if (cancelled_.load()) {  // OnCancel ran before queued_ was set
+        entry_->waiting.pop_back();
+        service_->workers.post([this] {
+            finish_failed(grpc::Status(grpc::StatusCode::CANCELLED, "the call was cancelled while it waited in the queue"));
+        });
+        return false;
+    }
+    return true;
+}
+
+// A call cancelled, or past its deadline, while it waited: it leaves without running.
+bool Call::left_early(const ModelEntry &entry) {
     if (cancelled_.load()) {
         finish_failed(grpc::Status(grpc::StatusCode::CANCELLED, "the call was cancelled while it waited in the queue"));
-        return;
+        return true;
     }
     if (deadline_ns_ && now_ns() > deadline_ns_) {
         finish_failed(queue_timeout_
@@ -276,8 +292,21 @@ void Call::run_on(const ModelEntry &entry, size_t instance) {
                            "request timed out in the queue of model '" + entry.spec.name + "' (default_timeout_microseconds)")
             : grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
                            "deadline passed while the request waited in the queue of model '" + entry.spec.name + "'"));
-        return;
+        return true;
     }
+    return false;
+}
+
+// The answer: sent as it is, the call finished.
+void Call::answer(grpc::Slice &response) {
+    entry_->pending.fetch_sub(1);
+    service_->served_fast.fetch_add(1, std::memory_order_relaxed);
+    response_ = grpc::ByteBuffer(&response, 1);
+    StartWriteAndFinish(&response_, grpc::WriteOptions(), grpc::Status::OK);
+}
+
+void Call::run_on(const ModelEntry &entry, size_t instance) {
+    if (left_early(entry)) return;
     const std::string id(data_ + request_.id.off, request_.id.len);
     grpc::Slice out = buffers().slice(response_size(entry.spec.name, entry.spec.version, id, plan_.response));
     char *data = reinterpret_cast<char *>(const_cast<uint8_t *>(out.begin()));
@@ -287,35 +316,48 @@ void Call::run_on(const ModelEntry &entry, size_t instance) {
         hand_on(true);  // the full path runs it again (and counts it): it has the error, or the fallback
         return;
     }
-    entry_->pending.fetch_sub(1);
-    service_->served_fast.fetch_add(1, std::memory_order_relaxed);
-    response_ = grpc::ByteBuffer(&out, 1);
-    StartWriteAndFinish(&response_, grpc::WriteOptions(), grpc::Status::OK);
+    answer(out);
+}
+
+// One ONNX Runtime run with every input and output bound where it lies. Call
+// with the GIL held (ONNX Runtime releases it while it computes); throws what
+// the binding or the run raised. Returns when the inputs were bound (ns).
+int64_t bind_and_run(const ModelEntry &entry, const Instance &instance, const std::vector<const char *> &inputs,
+                     const std::vector<std::vector<int64_t>> &input_shapes, const std::vector<size_t> &outputs,
+                     const std::vector<char *> &output_data, const std::vector<std::vector<int64_t>> &output_shapes) {
+    const Names &n = names();
+    py::object binding = instance.new_binding(instance.session);
+    py::object bind_input = binding.attr(n.bind_input), bind_output = binding.attr(n.bind_output);
+    for (size_t k = 0; k < entry.input_names.size(); ++k) {
+        const BindNames &input = entry.input_names[k];
+        bind_input(input.name, instance.device, input.type, dims(input_shapes[k]),
+                   reinterpret_cast<uintptr_t>(inputs[k]));
+    }
+    for (size_t i = 0; i < outputs.size(); ++i) {
+        const BindNames &output = entry.output_names[outputs[i]];
+        bind_output(output.name, instance.device, output.type, dims(output_shapes[i]),
+                    reinterpret_cast<uintptr_t>(output_data[i]));
+    }
+    const int64_t fed = now_ns();
+    instance.session.attr(n.run)(binding, py::none());
+    return fed;
 }
 
 // Inputs bound where they lie in the request, outputs into their place in the
-// response; one ONNX Runtime run. The GIL is held for the binding and the run
-// (ONNX Runtime releases it while it computes).
+// response; one ONNX Runtime run. The GIL is held for the binding and the run.
 bool Call::run_bound(const ModelEntry &entry, const Instance &instance, char *response,
                      const std::vector<size_t> &offsets) {
+    std::vector<char *> output_data;
+    std::vector<std::vector<int64_t>> output_shapes;
+    for (size_t i = 0; i < plan_.response.size(); ++i) {
+        output_data.push_back(response + offsets[i]);
+        output_shapes.push_back(plan_.response[i].shape);
+    }
     const int64_t start = now_ns();
     Gil gil;
     try {
-        const Names &n = names();
-        py::object binding = instance.new_binding(instance.session);
-        py::object bind_input = binding.attr(n.bind_input), bind_output = binding.attr(n.bind_output);
-        for (size_t k = 0; k < entry.input_names.size(); ++k) {
-            const BindNames &input = entry.input_names[k];
-            bind_input(input.name, instance.device, input.type, dims(plan_.input_shapes[k]),
-                       reinterpret_cast<uintptr_t>(plan_.inputs[k]));
-        }
-        for (size_t i = 0; i < plan_.outputs.size(); ++i) {
-            const BindNames &output = entry.output_names[plan_.outputs[i]];
-            bind_output(output.name, instance.device, output.type, dims(plan_.response[i].shape),
-                        reinterpret_cast<uintptr_t>(response + offsets[i]));
-        }
-        const int64_t fed = now_ns();
-        instance.session.attr(n.run)(binding, py::none());
+        const int64_t fed = bind_and_run(entry, instance, plan_.inputs, plan_.input_shapes, plan_.outputs,
+                                         output_data, output_shapes);
         const int64_t ran = now_ns();
         entry.ran(ran - fed);
         entry.record(plan_.rows, ran - arrived_ns_, start - arrived_ns_, fed - start, ran - fed, 0, true, false);

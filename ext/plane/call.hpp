@@ -12,6 +12,12 @@
 
 namespace icow::plane {
 
+int64_t now_ns();  // steady clock
+
+int64_t bind_and_run(const ModelEntry &entry, const Instance &instance, const std::vector<const char *> &inputs,
+                     const std::vector<std::vector<int64_t>> &input_shapes, const std::vector<size_t> &outputs,
+                     const std::vector<char *> &output_data, const std::vector<std::vector<int64_t>> &output_shapes);
+
 class Call final : public grpc::ServerGenericBidiReactor {
   public:
     Call(Service *service, grpc::GenericCallbackServerContext *context);
@@ -36,9 +42,18 @@ class Call final : public grpc::ServerGenericBidiReactor {
     bool plan();
     bool contiguous_request();
     void schedule();
+    bool wait_in_queue();
+    void queue_for_batch();
     void finish_failed(const grpc::Status &status);
     void leave_queue();
     void run_on(const ModelEntry &entry, size_t instance);
+    bool left_early(const ModelEntry &entry);
+
+    // Dynamic batching (batch.cpp): a worker forms batches for one instance while jobs wait.
+    static void batch_loop(std::shared_ptr<ModelEntry> entry, size_t instance);
+    static void run_batch(ModelEntry &entry, size_t instance, std::vector<Call *> &jobs);
+    bool compatible(const Call &other) const;
+    void answer(grpc::Slice &response);
     bool run_bound(const ModelEntry &entry, const Instance &instance, char *response,
                    const std::vector<size_t> &offsets);
 

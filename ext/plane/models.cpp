@@ -28,9 +28,14 @@ void add_tensor(const py::handle &item, std::vector<TensorSpec> *specs, std::vec
 
 ModelEntry::ModelEntry(std::string name_, int64_t version_, int64_t max_batch_size_, const py::list &inputs_,
                        const py::list &outputs_, const py::list &instances_, py::object record_,
-                       py::object record_failure_, size_t max_queue_, int64_t queue_timeout_ns_)
-    : record(std::move(record_)), record_failure(std::move(record_failure_)), max_queue(max_queue_),
-      queue_timeout_ns(queue_timeout_ns_) {
+                       py::object record_failure_, size_t max_queue_, int64_t queue_timeout_ns_,
+                       const py::object &batching_, py::object record_execution_)
+    : record(std::move(record_)), record_failure(std::move(record_failure_)),
+      record_execution(std::move(record_execution_)), max_queue(max_queue_), queue_timeout_ns(queue_timeout_ns_) {
+    if (!batching_.is_none()) {  // (max rows, preferred sizes, max delay ns)
+        auto t = batching_.cast<py::tuple>();
+        batching = {t[0].cast<int64_t>(), int_list(t[1]), t[2].cast<int64_t>()};
+    }
     spec.name = std::move(name_);
     spec.version = std::to_string(version_);
     spec.max_batch_size = max_batch_size_;
@@ -49,7 +54,7 @@ ModelEntry::~ModelEntry() {
         for (auto *names : {&input_names, &output_names})
             for (auto &n : *names) n.name.release(), n.type.release();
         for (auto &i : instances) i.session.release(), i.new_binding.release(), i.device.release();
-        record.release(), record_failure.release();
+        record.release(), record_failure.release(), record_execution.release();
         return;
     }
     Gil gil;  // the last reference may go on a thread that does not hold it
@@ -58,6 +63,7 @@ ModelEntry::~ModelEntry() {
     instances.clear();
     record = py::object();
     record_failure = py::object();
+    record_execution = py::object();
 }
 
 }  // namespace icow::plane

@@ -6,6 +6,7 @@
 #include <pybind11/pybind11.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -32,11 +33,18 @@ struct Instance {
     py::object session, new_binding, device;
 };
 
+// Dynamic batching as the config says (scheduling.Batching); max_rows 0: off.
+struct Batching {
+    int64_t max_rows = 0;
+    std::vector<int64_t> preferred;
+    int64_t max_delay_ns = 0;
+};
+
 class ModelEntry {
   public:
     ModelEntry(std::string name, int64_t version, int64_t max_batch_size, const py::list &inputs,
                const py::list &outputs, const py::list &instances, py::object record, py::object record_failure,
-               size_t max_queue, int64_t queue_timeout_ns);
+               size_t max_queue, int64_t queue_timeout_ns, const py::object &batching, py::object record_execution);
     ~ModelEntry();
     ModelEntry(const ModelEntry &) = delete;
     ModelEntry &operator=(const ModelEntry &) = delete;
@@ -49,6 +57,8 @@ class ModelEntry {
     std::vector<BindNames> input_names, output_names;  // index-aligned with spec.inputs, spec.outputs
     std::vector<Instance> instances;
     py::object record, record_failure;  // VersionStats.record_request / record_failure
+    py::object record_execution;        // VersionStats.record_execution (one per batch)
+    Batching batching;
     const size_t max_queue;             // 0: no bound
     const int64_t queue_timeout_ns;     // 0: none
     std::atomic<bool> disabled{false};  // the model's outputs cannot be bound before the run
@@ -71,6 +81,7 @@ class ModelEntry {
     std::mutex mu;
     std::vector<size_t> idle;
     std::deque<Call *> waiting;
+    std::condition_variable more;  // a job joined `waiting` (a batch being formed may take it)
 };
 
 // Key: model name, '\n', version number or label ("" for the default version).

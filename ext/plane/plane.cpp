@@ -115,10 +115,10 @@ PYBIND11_MODULE(_plane, m) {
 
     py::class_<ModelEntry, std::shared_ptr<ModelEntry>>(m, "ModelEntry")
         .def(py::init<std::string, int64_t, int64_t, const py::list &, const py::list &, const py::list &, py::object,
-                      py::object, size_t, int64_t>(),
+                      py::object, size_t, int64_t, const py::object &, py::object>(),
              py::arg("name"), py::arg("version"), py::arg("max_batch_size"), py::arg("inputs"), py::arg("outputs"),
              py::arg("instances"), py::arg("record"), py::arg("record_failure"), py::arg("max_queue") = 0,
-             py::arg("queue_timeout_ns") = 0)
+             py::arg("queue_timeout_ns") = 0, py::arg("batching") = py::none(), py::arg("record_execution") = py::none())
         .def_property_readonly("name", [](const ModelEntry &e) { return e.spec.name; })
         .def_property_readonly("version", [](const ModelEntry &e) { return e.spec.version; })
         .def_property_readonly("disabled", [](const ModelEntry &e) { return e.disabled.load(); })

@@ -75,10 +75,10 @@ class ModelTable:
 
 def model_entry(model: Model):
     """The fast path's entry for ``model``, or None where only the full path serves it
-    as it must: dynamic batching, strings, config reshapes, outputs that cannot be
-    bound before the run, onnxruntime without the calls beneath its IOBinding wrapper."""
+    as it must: strings, config reshapes, outputs that cannot be bound before the run,
+    onnxruntime without the calls beneath its IOBinding wrapper."""
     specs = (*model.inputs.values(), *model.outputs.values())
-    if (model.batching or not model.bind_outputs or any(s.datatype.name == "BYTES" or s.reshape is not None
+    if (not model.bind_outputs or any(s.datatype.name == "BYTES" or s.reshape is not None
                                                           for s in specs)
             or not all(i.binder.fast for i in model.instances)):
         return None
@@ -96,10 +96,12 @@ def model_entry(model: Model):
     inputs = [spec(s, model.input_dims[s.name], s.shape(model.max_batch_size)) for s in model.inputs.values()]
     outputs = [spec(s, model.output_dims[s.name], []) for s in model.outputs.values()]
     instances = [(i.binder.c_session, i.binder.new_binding, i.binder.cpu) for i in model.instances]
-    stats = model.stats
+    stats, batching = model.stats, model.batching
     entry = _plane.ModelEntry(model.name, model.version, model.max_batch_size, inputs, outputs, instances,
                               stats.record_request, stats.record_failure, model.queue.max_size,
-                              model.queue.timeout_ns)
+                              model.queue.timeout_ns,
+                              batching=(batching.max_batch_size, sorted(batching.preferred), batching.max_delay_ns)
+                              if batching else None, record_execution=stats.record_execution)
     model.on_unbindable.append(entry.disable)
     stats.pending_sources.append(weakref.ref(entry))  # weak: the entry holds the stats' methods
     return entry

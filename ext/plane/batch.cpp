@@ -1,0 +1,177 @@
+// Dynamic batching on the native plane, as scheduler.BatchScheduler does it on
+// the full path: the oldest waiting call, then compatible ones (same dims beyond
+// the batch dim, same outputs) until the batch is full, or has a preferred size
+// with nothing more waiting, or the oldest call's max_queue_delay is up. One
+// ONNX Runtime run, one GIL acquisition, per batch; a batch that fails runs
+// again call by call, so that only a call that must fail does.
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+
+#include "buffers.hpp"
+#include "call.hpp"
+#include "gil.hpp"
+
+namespace icow::plane {
+namespace {
+
+size_t bytes_of(const std::vector<int64_t> &shape, size_t itemsize) {
+    size_t n = itemsize;
+    for (int64_t d : shape) n *= static_cast<size_t>(d);
+    return n;
+}
+
+std::vector<int64_t> with_rows(std::vector<int64_t> shape, int64_t rows) {
+    shape[0] = rows;
+    return shape;
+}
+
+}  // namespace
+
+void Call::queue_for_batch() {
+    const std::shared_ptr<ModelEntry> entry = entry_;  // `this` may be finished by another thread once queued
+    Service *service = service_;
+    size_t instance = SIZE_MAX;
+    {
+        std::lock_guard<std::mutex> lock(entry->mu);
+        if (!wait_in_queue()) return;
+        if (!entry->idle.empty()) {
+            instance = entry->idle.back();
+            entry->idle.pop_back();
+        }
+    }
+    entry->more.notify_all();  // a batch being formed may take it
+    if (instance != SIZE_MAX) service->workers.post([entry, instance] { batch_loop(entry, instance); });
+}
+
+bool Call::compatible(const Call &other) const {
+    if (plan_.outputs != other.plan_.outputs) return false;
+    for (size_t k = 0; k < plan_.input_shapes.size(); ++k) {
+        const auto &a = plan_.input_shapes[k], &b = other.plan_.input_shapes[k];
+        if (a.size() != b.size() || !std::equal(a.begin() + 1, a.end(), b.begin() + 1)) return false;
+    }
+    return true;
+}
+
+void Call::batch_loop(std::shared_ptr<ModelEntry> entry, size_t instance) {
+    const Batching &b = entry->batching;
+    for (;;) {
+        std::vector<Call *> jobs;
+        {
+            std::unique_lock<std::mutex> lock(entry->mu);
+            if (entry->waiting.empty()) {
+                entry->idle.push_back(instance);
+                return;
+            }
+            Call *first = entry->waiting.front();
+            entry->waiting.pop_front();
+            jobs.push_back(first);
+            int64_t rows = first->plan_.rows;
+            const int64_t dispatch_at = first->arrived_ns_ + b.max_delay_ns;
+            while (rows < b.max_rows) {
+                auto found = std::find_if(entry->waiting.begin(), entry->waiting.end(), [&](const Call *c) {
+                    return rows + c->plan_.rows <= b.max_rows && first->compatible(*c);
+                });
+                if (found != entry->waiting.end()) {
+                    rows += (*found)->plan_.rows;
+                    jobs.push_back(*found);
+                    entry->waiting.erase(found);
+                    continue;
+                }
+                const int64_t wait = dispatch_at - now_ns();
+                if (wait <= 0 || std::find(b.preferred.begin(), b.preferred.end(), rows) != b.preferred.end()) break;
+                entry->more.wait_for(lock, std::chrono::nanoseconds(wait));
+            }
+        }
+        run_batch(*entry, instance, jobs);
+    }
+}
+
+void Call::run_batch(ModelEntry &entry, size_t instance, std::vector<Call *> &jobs) {
+    std::vector<Call *> live;
+    for (Call *job : jobs)
+        if (!job->left_early(entry)) live.push_back(job);
+    if (live.size() <= 1) {
+        if (!live.empty()) live[0]->run_on(entry, instance);
+        return;
+    }
+    const Plan &plan = live[0]->plan_;
+    int64_t rows = 0;
+    bool batch_major = true;  // every output has one row per input row: the rows can be handed back
+    for (const Call *job : live) {
+        rows += job->plan_.rows;
+        for (const auto &o : job->plan_.response) batch_major &= !o.shape.empty() && o.shape[0] == job->plan_.rows;
+    }
+    if (!batch_major) {
+        for (Call *job : live) job->run_on(entry, instance);
+        return;
+    }
+    // The inputs stacked along the batch dimension: the one copy batching adds on the way in.
+    std::vector<std::vector<char>> stacked(entry.spec.inputs.size());
+    std::vector<const char *> inputs;
+    std::vector<std::vector<int64_t>> input_shapes;
+    for (size_t k = 0; k < stacked.size(); ++k) {
+        const size_t row = bytes_of(plan.input_shapes[k], entry.spec.inputs[k].itemsize) / plan.rows;
+        stacked[k].resize(row * rows);
+        char *at = stacked[k].data();
+        for (const Call *job : live) {
+            const size_t n = row * job->plan_.rows;
+            std::memcpy(at, job->plan_.inputs[k], n);
+            at += n;
+        }
+        inputs.push_back(stacked[k].data());
+        input_shapes.push_back(with_rows(plan.input_shapes[k], rows));
+    }
+    std::vector<std::vector<char>> results(plan.response.size());
+    std::vector<char *> outputs;
+    std::vector<std::vector<int64_t>> output_shapes;
+    for (size_t i = 0; i < results.size(); ++i) {
+        results[i].resize(plan.response[i].nbytes / plan.rows * rows);
+        outputs.push_back(results[i].data());
+        output_shapes.push_back(with_rows(plan.response[i].shape, rows));
+    }
+    // Each call's response, header written; its rows go in after the run.
+    std::vector<grpc::Slice> responses;
+    std::vector<std::vector<size_t>> offsets;
+    for (const Call *job : live) {
+        const std::string id(job->data_ + job->request_.id.off, job->request_.id.len);
+        responses.push_back(buffers().slice(response_size(entry.spec.name, entry.spec.version, id, job->plan_.response)));
+        char *data = reinterpret_cast<char *>(const_cast<uint8_t *>(responses.back().begin()));
+        offsets.push_back(write_response(data, entry.spec.name, entry.spec.version, id, job->plan_.response));
+    }
+    const int64_t start = now_ns();
+    bool ran_ok = false;
+    {
+        Gil gil;
+        try {
+            const int64_t fed = bind_and_run(entry, entry.instances[instance], inputs, input_shapes, plan.outputs,
+                                             outputs, output_shapes);
+            const int64_t ran = now_ns();
+            for (size_t i = 0; i < results.size(); ++i) {  // each call's rows into its response
+                const size_t row = plan.response[i].nbytes / plan.rows;
+                const char *from = results[i].data();
+                for (size_t j = 0; j < live.size(); ++j) {
+                    const size_t n = row * live[j]->plan_.rows;
+                    std::memcpy(const_cast<uint8_t *>(responses[j].begin()) + offsets[j][i], from, n);
+                    from += n;
+                }
+            }
+            const int64_t done = now_ns();
+            entry.record_execution(rows, fed - start, ran - fed, done - ran);
+            for (const Call *job : live)
+                entry.record(job->plan_.rows, done - job->arrived_ns_, start - job->arrived_ns_, fed - start, ran - fed,
+                             done - ran, false, false);
+            ran_ok = true;
+        } catch (py::error_already_set &) {
+        } catch (const std::exception &) {
+        }
+    }
+    if (!ran_ok) {  // each alone: only a call that must fail does (it then takes the full path)
+        for (Call *job : live) job->run_on(entry, instance);
+        return;
+    }
+    for (size_t j = 0; j < live.size(); ++j) live[j]->answer(responses[j]);
+}
+
+}  // namespace icow::plane
