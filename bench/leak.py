@@ -88,7 +88,8 @@ def main(args: argparse.Namespace, prefix: Path) -> int:
     verdict = _verdict(samples, first, last, error)
     print(verdict)
     document = {"date": started.isoformat(timespec="seconds"), "machine": {**info, "loadavg_end": machine.load()},
-                "pinning": pinning.note, "data_plane": args.leak_plane, "workload": workload.name, "threads": THREADS, "samples": samples,
+                "pinning": pinning.note, "data_plane": args.leak_plane,
+                "workload": workload.name, "threads": THREADS, "samples": samples,
                 "limit_ratio": LIMIT, "verdict": verdict, "error": error, "server_log_anomalies": anomalies}
     path = prefix.with_name(prefix.name + "-leak.json")
     path.parent.mkdir(parents=True, exist_ok=True)
