@@ -3,10 +3,10 @@
 ``icow._plane`` is a grpc++ server on the public port, built only where the gRPC
 C++ libraries were found at build time. ModelInfer requests that it can serve
 exactly as the full path would are parsed, checked, bound to ONNX Runtime and
-answered in C++, with the GIL held only around the bind and run calls. Every
-other call (other methods, shared memory, strings, dynamic batching, errors,
-token checks that fail) goes through, bytes unchanged, to icow's grpcio server on a private Unix
-socket (the backend), so both planes answer alike.
+answered in C++ (batched there too), with the GIL held only around the bind and
+run calls. Every other call (other methods, shared memory, strings, errors, token
+checks that fail) goes through, bytes unchanged, to icow's grpcio server on a
+private Unix socket (the backend), so both planes answer alike.
 
 This module publishes the model table the fast path reads: an entry per ready
 version, keyed by name and version, label or "" (the default version), made
