@@ -15,7 +15,7 @@ ResponseBuffer::ResponseBuffer(const std::string &model_name, const std::string 
     size_ = response_size(model_name, model_version, id, outputs);
     bytes_ = py::reinterpret_steal<py::object>(PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(size_)));
     if (!bytes_) throw py::error_already_set();
-    offsets_ = write_response(data(), model_name, model_version, id, outputs);
+    offsets_ = write_response(data(), size_, model_name, model_version, id, outputs);
     for (const auto &o : outputs) sizes_.push_back(o.nbytes);
     written_.assign(outputs.size(), false);
 }

@@ -19,9 +19,10 @@ struct OutputSpec {
 size_t response_size(const std::string &model_name, const std::string &model_version, const std::string &id,
                      const std::vector<OutputSpec> &outputs);
 
-// Write the response into dst (response_size() bytes) except the outputs' raw
-// contents; returns where each output's contents go (offsets from dst).
-std::vector<size_t> write_response(char *dst, const std::string &model_name, const std::string &model_version,
-                                   const std::string &id, const std::vector<OutputSpec> &outputs);
+// Write the response into dst (`size` bytes, from response_size()) except the
+// outputs' raw contents; returns where each output's contents go (offsets from dst).
+std::vector<size_t> write_response(char *dst, size_t size, const std::string &model_name,
+                                   const std::string &model_version, const std::string &id,
+                                   const std::vector<OutputSpec> &outputs);
 
 }  // namespace icow

@@ -43,13 +43,16 @@ class EchoServer:
     description = "grpcio sync server returning the ModelInferRequest bytes unchanged"
     server: Server | None = None
 
+    def start(self, env: Env) -> Server:
+        return echo_server(env)
+
     def setup(self, workload: Workload, env: Env) -> None:
-        self.server = echo_server(env)
+        self.server = self.start(env)
         self.channel = grpc.insecure_channel(self.server.address, options=CHANNEL_OPTIONS)
         self.stub = self.channel.unary_unary(MODEL_INFER)  # no (de)serializer: bytes both ways
         self.request = workload.request_bytes
         if self.stub(self.request) != self.request:
-            raise BenchError("echo_server did not echo the request")
+            raise BenchError(f"{self.name} did not echo the request")
 
     def call(self) -> None:
         self.stub(self.request)
@@ -62,13 +65,8 @@ class EchoServerAio(EchoServer):
     name = "echo_server_aio"
     description = "grpc.aio (asyncio) server returning the ModelInferRequest bytes unchanged"
 
-    def setup(self, workload: Workload, env: Env) -> None:
-        self.server = echo_server(env, aio=True)
-        self.channel = grpc.insecure_channel(self.server.address, options=CHANNEL_OPTIONS)
-        self.stub = self.channel.unary_unary(MODEL_INFER)
-        self.request = workload.request_bytes
-        if self.stub(self.request) != self.request:
-            raise BenchError("echo_server_aio did not echo the request")
+    def start(self, env: Env) -> Server:
+        return echo_server(env, aio=True)
 
 
 def echo_server(env: Env, aio: bool = False) -> Server:

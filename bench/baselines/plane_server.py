@@ -21,32 +21,16 @@ from pathlib import Path
 
 import grpc
 
-from ..harness import CHANNEL_OPTIONS, MAX_MESSAGE, MODEL_INFER, BenchError, Env, Server
-from ..workloads import Workload
-from .echo_server import OPTIONS, SERVICE, Echo, _handler
+from ..harness import MAX_MESSAGE, Env, Server
+from .echo_server import OPTIONS, SERVICE, Echo, EchoServer, _handler
 
 
-class PlaneEcho:
+class PlaneEcho(EchoServer):
     name = "plane_echo"
     description = "grpc++ callback generic server (icow._plane) echoing ModelInfer in C++"
-    server: Server | None = None
 
-    def setup(self, workload: Workload, env: Env) -> None:
-        self.server = plane_server(env)
-        self.channel = grpc.insecure_channel(self.server.address, options=CHANNEL_OPTIONS)
-        self.stub = self.channel.unary_unary(MODEL_INFER)  # no (de)serializer: bytes both ways
-        self.request = workload.request_bytes
-        self.check(self.stub(self.request), workload, env)
-
-    def check(self, answer: bytes, workload: Workload, env: Env) -> None:
-        if answer != self.request:
-            raise BenchError("plane_echo did not echo the request")
-
-    def call(self) -> None:
-        self.stub(self.request)
-
-    def teardown(self) -> None:
-        self.channel.close()
+    def start(self, env: Env) -> Server:
+        return plane_server(env)
 
 
 def plane_server(env: Env) -> Server:

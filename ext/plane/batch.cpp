@@ -123,22 +123,25 @@ void Call::run_batch(ModelEntry &entry, size_t instance, std::vector<Call *> &jo
         inputs.push_back(stacked[k].data());
         input_shapes.push_back(with_rows(plan.input_shapes[k], rows));
     }
-    std::vector<std::vector<char>> results(plan.response.size());
-    std::vector<char *> outputs;
-    std::vector<std::vector<int64_t>> output_shapes;
-    for (size_t i = 0; i < results.size(); ++i) {
-        results[i].resize(plan.response[i].nbytes / plan.rows * rows);
-        outputs.push_back(results[i].data());
-        output_shapes.push_back(with_rows(plan.response[i].shape, rows));
+    // The batch's outputs, one after another in one buffer.
+    std::vector<OutputSpec> results;
+    std::vector<size_t> result_offsets;
+    size_t result_bytes = 0;
+    for (const auto &o : plan.response) {
+        results.push_back({o.name, o.datatype, with_rows(o.shape, rows), o.nbytes / plan.rows * rows});
+        result_offsets.push_back(result_bytes);
+        result_bytes += results.back().nbytes;
     }
+    std::vector<char> outputs(result_bytes);
     // Each call's response, header written; its rows go in after the run.
     std::vector<grpc::Slice> responses;
     std::vector<std::vector<size_t>> offsets;
     for (const Call *job : live) {
         const std::string id(job->data_ + job->request_.id.off, job->request_.id.len);
-        responses.push_back(buffers().slice(response_size(entry.spec.name, entry.spec.version, id, job->plan_.response)));
+        const size_t size = response_size(entry.spec.name, entry.spec.version, id, job->plan_.response);
+        responses.push_back(buffers().slice(size));
         char *data = reinterpret_cast<char *>(const_cast<uint8_t *>(responses.back().begin()));
-        offsets.push_back(write_response(data, entry.spec.name, entry.spec.version, id, job->plan_.response));
+        offsets.push_back(write_response(data, size, entry.spec.name, entry.spec.version, id, job->plan_.response));
     }
     const int64_t start = now_ns();
     bool ran_ok = false;
@@ -146,11 +149,11 @@ void Call::run_batch(ModelEntry &entry, size_t instance, std::vector<Call *> &jo
         Gil gil;
         try {
             const int64_t fed = bind_and_run(entry, entry.instances[instance], inputs, input_shapes, plan.outputs,
-                                             outputs, output_shapes);
+                                             results, outputs.data(), result_offsets);
             const int64_t ran = now_ns();
             for (size_t i = 0; i < results.size(); ++i) {  // each call's rows into its response
                 const size_t row = plan.response[i].nbytes / plan.rows;
-                const char *from = results[i].data();
+                const char *from = outputs.data() + result_offsets[i];
                 for (size_t j = 0; j < live.size(); ++j) {
                     const size_t n = row * live[j]->plan_.rows;
                     std::memcpy(const_cast<uint8_t *>(responses[j].begin()) + offsets[j][i], from, n);

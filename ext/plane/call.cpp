@@ -9,9 +9,6 @@
 #include "gil.hpp"
 
 namespace icow::plane {
-namespace {
-
-}  // namespace
 
 int64_t now_ns() {
     return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
@@ -34,13 +31,13 @@ bool transport_header(grpc::string_ref key) {
            k == "content-type" || k == "host";
 }
 
-// Names of onnxruntime's C binding methods, made once (under the GIL).
 py::tuple dims(const std::vector<int64_t> &shape) {
     py::tuple t(shape.size());
     for (size_t i = 0; i < shape.size(); ++i) t[i] = py::int_(shape[i]);
     return t;
 }
 
+// Names of onnxruntime's C binding methods, made once (under the GIL).
 struct Names {
     py::str bind_input{"bind_input"}, bind_output{"bind_output"}, run{"run_with_iobinding"};
 };
@@ -308,9 +305,10 @@ void Call::answer(grpc::Slice &response) {
 void Call::run_on(const ModelEntry &entry, size_t instance) {
     if (left_early(entry)) return;
     const std::string id(data_ + request_.id.off, request_.id.len);
-    grpc::Slice out = buffers().slice(response_size(entry.spec.name, entry.spec.version, id, plan_.response));
+    const size_t size = response_size(entry.spec.name, entry.spec.version, id, plan_.response);
+    grpc::Slice out = buffers().slice(size);
     char *data = reinterpret_cast<char *>(const_cast<uint8_t *>(out.begin()));
-    const auto offsets = write_response(data, entry.spec.name, entry.spec.version, id, plan_.response);
+    const auto offsets = write_response(data, size, entry.spec.name, entry.spec.version, id, plan_.response);
     if (!run_bound(entry, entry.instances[instance], data, offsets)) {
         entry_->pending.fetch_sub(1);
         hand_on(true);  // the full path runs it again (and counts it): it has the error, or the fallback
@@ -319,12 +317,13 @@ void Call::run_on(const ModelEntry &entry, size_t instance) {
     answer(out);
 }
 
-// One ONNX Runtime run with every input and output bound where it lies. Call
-// with the GIL held (ONNX Runtime releases it while it computes); throws what
-// the binding or the run raised. Returns when the inputs were bound (ns).
+// One ONNX Runtime run with every input and output bound where it lies (output
+// i: `results[i].shape` at `base + offsets[i]`). Call with the GIL held (ONNX
+// Runtime releases it while it computes); throws what the binding or the run
+// raised. Returns when the inputs were bound (ns).
 int64_t bind_and_run(const ModelEntry &entry, const Instance &instance, const std::vector<const char *> &inputs,
                      const std::vector<std::vector<int64_t>> &input_shapes, const std::vector<size_t> &outputs,
-                     const std::vector<char *> &output_data, const std::vector<std::vector<int64_t>> &output_shapes) {
+                     const std::vector<OutputSpec> &results, char *base, const std::vector<size_t> &offsets) {
     const Names &n = names();
     py::object binding = instance.new_binding(instance.session);
     py::object bind_input = binding.attr(n.bind_input), bind_output = binding.attr(n.bind_output);
@@ -335,8 +334,8 @@ int64_t bind_and_run(const ModelEntry &entry, const Instance &instance, const st
     }
     for (size_t i = 0; i < outputs.size(); ++i) {
         const BindNames &output = entry.output_names[outputs[i]];
-        bind_output(output.name, instance.device, output.type, dims(output_shapes[i]),
-                    reinterpret_cast<uintptr_t>(output_data[i]));
+        bind_output(output.name, instance.device, output.type, dims(results[i].shape),
+                    reinterpret_cast<uintptr_t>(base + offsets[i]));
     }
     const int64_t fed = now_ns();
     instance.session.attr(n.run)(binding, py::none());
@@ -347,17 +346,11 @@ int64_t bind_and_run(const ModelEntry &entry, const Instance &instance, const st
 // response; one ONNX Runtime run. The GIL is held for the binding and the run.
 bool Call::run_bound(const ModelEntry &entry, const Instance &instance, char *response,
                      const std::vector<size_t> &offsets) {
-    std::vector<char *> output_data;
-    std::vector<std::vector<int64_t>> output_shapes;
-    for (size_t i = 0; i < plan_.response.size(); ++i) {
-        output_data.push_back(response + offsets[i]);
-        output_shapes.push_back(plan_.response[i].shape);
-    }
     const int64_t start = now_ns();
     Gil gil;
     try {
         const int64_t fed = bind_and_run(entry, instance, plan_.inputs, plan_.input_shapes, plan_.outputs,
-                                         output_data, output_shapes);
+                                         plan_.response, response, offsets);
         const int64_t ran = now_ns();
         entry.ran(ran - fed);
         entry.record(plan_.rows, ran - arrived_ns_, start - arrived_ns_, fed - start, ran - fed, 0, true, false);

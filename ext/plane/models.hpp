@@ -65,7 +65,7 @@ class ModelEntry {
     std::atomic<int64_t> pending{0};    // calls queued or running here (VersionStats.pending adds them)
 
     // Runs shorter than this (on average) stay on the gRPC thread that read the
-    // request: a hand-off to a worker costs two thread switches, ~10-50 µs here.
+    // request: a hand-off to a worker costs two thread switches.
     static constexpr int64_t BRIEF_RUN_NS = 200'000;
     bool runs_briefly() const {
         const int64_t avg = run_ns.load(std::memory_order_relaxed);

@@ -31,12 +31,13 @@ bool Service::token_allows(grpc::GenericCallbackServerContext *context, std::str
     std::string_view value(found->second.data(), found->second.size());
     const size_t space = value.find(' ');
     if (space == std::string_view::npos) return false;
-    std::string scheme(value.substr(0, space));
-    std::transform(scheme.begin(), scheme.end(), scheme.begin(), [](unsigned char c) { return std::tolower(c); });
+    const std::string_view scheme = value.substr(0, space), bearer = "bearer";
+    const bool is_bearer = std::equal(scheme.begin(), scheme.end(), bearer.begin(), bearer.end(),
+                                      [](char a, char b) { return std::tolower(static_cast<unsigned char>(a)) == b; });
     std::string_view secret = value.substr(space + 1);
     while (!secret.empty() && std::isspace(static_cast<unsigned char>(secret.front()))) secret.remove_prefix(1);
     while (!secret.empty() && std::isspace(static_cast<unsigned char>(secret.back()))) secret.remove_suffix(1);
-    if (scheme != "bearer" || secret.empty()) return false;
+    if (!is_bearer || secret.empty()) return false;
     unsigned char digest[SHA256_DIGEST_LENGTH];
     SHA256(reinterpret_cast<const unsigned char *>(secret.data()), secret.size(), digest);
     const Token *match = nullptr;
