@@ -75,14 +75,22 @@ def start(repo: Path, plane: str, **options) -> InferenceServer:
 
 @pytest.fixture(scope="module")
 def servers(repo: Path) -> Iterator[dict[str, InferenceServer]]:
-    """In this process: icow on the native plane, icow on grpcio, and the plane's C++ echo."""
+    """In this process: icow on the native plane, on grpcio (the fast path in its
+    handler), on grpcio with the Python path only, and the plane's C++ echo."""
     native, grpcio = start(repo, "native"), start(repo, "grpcio")
+    full = start(repo, "grpcio", fast_path=False)
     echo = native_plane._plane.Server("127.0.0.1:0", echo=True, max_message_bytes=64 * MiB)
     assert native.data_plane == "native" and native.plane is not None
-    yield {"native": native, "grpcio": grpcio, "echo": echo}
+    assert grpcio.service.fast is not None and full.service.fast is None
+    yield {"native": native, "grpcio": grpcio, "full": full, "echo": echo}
     echo.stop()
-    for server in (native, grpcio):
+    for server in (native, grpcio, full):
         server.stop(1.0).wait(10)
+
+
+def fast_counts(server: InferenceServer) -> dict[str, int]:
+    """Calls the fast path answered and handed on, on either plane."""
+    return (server.plane or server.service.fast).counts
 
 
 def raw_call(port: int) -> Callable[..., bytes]:
@@ -114,7 +122,7 @@ def hammer(calls: dict[str, Callable[[int], None]], threads: int, count: int) ->
 def test_grpcio_and_grpcpp_in_one_process_under_load(servers, rows, count):
     """Both gRPC stacks serve at once from one process (no symbol clash), 8 threads each;
     every answer is checked; the native plane's ModelInfer calls take the fast path."""
-    before = servers["native"].plane.counts["served_fast"]
+    before = {name: fast_counts(servers[name])["served_fast"] for name in ("native", "grpcio")}
 
     def infer(name: str) -> Callable[[int], None]:
         call = raw_call(servers[name].port)
@@ -132,7 +140,8 @@ def test_grpcio_and_grpcpp_in_one_process_under_load(servers, rows, count):
         assert echo_call(data, timeout=60) == data
 
     hammer({"native": infer("native"), "grpcio": infer("grpcio"), "echo": echo}, threads=8, count=count)
-    assert servers["native"].plane.counts["served_fast"] - before == 8 * count
+    for name in ("native", "grpcio"):
+        assert fast_counts(servers[name])["served_fast"] - before[name] == 8 * count
 
 
 def mutations(seeds: list[bytes], count: int, rng: random.Random) -> Iterator[bytes]:
@@ -181,21 +190,23 @@ def answer(call: Callable[..., bytes], data: bytes) -> tuple:
 
 
 @needs_plane
-def test_the_fast_path_answers_exactly_as_the_full_path(servers):
-    """Differential fuzz: the same valid and mangled ModelInfer bytes to both planes get
-    the same status and message, or byte-identical responses; the native plane lives."""
-    native, grpcio = raw_call(servers["native"].port), raw_call(servers["grpcio"].port)
-    counts = servers["native"].plane.counts
+@pytest.mark.parametrize("plane", ["native", "grpcio"])
+def test_the_fast_path_answers_exactly_as_the_full_path(servers, plane):
+    """Differential fuzz: the same valid and mangled ModelInfer bytes to the fast path
+    (on the native plane, or in grpcio's handler) and to the Python path get the same
+    status and message, or byte-identical responses; the server lives."""
+    fast, full = raw_call(servers[plane].port), raw_call(servers["full"].port)
+    counts = fast_counts(servers[plane])
     outcomes: dict[str, int] = {}
     for data in mutations(seed_requests(), 1500, random.Random(8)):
-        got, expected = answer(native, data), answer(grpcio, data)
+        got, expected = answer(fast, data), answer(full, data)
         assert got == expected, data
         outcomes[got[0]] = outcomes.get(got[0], 0) + 1
-    after = servers["native"].plane.counts
+    after = fast_counts(servers[plane])
     assert outcomes.get("OK", 0) > 100 and outcomes.get("INVALID_ARGUMENT", 0) > 100, outcomes
     assert after["served_fast"] - counts["served_fast"] > 100  # the mutations reached the fast path
-    assert after["handed_on"] - counts["handed_on"] > 100  # and the way through
-    assert output(native(request(1, 3)[0])).shape == (1, 3)
+    assert after["handed_on"] - counts["handed_on"] > 100  # and the full path
+    assert output(fast(request(1, 3)[0])).shape == (1, 3)
 
 
 @needs_plane
@@ -220,13 +231,35 @@ def test_the_table_follows_the_repository(servers):
     assert "scale\n" in set(table.entries())
 
 
-@pytest.fixture(scope="module")
-def slow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InferenceServer]:
+@pytest.fixture(scope="module", params=["native", "grpcio"])
+def slow_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[InferenceServer]:
+    """The ops models (``slow``: one instance, a run as long as its input), at most two
+    requests waiting per model, on either plane."""
     from ops_helpers import build_ops_repository
 
-    server = start(build_ops_repository(tmp_path_factory.mktemp("ops") / "models"), "native")
+    server = start(build_ops_repository(tmp_path_factory.mktemp("ops") / "models"), request.param,
+                   max_queue_size=2)
     yield server
     server.stop(1.0).wait(10)
+
+
+def busy(server: InferenceServer, size: int = 3000) -> tuple[threading.Thread, dict]:
+    """A slow run in the background, under way when this returns; the thread and its result."""
+    from ops_helpers import slow_inputs
+
+    client = tc.InferenceServerClient(server.address)
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.setdefault("y", client.infer("slow", slow_inputs(size))))
+    thread.start()
+    time.sleep(0.3)
+    return thread, result
+
+
+def failures_reach(stats, count: int) -> None:
+    deadline = time.monotonic() + 5
+    while stats.fail.count < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert stats.fail.count == count
 
 
 @needs_plane
@@ -238,20 +271,53 @@ def test_a_deadline_that_passes_in_the_queue_drops_the_request(slow_server):
     client = tc.InferenceServerClient(slow_server.address)
     stats = slow_server.repository.get("slow").stats
     before = (stats.inference_count, stats.fail.count)
-    result: dict = {}
-    busy = threading.Thread(target=lambda: result.setdefault("y", client.infer("slow", slow_inputs(3000))))
-    busy.start()
-    time.sleep(0.3)
+    served = fast_counts(slow_server)["served_fast"]
+    thread, result = busy(slow_server)
     with pytest.raises(tc.InferenceServerException) as error:
         client.infer("slow", slow_inputs(2), client_timeout=0.2)
     assert "Deadline" in str(error.value) or "DEADLINE" in str(error.value)
-    busy.join(60)
+    thread.join(60)
     assert float(result["y"].as_numpy("y")) == pytest.approx(3000.0**3, rel=1e-2)  # FP32 sums
-    deadline = time.monotonic() + 5
-    while stats.fail.count == before[1] and time.monotonic() < deadline:
+    failures_reach(stats, before[1] + 1)
+    assert stats.inference_count == before[0] + 1
+    assert fast_counts(slow_server)["served_fast"] - served >= 1
+
+
+@needs_plane
+def test_a_full_queue_refuses_and_a_cancelled_call_leaves_it(slow_server):
+    """Behind a slow run, two requests wait (max_queue_size 2) and a third is refused
+    with the full path's words; a waiting call that is cancelled leaves the line, and
+    the other one runs when the instance frees up."""
+    from ops_helpers import slow_inputs
+
+    client = tc.InferenceServerClient(slow_server.address)
+    raw = raw_call(slow_server.port)
+    stats = slow_server.repository.get("slow").stats
+    before = (stats.inference_count, stats.fail.count)
+    thread, result = busy(slow_server, 5000)  # seconds: until the cancel is seen
+    outcome: dict = {}
+    waiting = client.async_infer("slow", slow_inputs(5), lambda **kw: outcome.update(kw))
+    tensor = pb.ModelInferRequest.InferInputTensor
+    cancelled = raw.future(pb.ModelInferRequest(
+        model_name="slow", inputs=[tensor(name="x", datatype="FP32", shape=[1]),
+                                   tensor(name="n", datatype="INT64", shape=[2])],
+        raw_input_contents=[np.ones(1, np.float32).tobytes(), np.array([4, 4], np.int64).tobytes()],
+    ).SerializeToString(), timeout=30)
+    time.sleep(0.2)
+    with pytest.raises(tc.InferenceServerException) as error:
+        client.infer("slow", slow_inputs(2))
+    assert "max_queue_size" in str(error.value) and "has 2 requests queued" in str(error.value)
+    cancelled.cancel()
+    time.sleep(0.2)
+    assert thread.is_alive()  # the cancel came while the call waited
+    thread.join(60)
+    deadline = time.monotonic() + 30
+    while not outcome and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert (stats.inference_count, stats.fail.count) == (before[0] + 1, before[1] + 1)
-    assert slow_server.plane.counts["served_fast"] >= 1
+    assert outcome["error"] is None and float(outcome["result"].as_numpy("y")) == pytest.approx(5.0**3)
+    failures_reach(stats, before[1] + 2)  # the refused and the cancelled one
+    assert stats.inference_count == before[0] + 2
+    del waiting
 
 
 @needs_plane

@@ -82,6 +82,16 @@ class ModelEntry {
     std::vector<size_t> idle;
     std::deque<Call *> waiting;
     std::condition_variable more;  // a job joined `waiting` (a batch being formed may take it)
+
+    // The grpcio plane's callers (direct.cpp) wait in line here instead: an
+    // instance that frees up is handed to the first of them. An entry serves
+    // one plane, so `waiting` and `direct_waiting` are never both in use.
+    static constexpr size_t NO_INSTANCE = SIZE_MAX;
+    struct Waiter {
+        size_t instance = NO_INSTANCE;
+        std::condition_variable handed;
+    };
+    std::deque<Waiter *> direct_waiting;
 };
 
 // Key: model name, '\n', version number or label ("" for the default version).

@@ -21,10 +21,12 @@
 #include <optional>
 #include <string>
 
+#include "direct.hpp"
 #include "models.hpp"
 #include "service.hpp"
 
 namespace py = pybind11;
+using icow::plane::Direct;
 using icow::plane::ModelEntry;
 using icow::plane::Options;
 using icow::plane::Service;
@@ -41,6 +43,13 @@ std::shared_ptr<grpc::ServerCredentials> credentials(const std::optional<py::tup
     options.pem_key_cert_pairs.push_back({t[0].cast<std::string>(), t[1].cast<std::string>()});
     if (verify) options.pem_root_certs = t[2].cast<std::string>();
     return grpc::SslServerCredentials(options);
+}
+
+// The model table from ModelTable.entries(): key -> ModelEntry.
+std::shared_ptr<const icow::plane::Table> table_of(const py::dict &entries) {
+    auto table = std::make_shared<icow::plane::Table>();
+    for (auto [key, entry] : entries) table->emplace(key.cast<std::string>(), entry.cast<std::shared_ptr<ModelEntry>>());
+    return table;
 }
 
 class Server {
@@ -63,9 +72,7 @@ class Server {
     ~Server() { stop(0.0); }
 
     void publish(const py::dict &entries) {
-        auto table = std::make_shared<icow::plane::Table>();
-        for (auto [key, entry] : entries) table->emplace(key.cast<std::string>(), entry.cast<std::shared_ptr<ModelEntry>>());
-        service_->publish(std::move(table));  // the old table goes with its last call
+        service_->publish(table_of(entries));  // the old table goes with its last call
     }
 
     void stop(double grace_s) {
@@ -125,6 +132,13 @@ PYBIND11_MODULE(_plane, m) {
         .def_property_readonly("pending", [](const ModelEntry &e) { return e.pending.load(); })
         .def("disable", [](ModelEntry &e) { e.disabled.store(true); },
              "Leave the model to the full path from now on (its outputs cannot be bound before the run).");
+
+    py::class_<Direct>(m, "Direct")
+        .def(py::init<size_t>(), py::arg("max_message_bytes"))
+        .def("publish", [](Direct &d, const py::dict &entries) { d.publish(table_of(entries)); }, py::arg("entries"))
+        .def("serve", &Direct::serve, py::arg("data"), py::arg("deadline_ns"), py::arg("alive"))
+        .def_property_readonly("served_fast", [](Direct &d) { return d.served_fast.load(); })
+        .def_property_readonly("handed_on", [](Direct &d) { return d.handed_on.load(); });
 
     py::class_<Server>(m, "Server")
         .def(py::init([](const std::string &address, const std::string &backend, bool echo, size_t workers,

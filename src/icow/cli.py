@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the gRPC server on the port: native (grpc++ in icow's extension; ModelInfer answered "
                             "in C++, other calls passed to grpcio) or grpcio. Without icow._plane: grpcio, and a "
                             "warning")
+    serve.add_argument("--no-fast-path", action="store_true",
+                       help="answer every ModelInfer on the Python path (else those it can be are answered in C++ "
+                            "by icow._plane, on either data plane); for comparison and debugging")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                        help="debug also logs every request (the access log)")
     ops = serve.add_argument_group("operations")
@@ -176,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         default_max_batch_size=args.default_max_batch_size, max_queue_size=args.max_queue_size,
         device=args.device,
         codec=args.codec,
-        data_plane=args.data_plane,
+        data_plane=args.data_plane, fast_path=not args.no_fast_path,
         grace_seconds=args.shutdown_grace_secs, metrics_port=None if args.no_metrics else args.metrics_port,
         tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca, auth_tokens=tokens,
         auth_open_health=args.auth_open_health, max_concurrent_requests=args.max_concurrent_requests,

@@ -1,4 +1,5 @@
-"""The native gRPC data plane (docs/native-plane.md): ``icow serve --data-plane native``.
+"""The native gRPC data plane (docs/native-plane.md): ``icow serve --data-plane native``;
+and its fast path on the caller's thread for the grpcio plane (``DirectPath``).
 
 ``icow._plane`` is a grpc++ server on the public port, built only where the gRPC
 C++ libraries were found at build time. ModelInfer requests that it can serve
@@ -138,3 +139,27 @@ class NativePlane:
     def stop(self, grace: float) -> None:
         """Refuse new calls, let running ones finish for ``grace`` seconds. Blocks."""
         self.server.stop(grace)
+
+
+class DirectPath:
+    """The fast path on grpcio's handler thread (``--data-plane grpcio``): ModelInfer
+    bytes parsed, checked, bound and run in one call into C++, with the native
+    plane's table and checks. What it cannot serve as the full path would, it
+    leaves to the full path (``serve`` returns None)."""
+
+    def __init__(self, repository: Repository, max_message_bytes: int) -> None:
+        if _plane is None:
+            raise RuntimeError(UNAVAILABLE_REASON)
+        self.table = ModelTable(repository)
+        self._direct = _plane.Direct(max_message_bytes)
+        self.serve = self._direct.serve
+        repository.listeners.append(lambda name: self.refresh())
+
+    def refresh(self) -> None:
+        """Publish the table anew (on every repository change)."""
+        self._direct.publish(self.table.entries())
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """ModelInfer calls answered in C++, and left to the full path (refusals count as answered)."""
+        return {"served_fast": self._direct.served_fast, "handed_on": self._direct.handed_on}

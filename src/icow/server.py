@@ -43,6 +43,7 @@ class ServerOptions:
     grace_seconds: float = 5.0
     codec: str = "native"  # or "protobuf": the baseline
     data_plane: str = "native"  # native (grpc++, where icow._plane loads; else grpcio, with a warning) or grpcio
+    fast_path: bool = True  # ModelInfer in C++ where it can be (icow._plane); False: always the Python path
     metrics_port: int | None = 8002  # Prometheus endpoint over HTTP; None: off
     tls_cert: Path | None = None  # PEM server certificate (chain) and key: TLS on the gRPC port
     tls_key: Path | None = None
@@ -148,6 +149,9 @@ class InferenceServer:
         if self.plane is not None:
             self.plane.refresh()
             self.plane.serve_fast(self._fast_path_matches())
+        elif native_plane.available() and self._fast_path_matches():
+            self.service.fast = native_plane.DirectPath(self.repository, self.options.max_message_bytes)
+            self.service.fast.refresh()
         if self.poller is not None:
             self.poller.start()
 
@@ -209,13 +213,15 @@ class InferenceServer:
             return f"native (gRPC C++ {native_plane.grpc_version()}; other calls through grpcio)"
         if self.options.data_plane == "native":
             return f"grpcio, not native: {native_plane.UNAVAILABLE_REASON}"
-        return "grpcio"
+        return "grpcio" + (" (ModelInfer's fast path in C++)" if native_plane.available() and self._fast_path_matches()
+                           else "")
 
     def _fast_path_matches(self) -> bool:
         """Whether ModelInfer may be answered in C++: not where the full path does per call
         what the fast path does not (the access log of successful calls; the protobuf codec,
         the baseline). Tokens the fast path checks itself."""
-        return self.options.codec == "native" and not logs.access_log.isEnabledFor(logging.DEBUG)
+        return (self.options.fast_path and self.options.codec == "native"
+                and not logs.access_log.isEnabledFor(logging.DEBUG))
 
 
 def serve(options: ServerOptions) -> None:

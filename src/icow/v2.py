@@ -7,6 +7,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 import grpc
 from google.protobuf import message_factory
@@ -26,6 +27,14 @@ SERVICE = "inference.GRPCInferenceService"
 EXTENSIONS = ["model_repository", "model_configuration", "statistics"]
 SHM_EXTENSIONS = ["system_shared_memory", "cuda_shared_memory"]  # listed when --allow-client-shm is given
 CODECS = {"native": native_codec, "protobuf": protobuf_codec}  # how ModelInfer bytes are read and written
+_STATUS = {code.value[0]: code for code in grpc.StatusCode}
+_FOREVER_NS = 2**62  # grpcio gives a call without a deadline ~1e19 s remaining: none, to C++
+
+
+class FastPath(Protocol):
+    """native_plane.DirectPath as the service sees it."""
+
+    def serve(self, data: bytes, deadline_ns: int, alive: Callable[[], bool]) -> bytes | tuple | None: ...
 
 
 def _rpc(method: Callable) -> Callable:
@@ -55,6 +64,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         self.control_mode = control_mode  # none | explicit | poll: load/unload requests only with explicit
         self.max_message_bytes = max_message_bytes
         self.ready = False
+        self.fast: FastPath | None = None  # ModelInfer in C++ first, where it can be (grpcio plane)
 
     # -- health and metadata ---------------------------------------------
     def ServerLive(self, request, context):
@@ -109,6 +119,15 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     @_rpc
     def ModelInferBytes(self, data: bytes, context) -> bytes:
         """ModelInfer on the serialized request; returns the serialized response."""
+        if self.fast is not None:
+            deadline = deadline_ns(context)
+            answer = self.fast.serve(data, deadline if deadline and deadline < _FOREVER_NS else 0, context.is_active)
+            if isinstance(answer, bytes):
+                return answer
+            if answer is not None:  # it left the queue without running
+                code, message, model, version = answer
+                logs.annotate(model=model, version=version)
+                raise InferenceServerError(_STATUS[code], message)
         with Leases(self.shm) as held:  # regions the request names stay mapped until its response is built
             request = self.codec.decode_request(data, held)
             request.deadline_ns, request.alive = deadline_ns(context), context.is_active

@@ -1,0 +1,173 @@
+#include "direct.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <string>
+
+#include "call.hpp"
+
+namespace icow::plane {
+namespace {
+
+constexpr int64_t POLL_NS = 50'000'000;  // how soon a cancelled caller in line is noticed (as scheduler.py)
+
+// gRPC status codes of the refusals (grpc::StatusCode's numbers, which are the protocol's).
+constexpr int CANCELLED = 1, DEADLINE_EXCEEDED = 4, RESOURCE_EXHAUSTED = 8, UNAVAILABLE = 14;
+
+enum class Wait { TOOK, QUEUE_FULL, EXPIRED, CANCELLED };
+
+std::chrono::steady_clock::time_point steady(int64_t ns) {
+    return std::chrono::steady_clock::time_point(std::chrono::nanoseconds(ns));
+}
+
+// Hand `instance` to the first caller in line, or leave it idle.
+void give_back(ModelEntry &entry, size_t instance) {
+    std::lock_guard<std::mutex> lock(entry.mu);
+    if (entry.direct_waiting.empty()) {
+        entry.idle.push_back(instance);
+        return;
+    }
+    ModelEntry::Waiter *first = entry.direct_waiting.front();
+    entry.direct_waiting.pop_front();
+    first->instance = instance;
+    first->handed.notify_one();
+}
+
+// Out of line without an instance; true if one was handed over meanwhile (then it is the caller's).
+bool leave_line(ModelEntry &entry, ModelEntry::Waiter *me) {
+    std::lock_guard<std::mutex> lock(entry.mu);
+    if (me->instance != ModelEntry::NO_INSTANCE) return true;
+    entry.direct_waiting.erase(std::find(entry.direct_waiting.begin(), entry.direct_waiting.end(), me));
+    return false;
+}
+
+// An instance for this caller: an idle one at once, else the first to free up,
+// waited for in line without the GIL (called with it held; whoever holds
+// entry.mu never waits for the GIL, so taking it here cannot deadlock).
+Wait take_instance(ModelEntry &entry, int64_t deadline_ns, const py::object &alive, size_t *instance,
+                   size_t *in_line) {
+    ModelEntry::Waiter me;
+    {
+        std::lock_guard<std::mutex> lock(entry.mu);
+        if (!entry.idle.empty()) {  // then nobody is in line: instances go to the line first
+            *instance = entry.idle.back();
+            entry.idle.pop_back();
+            return Wait::TOOK;
+        }
+        *in_line = entry.direct_waiting.size();
+        if (entry.max_queue && *in_line >= entry.max_queue) return Wait::QUEUE_FULL;
+        entry.direct_waiting.push_back(&me);
+    }
+    for (;;) {
+        bool expired = false;
+        {
+            py::gil_scoped_release nogil;
+            std::unique_lock<std::mutex> lock(entry.mu);
+            const int64_t poll = now_ns() + POLL_NS;
+            const int64_t until = deadline_ns ? std::min(deadline_ns, poll) : poll;
+            me.handed.wait_until(lock, steady(until), [&] { return me.instance != ModelEntry::NO_INSTANCE; });
+            if (me.instance != ModelEntry::NO_INSTANCE) {
+                *instance = me.instance;
+                return Wait::TOOK;
+            }
+            expired = deadline_ns && now_ns() >= deadline_ns;
+        }
+        const bool gone = !expired && !alive().cast<bool>();
+        if ((expired || gone) && !leave_line(entry, &me)) return expired ? Wait::EXPIRED : Wait::CANCELLED;
+        if (me.instance != ModelEntry::NO_INSTANCE) {  // handed over as it gave up: used after all
+            *instance = me.instance;
+            return Wait::TOOK;
+        }
+    }
+}
+
+// A request that leaves without running, counted as a failure (as the scheduler counts it).
+py::tuple refusal(const ModelEntry &entry, int64_t arrived_ns, int code, const std::string &message) {
+    entry.record_failure(now_ns() - arrived_ns, false);
+    return py::make_tuple(code, message, entry.spec.name, entry.spec.version);
+}
+
+}  // namespace
+
+py::object Direct::serve(const py::bytes &data, int64_t deadline_ns, const py::object &alive) {
+    py::object answer = run(data, deadline_ns, alive);
+    (answer.is_none() ? handed_on : served_fast).fetch_add(1, std::memory_order_relaxed);
+    return answer;
+}
+
+py::object Direct::run(const py::bytes &data, int64_t deadline_ns, const py::object &alive) {
+    char *base = nullptr;
+    Py_ssize_t size = 0;
+    if (PyBytes_AsStringAndSize(data.ptr(), &base, &size) != 0) throw py::error_already_set();
+    Request request;
+    try {
+        request = parse_request(base, static_cast<size_t>(size));
+    } catch (const ParseError &) {
+        return py::none();  // the full path says what is wrong
+    }
+    const auto table = std::atomic_load(&table_);
+    const auto found = table->find(table_key({base + request.model_name.off, request.model_name.len},
+                                             {base + request.model_version.off, request.model_version.len}));
+    if (found == table->end()) return py::none();
+    const std::shared_ptr<ModelEntry> entry = found->second;
+    Plan plan;
+    // Dynamic batching on this plane is the Python scheduler's.
+    if (entry->batching.max_rows > 0 || !entry->plan(request, base, max_message_, &plan)) return py::none();
+
+    const int64_t arrived = now_ns();
+    entry->pending.fetch_add(1);  // VersionStats.pending adds it: a drain waits for this call
+    struct Pending {
+        ModelEntry &entry;
+        ~Pending() { entry.pending.fetch_sub(1); }
+    } pending{*entry};
+    bool by_queue = false;  // the deadline is the model's queue timeout
+    if (entry->queue_timeout_ns && (!deadline_ns || arrived + entry->queue_timeout_ns < deadline_ns)) {
+        deadline_ns = arrived + entry->queue_timeout_ns;
+        by_queue = true;
+    }
+    size_t instance = 0, in_line = 0;
+    const std::string &model = entry->spec.name;
+    switch (take_instance(*entry, deadline_ns, alive, &instance, &in_line)) {
+        case Wait::TOOK:
+            break;
+        case Wait::QUEUE_FULL:
+            return refusal(*entry, arrived, RESOURCE_EXHAUSTED,
+                           "model '" + model + "' has " + std::to_string(in_line) +
+                               " requests queued, its limit (max_queue_size); retry later");
+        case Wait::EXPIRED:
+            return by_queue ? refusal(*entry, arrived, UNAVAILABLE,
+                                      "request timed out in the queue of model '" + model +
+                                          "' (default_timeout_microseconds)")
+                            : refusal(*entry, arrived, DEADLINE_EXCEEDED,
+                                      "deadline passed while the request waited in the queue of model '" + model + "'");
+        case Wait::CANCELLED:
+            return refusal(*entry, arrived, CANCELLED, "the call was cancelled while it waited in the queue");
+    }
+
+    const int64_t start = now_ns();
+    const std::string id(base + request.id.off, request.id.len);
+    const size_t out_size = response_size(model, entry->spec.version, id, plan.response);
+    py::object response = py::reinterpret_steal<py::object>(
+        PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(out_size)));
+    if (!response) {
+        give_back(*entry, instance);
+        throw py::error_already_set();
+    }
+    char *out = PyBytes_AS_STRING(response.ptr());
+    const auto offsets = write_response(out, out_size, model, entry->spec.version, id, plan.response);
+    int64_t fed = 0;
+    try {
+        fed = bind_and_run(*entry, entry->instances[instance], plan.inputs, plan.input_shapes, plan.outputs,
+                           plan.response, out, offsets);
+    } catch (const std::exception &) {  // the full path runs it again: it reports the error, or copies
+        give_back(*entry, instance);
+        return py::none();
+    }
+    const int64_t ran = now_ns();
+    give_back(*entry, instance);
+    entry->ran(ran - fed);
+    entry->record(plan.rows, ran - arrived, start - arrived, fed - start, ran - fed, 0, true, false);
+    return response;
+}
+
+}  // namespace icow::plane
