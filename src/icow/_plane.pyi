@@ -1,5 +1,6 @@
 """icow._plane: the native gRPC data plane (docs/native-plane.md; used by
-``icow serve --data-plane native``, through ``icow.native_plane``).
+``icow serve --data-plane native``, through ``icow.native_plane``), and its fast
+path in grpcio's handler (``Direct``, on ``--data-plane grpcio``).
 
 A grpc++ callback server (one generic service on raw bytes) built only where the
 gRPC C++ libraries are found at build time; ``import icow._plane`` fails
@@ -39,6 +40,28 @@ class ModelEntry:
         """Calls queued or running on the fast path."""
     def disable(self) -> None:
         """Leave the model to the full path from now on (its outputs cannot be bound before the run)."""
+
+class Direct:
+    """The fast path on the caller's thread, for grpcio's ModelInfer handler (``icow serve
+    --data-plane grpcio``): the same parse, checks and bound run as the plane's, with
+    its own model table. Not for entries a ``Server`` also serves."""
+
+    def __init__(self, max_message_bytes: int) -> None: ...
+    def publish(self, entries: dict[str, ModelEntry]) -> None:
+        """Replace the model table: keys are name, newline, version, label or ""."""
+    def serve(self, data: bytes, deadline_ns: int,
+              alive: Callable[[], bool]) -> bytes | tuple[int, str, str, str] | None:
+        """Call with the GIL held (it is released while the call waits for an instance).
+        The serialized ModelInferResponse; (gRPC status code number, message, model,
+        version) when the request left the model's line without running (full, timed
+        out, past ``deadline_ns`` on time.monotonic_ns()'s clock, 0 none, or ``alive()``
+        false); None where the full path must serve the request."""
+    @property
+    def served_fast(self) -> int:
+        """Calls answered or refused here."""
+    @property
+    def handed_on(self) -> int:
+        """Calls left to the full path (None returned)."""
 
 class Server:
     """A grpc++ server on ``address`` ("127.0.0.1:0" picks a port); other calls go to
