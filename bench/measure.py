@@ -25,6 +25,7 @@ TARGETS = {
     "echo_server_aio": "bench.baselines.echo_server:EchoServerAio",
     "icow_protobuf": "bench.scenarios.icow_grpc:IcowProtobuf",
     "icow_native": "bench.scenarios.icow_grpc:IcowNative",
+    "icow_python": "bench.scenarios.icow_grpc:IcowPython",
     "icow_tritonclient": "bench.scenarios.icow_tritonclient:IcowTritonClient",
     "icow_shm_bytes": "bench.scenarios.icow_shm:IcowShmBytes",
     "icow_shm": "bench.scenarios.icow_shm:IcowShm",

@@ -177,5 +177,5 @@ def _bars(ax: matplotlib.axes.Axes, rows: list[Result], values: list[float], fmt
 
 def _color(target: str) -> str:
     return {"ort_inprocess": "#999999", "echo_server": "#4c72b0", "icow_protobuf": "#dd8452",
-            "icow_native": "#55a868", "icow_tritonclient": "#8172b3",
+            "icow_native": "#55a868", "icow_python": "#937860", "icow_tritonclient": "#8172b3",
             "plane_echo": "#64b5cd", "icow_plane": "#c44e52"}.get(target, "#333333")

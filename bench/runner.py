@@ -47,6 +47,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, help="seconds of discarded calls before each (default 1)")
     parser.add_argument("--client", choices=["python", "perf_analyzer"], default="python",
                         help="load generator for the server targets (perf_analyzer: see setup_perf_analyzer.sh)")
+    parser.add_argument("--stability", type=float,
+                        help="perf_analyzer's -s: how far (%%) its windows may differ and still count as stable "
+                             "(default its own, 10; --quick: 1000). A noisy machine needs more; say so with the figures")
     parser.add_argument("--scenarios", help=f"comma-separated targets (default {','.join(DEFAULT_TARGETS)}; "
                                             f"all: {','.join(TARGETS)})")
     parser.add_argument("--workloads", help="comma-separated workload names (default: issue 10's set; see --list)")
@@ -148,7 +151,7 @@ def run(targets: list[str], workloads: list[Workload], args: argparse.Namespace,
         "machine": info,
         "pinning": {**asdict(pinning), "servers": {n: s.affinity for n, s in env.servers.items()}},
         "method": {"text": METHOD, "client": args.client, "device": args.device, "duration_s": args.duration,
-                   "warmup_s": args.warmup, "quick": args.quick},
+                   "warmup_s": args.warmup, "quick": args.quick, "stability_pct": args.stability},
         "targets": {n: load_target(n).description for n in targets if _importable(n)},
         "workloads": [{"name": w.name, "model": w.model, "shape": list(w.shape), "concurrency": w.concurrency,
                        "payload_bytes": w.payload_bytes, "request_bytes": len(w.request_bytes)} for w in workloads],
@@ -183,7 +186,8 @@ def measure_one(name: str, workload: Workload, env: Env, args: argparse.Namespac
         if name == "icow_tritonclient":  # a client library: perf_analyzer would replace what it measures
             return None
         from . import perf_analyzer
-        return perf_analyzer.measure(name, workload, env, args.duration, args.quick)
+        stability = perf_analyzer.QUICK_STABILITY if args.quick else args.stability
+        return perf_analyzer.measure(name, workload, env, args.duration, stability)
     return measure(name, workload, env, args.duration, args.warmup)
 
 
@@ -205,7 +209,9 @@ def header(info: dict, pinning: Pinning, args: argparse.Namespace, started: dt.d
         f"pinning: {pinning.note}",
         f"client: {client}",
         f"method: {args.duration:g}s per target" + (f" after {args.warmup:g}s warm-up" if args.client == "python"
-                                                    else " (perf_analyzer: 3 windows)")
+                                                    else " (perf_analyzer: 3 windows"
+                                                    + (f", stable within {args.stability:g}%" if args.stability else "")
+                                                    + ")")
         + "; server CPU and peak RSS from /proc over the timed window; see bench/README.md",
     ])
 

@@ -2,11 +2,12 @@
 response parsing: the client does as little as gRPC allows, so the figure is
 the server's (plus the transport that ``echo_server`` measures alone).
 
-Two targets on the grpcio data plane, one per codec of ``icow serve``:
-``icow_native`` (the compiled zero-copy codec with IOBinding, the default) and
-``icow_protobuf`` (generated protobuf classes and numpy: the baseline the native
-codec must beat); and ``icow_plane``, the default ``icow serve``: the native data
-plane (grpc++, ModelInfer answered in C++)."""
+On the grpcio data plane: ``icow_native`` (ModelInfer's fast path in C++ in
+grpcio's handler, else the compiled zero-copy codec with IOBinding),
+``icow_python`` (the same with ``--no-fast-path``: the codec driven from Python)
+and ``icow_protobuf`` (generated protobuf classes and numpy: the baseline the
+native codec must beat); and ``icow_plane``, the default ``icow serve``: the
+native data plane (grpc++, ModelInfer answered in C++)."""
 
 from __future__ import annotations
 
@@ -45,6 +46,13 @@ class IcowNative(IcowGrpc):
     name = "icow_native"
     codec = "native"
     description = "icow serve --codec native --data-plane grpcio (compiled codec, IOBinding), raw request bytes"
+
+
+class IcowPython(IcowGrpc):
+    name = "icow_python"
+    options = ("--no-fast-path",)
+    description = ("icow serve --data-plane grpcio --no-fast-path (native codec, ModelInfer on the Python path), "
+                   "raw request bytes")
 
 
 class IcowPlane(IcowGrpc):
