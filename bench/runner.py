@@ -49,7 +49,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="load generator for the server targets (perf_analyzer: see setup_perf_analyzer.sh)")
     parser.add_argument("--stability", type=float,
                         help="perf_analyzer's -s: how far (%%) its windows may differ and still count as stable "
-                             "(default its own, 10; --quick: 1000). A noisy machine needs more; say so with the figures")
+                             "(default its own, 10; --quick: 1000). A noisy machine needs more: say so with the "
+                             "figures")
     parser.add_argument("--scenarios", help=f"comma-separated targets (default {','.join(DEFAULT_TARGETS)}; "
                                             f"all: {','.join(TARGETS)})")
     parser.add_argument("--workloads", help="comma-separated workload names (default: issue 10's set; see --list)")
