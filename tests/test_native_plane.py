@@ -210,6 +210,34 @@ def test_the_fast_path_answers_exactly_as_the_full_path(servers, plane):
 
 
 @needs_plane
+@pytest.mark.parametrize("plane", ["native", "grpcio"])
+def test_requests_for_other_outputs_get_only_those(servers, plane):
+    """An instance keeps its ONNX Runtime binding from run to run: requests that ask for
+    different outputs of one model, one after another, each get exactly the full path's
+    answer, on the fast path."""
+    fast, full = raw_call(servers[plane].port), raw_call(servers["full"].port)
+    served = fast_counts(servers[plane])["served_fast"]
+    tensor = pb.ModelInferRequest.InferInputTensor
+    asks = [["sum"], ["b_next", "c_not"], [], ["a_half"], ["c_not", "sum"], ["sum"]]
+    for i, outputs in enumerate(asks * 2):
+        rows = 1 + i % 3
+        data = pb.ModelInferRequest(
+            model_name="mixed", id=f"ask-{i}",
+            inputs=[tensor(name="a", datatype="FP32", shape=[rows, 4]),
+                    tensor(name="b", datatype="INT64", shape=[rows, 4]),
+                    tensor(name="c", datatype="BOOL", shape=[rows, 4])],
+            outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(name=n) for n in outputs],
+            raw_input_contents=[np.full(rows * 4, i, np.float32).tobytes(), np.full(rows * 4, i, np.int64).tobytes(),
+                                np.arange(rows * 4, dtype=np.uint8).__mod__(2).astype(bool).tobytes()],
+        ).SerializeToString()
+        got = fast(data, timeout=10)
+        assert got == full(data, timeout=10)
+        assert [o.name for o in pb.ModelInferResponse.FromString(got).outputs] == (
+            outputs or ["sum", "b_next", "c_not", "a_half"])
+    assert fast_counts(servers[plane])["served_fast"] - served == 2 * len(asks)
+
+
+@needs_plane
 def test_the_table_follows_the_repository(servers):
     """Versions, labels and the default are published; a split leaves the default to the full path."""
     table = servers["native"].plane.table

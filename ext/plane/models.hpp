@@ -31,6 +31,11 @@ struct BindNames {
 // One ONNX Runtime session: the objects beneath onnxruntime's Python wrapper.
 struct Instance {
     py::object session, new_binding, device;
+    // Its binding, kept from run to run (a new one per run costs about a quarter of a small
+    // call's binding work): every input and output is bound again before each run. Used
+    // only by the thread the instance is reserved for, under the GIL.
+    mutable py::object binding;
+    mutable std::vector<size_t> bound_outputs;  // the outputs `binding` holds, by spec index
 };
 
 // Dynamic batching as the config says (scheduling.Batching); max_rows 0: off.
