@@ -95,24 +95,36 @@ py::object Direct::serve(const py::bytes &data, int64_t deadline_ns, const py::o
     return answer;
 }
 
+// Parsed, looked up and checked, with no Python; nullptr: the full path serves it.
+std::shared_ptr<ModelEntry> Direct::plan(const char *base, size_t size, Request *request, Plan *plan) const {
+    try {
+        *request = parse_request(base, size);
+    } catch (const ParseError &) {
+        return nullptr;  // the full path says what is wrong
+    }
+    const auto table = std::atomic_load(&table_);
+    const auto found = table->find(table_key({base + request->model_name.off, request->model_name.len},
+                                             {base + request->model_version.off, request->model_version.len}));
+    if (found == table->end()) return nullptr;
+    // Dynamic batching on this plane is the Python scheduler's.
+    if (found->second->batching.max_rows > 0 || !found->second->plan(*request, base, max_message_, plan)) return nullptr;
+    return found->second;
+}
+
 py::object Direct::run(const py::bytes &data, int64_t deadline_ns, const py::object &alive) {
     char *base = nullptr;
     Py_ssize_t size = 0;
     if (PyBytes_AsStringAndSize(data.ptr(), &base, &size) != 0) throw py::error_already_set();
     Request request;
-    try {
-        request = parse_request(base, static_cast<size_t>(size));
-    } catch (const ParseError &) {
-        return py::none();  // the full path says what is wrong
-    }
-    const auto table = std::atomic_load(&table_);
-    const auto found = table->find(table_key({base + request.model_name.off, request.model_name.len},
-                                             {base + request.model_version.off, request.model_version.len}));
-    if (found == table->end()) return py::none();
-    const std::shared_ptr<ModelEntry> entry = found->second;
     Plan plan;
-    // Dynamic batching on this plane is the Python scheduler's.
-    if (entry->batching.max_rows > 0 || !entry->plan(request, base, max_message_, &plan)) return py::none();
+    std::shared_ptr<ModelEntry> entry;
+    if (static_cast<size_t>(size) < LARGE_REQUEST) {
+        entry = this->plan(base, static_cast<size_t>(size), &request, &plan);
+    } else {  // its byte work (typed contents gathered) without the GIL; `data` is the caller's
+        py::gil_scoped_release nogil;
+        entry = this->plan(base, static_cast<size_t>(size), &request, &plan);
+    }
+    if (!entry) return py::none();
 
     const int64_t arrived = now_ns();
     entry->pending.fetch_add(1);  // VersionStats.pending adds it: a drain waits for this call
