@@ -103,6 +103,7 @@ class InferenceServer:
         tls = _tls_files(options)
         self.plane: native_plane.NativePlane | None = None
         self._stopped, self._stopping = threading.Event(), False  # the native plane's shutdown
+        self._stop_lock = threading.RLock()  # re-entrant: a signal handler may run inside it
         self._cut = 0
         if native:
             self._listen_native(address, tls)
@@ -176,8 +177,9 @@ class InferenceServer:
         return stopped
 
     def _stop_native(self, grace: float) -> threading.Event:
-        if not self._stopping:
-            self._stopping = True
+        with self._stop_lock:  # a signal and a caller may both stop the server: one shutdown
+            first, self._stopping = not self._stopping, True
+        if first:
 
             def stop() -> None:
                 cut = threading.Timer(grace, self._count_cut)  # what is still running when the grace ends
