@@ -33,6 +33,15 @@ void give_back(ModelEntry &entry, size_t instance) {
     first->handed.notify_one();
 }
 
+// Whether the caller still waits for the answer; a failing check counts as no.
+bool still_wanted(const py::object &alive) {
+    try {
+        return alive().cast<bool>();
+    } catch (const std::exception &) {
+        return false;
+    }
+}
+
 // Out of line without an instance; true if one was handed over meanwhile (then it is the caller's).
 bool leave_line(ModelEntry &entry, ModelEntry::Waiter *me) {
     std::lock_guard<std::mutex> lock(entry.mu);
@@ -72,14 +81,26 @@ Wait take_instance(ModelEntry &entry, int64_t deadline_ns, const py::object &ali
             }
             expired = deadline_ns && now_ns() >= deadline_ns;
         }
-        const bool gone = !expired && !alive().cast<bool>();
-        if ((expired || gone) && !leave_line(entry, &me)) return expired ? Wait::EXPIRED : Wait::CANCELLED;
-        if (me.instance != ModelEntry::NO_INSTANCE) {  // handed over as it gave up: used after all
-            *instance = me.instance;
+        if (expired || !still_wanted(alive)) {
+            if (!leave_line(entry, &me)) return expired ? Wait::EXPIRED : Wait::CANCELLED;
+            *instance = me.instance;  // handed over as it gave up: used after all
             return Wait::TOOK;
         }
     }
 }
+
+// The instance reserved for this call, handed on when the call is done with it (or fails).
+class Reserved {
+  public:
+    Reserved(ModelEntry &entry, size_t instance) : entry_(entry), instance_(instance) {}
+    ~Reserved() { give_back(entry_, instance_); }
+    Reserved(const Reserved &) = delete;
+    Reserved &operator=(const Reserved &) = delete;
+
+  private:
+    ModelEntry &entry_;
+    const size_t instance_;
+};
 
 // A request that leaves without running, counted as a failure (as the scheduler counts it).
 py::tuple refusal(const ModelEntry &entry, int64_t arrived_ns, int code, const std::string &message) {
@@ -157,26 +178,25 @@ py::object Direct::run(const py::bytes &data, int64_t deadline_ns, const py::obj
     }
 
     const int64_t start = now_ns();
-    const std::string id(base + request.id.off, request.id.len);
-    const size_t out_size = response_size(model, entry->spec.version, id, plan.response);
-    py::object response = py::reinterpret_steal<py::object>(
-        PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(out_size)));
-    if (!response) {
-        give_back(*entry, instance);
-        throw py::error_already_set();
-    }
-    char *out = PyBytes_AS_STRING(response.ptr());
-    const auto offsets = write_response(out, out_size, model, entry->spec.version, id, plan.response);
-    int64_t fed = 0;
-    try {
-        fed = bind_and_run(*entry, entry->instances[instance], plan.inputs, plan.input_shapes, plan.outputs,
-                           plan.response, out, offsets);
-    } catch (const std::exception &) {  // the full path runs it again: it reports the error, or copies
-        give_back(*entry, instance);
-        return py::none();
-    }
-    const int64_t ran = now_ns();
-    give_back(*entry, instance);
+    int64_t fed = 0, ran = 0;
+    py::object response;
+    {
+        const Reserved reserved(*entry, instance);
+        const std::string id(base + request.id.off, request.id.len);
+        const size_t out_size = response_size(model, entry->spec.version, id, plan.response);
+        response = py::reinterpret_steal<py::object>(
+            PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(out_size)));
+        if (!response) throw py::error_already_set();
+        char *out = PyBytes_AS_STRING(response.ptr());
+        const auto offsets = write_response(out, out_size, model, entry->spec.version, id, plan.response);
+        try {
+            fed = bind_and_run(*entry, entry->instances[instance], plan.inputs, plan.input_shapes, plan.outputs,
+                               plan.response, out, offsets);
+        } catch (const std::exception &) {  // the full path runs it again: it reports the error, or copies
+            return py::none();
+        }
+        ran = now_ns();
+    }  // the instance goes to the next caller before the statistics are written
     entry->ran(ran - fed);
     entry->record(plan.rows, ran - arrived, start - arrived, fed - start, ran - fed, 0, true, false);
     return response;
