@@ -65,7 +65,7 @@ def served(server: Server, model: str) -> int:
     return sum(s.inference_stats.success.count for s in stats.model_stats)
 
 
-def arguments(workload: Workload, server: Server, csv_path: Path, duration: float,
+def arguments(workload: Workload, server: Server, csv_path: Path, duration: float, quick: bool,
               stability: float | None) -> list[str]:
     # Three windows of duration/3: perf_analyzer needs three stable windows and
     # reports them merged, so the figure covers about ``duration`` seconds. A 12 MiB
@@ -76,10 +76,10 @@ def arguments(workload: Workload, server: Server, csv_path: Path, duration: floa
             "--concurrency-range", str(workload.concurrency),
             "--shape", f"{workload.input}:{','.join(map(str, workload.shape))}",
             "--input-data", "random", "-p", str(window_ms), "--percentile", "99", "-f", str(csv_path)]
-    if stability is not None:
+    if quick:
+        args += ["-s", str(QUICK_STABILITY), "-r", "3"]
+    elif stability is not None:
         args += ["-s", f"{stability:g}"]
-    if stability == QUICK_STABILITY:
-        args += ["-r", "3"]
     return args
 
 
@@ -94,7 +94,8 @@ def parse_csv(text: str) -> dict[str, float]:
             "p99_us": float(row["p99 latency"])}
 
 
-def measure(name: str, workload: Workload, env: Env, duration: float, stability: float | None) -> Result:
+def measure(name: str, workload: Workload, env: Env, duration: float, quick: bool,
+            stability: float | None) -> Result:
     """One server target on one workload, driven by perf_analyzer."""
     result = Result(workload.name, name, "perf_analyzer", workload.concurrency)
     try:
@@ -113,7 +114,7 @@ def measure(name: str, workload: Workload, env: Env, duration: float, stability:
         before = served(server, workload.model)
         window.start()
         cpu0, t0 = _children_cpu(), time.perf_counter()
-        run = subprocess.run([*cmd, *arguments(workload, server, csv_path, duration, stability)], env=pa_env,
+        run = subprocess.run([*cmd, *arguments(workload, server, csv_path, duration, quick, stability)], env=pa_env,
                              capture_output=True, text=True, timeout=max(120.0, 40 * duration))
         wall, cpu = time.perf_counter() - t0, _children_cpu() - cpu0
         window.stop()

@@ -68,6 +68,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="with --leak: the data plane of the server soaked (default native)")
     parser.add_argument("--shm", action="store_true",
                         help="issue 9: identity 12/64 MiB through system shared memory vs gRPC bytes, and memcpy")
+    parser.add_argument("--handler", action="store_true",
+                        help="CPU per call of the grpcio plane's ModelInfer handler in process: Python path vs "
+                             "the fast path in C++")
+    parser.add_argument("--handler-calls", type=int, default=20000, help="with --handler: calls per path")
     parser.add_argument("--copies", action="store_true",
                         help="count bytes copied per 12 MiB request in each server (valgrind dhat)")
     parser.add_argument("--copies-servers", help="with --copies: comma-separated servers (default echo,icow-native,"
@@ -100,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.leak:
         from . import leak
         return leak.main(args, prefix)
+    if args.handler:
+        from . import handler
+        return handler.main(args, prefix)
     if args.copies:
         from . import copies
         return copies.main(args, prefix)
@@ -187,8 +194,7 @@ def measure_one(name: str, workload: Workload, env: Env, args: argparse.Namespac
         if name == "icow_tritonclient":  # a client library: perf_analyzer would replace what it measures
             return None
         from . import perf_analyzer
-        stability = perf_analyzer.QUICK_STABILITY if args.quick else args.stability
-        return perf_analyzer.measure(name, workload, env, args.duration, stability)
+        return perf_analyzer.measure(name, workload, env, args.duration, args.quick, args.stability)
     return measure(name, workload, env, args.duration, args.warmup)
 
 

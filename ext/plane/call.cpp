@@ -31,6 +31,10 @@ bool transport_header(grpc::string_ref key) {
            k == "content-type" || k == "host";
 }
 
+grpc::Status status(const Refusal &refusal) {
+    return grpc::Status(static_cast<grpc::StatusCode>(refusal.code), refusal.message);
+}
+
 py::tuple dims(const std::vector<int64_t> &shape) {
     py::tuple t(shape.size());
     for (size_t i = 0; i < shape.size(); ++i) t[i] = py::int_(shape[i]);
@@ -120,7 +124,7 @@ void Call::leave_queue() {
         entry_->waiting.erase(found);
     }
     service_->workers.post([this] {
-        finish_failed(grpc::Status(grpc::StatusCode::CANCELLED, "the call was cancelled while it waited in the queue"));
+        finish_failed(status(ModelEntry::cancelled()));
     });
 }
 
@@ -196,10 +200,7 @@ bool Call::plan() {
 void Call::schedule() {
     entry_->pending.fetch_add(1);  // until the call is answered or handed on (done())
     deadline_ns_ = steady_deadline(context_->deadline());
-    if (entry_->queue_timeout_ns && (!deadline_ns_ || arrived_ns_ + entry_->queue_timeout_ns < deadline_ns_)) {
-        deadline_ns_ = arrived_ns_ + entry_->queue_timeout_ns;
-        queue_timeout_ = true;
-    }
+    deadline_ns_ = entry_->queue_deadline(arrived_ns_, deadline_ns_, &queue_timeout_);
     if (entry_->batching.max_rows > 0) {
         queue_for_batch();
         return;
@@ -259,10 +260,8 @@ void Call::execute(Call *job, size_t instance, bool inline_run) {
 // True when queued: from then on another thread may take and finish this call.
 bool Call::wait_in_queue() {
     if (entry_->max_queue && entry_->waiting.size() >= entry_->max_queue) {
-        const std::string message = "model '" + entry_->spec.name + "' has " + std::to_string(entry_->waiting.size()) +
-                                    " requests queued, its limit (max_queue_size); retry later";
-        service_->workers.post([this, message] {
-            finish_failed(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, message));
+        service_->workers.post([this, refusal = entry_->queue_full(entry_->waiting.size())] {
+            finish_failed(status(refusal));
         });
         return false;
     }
@@ -270,9 +269,7 @@ bool Call::wait_in_queue() {
     queued_.store(true);
     if (cancelled_.load()) {  // OnCancel ran before queued_ was set
         entry_->waiting.pop_back();
-        service_->workers.post([this] {
-            finish_failed(grpc::Status(grpc::StatusCode::CANCELLED, "the call was cancelled while it waited in the queue"));
-        });
+        service_->workers.post([this] { finish_failed(status(ModelEntry::cancelled())); });
         return false;
     }
     return true;
@@ -281,15 +278,11 @@ bool Call::wait_in_queue() {
 // A call cancelled, or past its deadline, while it waited: it leaves without running.
 bool Call::left_early(const ModelEntry &entry) {
     if (cancelled_.load()) {
-        finish_failed(grpc::Status(grpc::StatusCode::CANCELLED, "the call was cancelled while it waited in the queue"));
+        finish_failed(status(ModelEntry::cancelled()));
         return true;
     }
     if (deadline_ns_ && now_ns() > deadline_ns_) {
-        finish_failed(queue_timeout_
-            ? grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                           "request timed out in the queue of model '" + entry.spec.name + "' (default_timeout_microseconds)")
-            : grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
-                           "deadline passed while the request waited in the queue of model '" + entry.spec.name + "'"));
+        finish_failed(status(entry.expired(queue_timeout_)));
         return true;
     }
     return false;
@@ -330,20 +323,21 @@ int64_t bind_and_run(const ModelEntry &entry, const Instance &instance, const st
     // one does not ask for must go, or the run would write it where that run's response was.
     if (!instance.binding) {
         instance.binding = instance.new_binding(instance.session);
+        instance.bind_input = instance.binding.attr(n.bind_input);
+        instance.bind_output = instance.binding.attr(n.bind_output);
     } else if (instance.bound_outputs != outputs) {
         instance.binding.attr(n.clear_outputs)();
     }
     instance.bound_outputs.clear();  // unknown until the binding below is done
     try {
-        py::object bind_input = instance.binding.attr(n.bind_input), bind_output = instance.binding.attr(n.bind_output);
         for (size_t k = 0; k < entry.input_names.size(); ++k) {
             const BindNames &input = entry.input_names[k];
-            bind_input(input.name, instance.device, input.type, dims(input_shapes[k]),
+            instance.bind_input(input.name, instance.device, input.type, dims(input_shapes[k]),
                        reinterpret_cast<uintptr_t>(inputs[k]));
         }
         for (size_t i = 0; i < outputs.size(); ++i) {
             const BindNames &output = entry.output_names[outputs[i]];
-            bind_output(output.name, instance.device, output.type, dims(results[i].shape),
+            instance.bind_output(output.name, instance.device, output.type, dims(results[i].shape),
                         reinterpret_cast<uintptr_t>(base + offsets[i]));
         }
         instance.bound_outputs = outputs;
@@ -351,7 +345,7 @@ int64_t bind_and_run(const ModelEntry &entry, const Instance &instance, const st
         instance.session.attr(n.run)(instance.binding, py::none());
         return fed;
     } catch (...) {  // a binding in an unknown state is not kept
-        instance.binding = py::object();
+        instance.binding = instance.bind_input = instance.bind_output = py::object();
         instance.bound_outputs.clear();
         throw;
     }

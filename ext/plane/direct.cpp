@@ -11,9 +11,6 @@ namespace {
 
 constexpr int64_t POLL_NS = 50'000'000;  // how soon a cancelled caller in line is noticed (as scheduler.py)
 
-// gRPC status codes of the refusals (grpc::StatusCode's numbers, which are the protocol's).
-constexpr int CANCELLED = 1, DEADLINE_EXCEEDED = 4, RESOURCE_EXHAUSTED = 8, UNAVAILABLE = 14;
-
 enum class Wait { TOOK, QUEUE_FULL, EXPIRED, CANCELLED };
 
 std::chrono::steady_clock::time_point steady(int64_t ns) {
@@ -103,9 +100,9 @@ class Reserved {
 };
 
 // A request that leaves without running, counted as a failure (as the scheduler counts it).
-py::tuple refusal(const ModelEntry &entry, int64_t arrived_ns, int code, const std::string &message) {
+py::tuple refused(const ModelEntry &entry, int64_t arrived_ns, const Refusal &refusal) {
     entry.record_failure(now_ns() - arrived_ns, false);
-    return py::make_tuple(code, message, entry.spec.name, entry.spec.version);
+    return py::make_tuple(refusal.code, refusal.message, entry.spec.name, entry.spec.version);
 }
 
 }  // namespace
@@ -154,27 +151,17 @@ py::object Direct::run(const py::bytes &data, int64_t deadline_ns, const py::obj
         ~Pending() { entry.pending.fetch_sub(1); }
     } pending{*entry};
     bool by_queue = false;  // the deadline is the model's queue timeout
-    if (entry->queue_timeout_ns && (!deadline_ns || arrived + entry->queue_timeout_ns < deadline_ns)) {
-        deadline_ns = arrived + entry->queue_timeout_ns;
-        by_queue = true;
-    }
+    deadline_ns = entry->queue_deadline(arrived, deadline_ns, &by_queue);
     size_t instance = 0, in_line = 0;
-    const std::string &model = entry->spec.name;
     switch (take_instance(*entry, deadline_ns, alive, &instance, &in_line)) {
         case Wait::TOOK:
             break;
         case Wait::QUEUE_FULL:
-            return refusal(*entry, arrived, RESOURCE_EXHAUSTED,
-                           "model '" + model + "' has " + std::to_string(in_line) +
-                               " requests queued, its limit (max_queue_size); retry later");
+            return refused(*entry, arrived, entry->queue_full(in_line));
         case Wait::EXPIRED:
-            return by_queue ? refusal(*entry, arrived, UNAVAILABLE,
-                                      "request timed out in the queue of model '" + model +
-                                          "' (default_timeout_microseconds)")
-                            : refusal(*entry, arrived, DEADLINE_EXCEEDED,
-                                      "deadline passed while the request waited in the queue of model '" + model + "'");
+            return refused(*entry, arrived, entry->expired(by_queue));
         case Wait::CANCELLED:
-            return refusal(*entry, arrived, CANCELLED, "the call was cancelled while it waited in the queue");
+            return refused(*entry, arrived, ModelEntry::cancelled());
     }
 
     const int64_t start = now_ns();
@@ -183,12 +170,12 @@ py::object Direct::run(const py::bytes &data, int64_t deadline_ns, const py::obj
     {
         const Reserved reserved(*entry, instance);
         const std::string id(base + request.id.off, request.id.len);
-        const size_t out_size = response_size(model, entry->spec.version, id, plan.response);
+        const size_t out_size = response_size(entry->spec.name, entry->spec.version, id, plan.response);
         response = py::reinterpret_steal<py::object>(
             PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(out_size)));
         if (!response) throw py::error_already_set();
         char *out = PyBytes_AS_STRING(response.ptr());
-        const auto offsets = write_response(out, out_size, model, entry->spec.version, id, plan.response);
+        const auto offsets = write_response(out, out_size, entry->spec.name, entry->spec.version, id, plan.response);
         try {
             fed = bind_and_run(*entry, entry->instances[instance], plan.inputs, plan.input_shapes, plan.outputs,
                                plan.response, out, offsets);

@@ -5,6 +5,9 @@
 namespace icow::plane {
 namespace {
 
+// gRPC status codes (the protocol's numbers) of the refusals.
+constexpr int CANCELLED = 1, DEADLINE_EXCEEDED = 4, RESOURCE_EXHAUSTED = 8, UNAVAILABLE = 14;
+
 std::vector<int64_t> int_list(const py::handle &seq) {
     std::vector<int64_t> out;
     for (auto item : seq) out.push_back(item.cast<int64_t>());
@@ -53,7 +56,8 @@ ModelEntry::~ModelEntry() {
     if (!python_alive()) {  // at exit: leak the Python objects rather than touch a dying interpreter
         for (auto *names : {&input_names, &output_names})
             for (auto &n : *names) n.name.release(), n.type.release();
-        for (auto &i : instances) i.session.release(), i.new_binding.release(), i.device.release(), i.binding.release();
+        for (auto &i : instances) i.session.release(), i.new_binding.release(), i.device.release(), i.binding.release(),
+                                    i.bind_input.release(), i.bind_output.release();
         record.release(), record_failure.release(), record_execution.release();
         return;
     }
@@ -64,6 +68,26 @@ ModelEntry::~ModelEntry() {
     record = py::object();
     record_failure = py::object();
     record_execution = py::object();
+}
+
+int64_t ModelEntry::queue_deadline(int64_t arrived_ns, int64_t call_deadline_ns, bool *by_queue) const {
+    *by_queue = queue_timeout_ns && (!call_deadline_ns || arrived_ns + queue_timeout_ns < call_deadline_ns);
+    return *by_queue ? arrived_ns + queue_timeout_ns : call_deadline_ns;
+}
+
+Refusal ModelEntry::queue_full(size_t waiting) const {
+    return {RESOURCE_EXHAUSTED, "model '" + spec.name + "' has " + std::to_string(waiting) +
+                                    " requests queued, its limit (max_queue_size); retry later"};
+}
+
+Refusal ModelEntry::expired(bool by_queue) const {
+    if (by_queue) return {UNAVAILABLE, "request timed out in the queue of model '" + spec.name +
+                                           "' (default_timeout_microseconds)"};
+    return {DEADLINE_EXCEEDED, "deadline passed while the request waited in the queue of model '" + spec.name + "'"};
+}
+
+Refusal ModelEntry::cancelled() {
+    return {CANCELLED, "the call was cancelled while it waited in the queue"};
 }
 
 }  // namespace icow::plane

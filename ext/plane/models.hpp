@@ -31,11 +31,18 @@ struct BindNames {
 // One ONNX Runtime session: the objects beneath onnxruntime's Python wrapper.
 struct Instance {
     py::object session, new_binding, device;
-    // Its binding, kept from run to run (a new one per run costs about a quarter of a small
-    // call's binding work): every input and output is bound again before each run. Used
-    // only by the thread the instance is reserved for, under the GIL.
-    mutable py::object binding;
+    // Its binding and the binding's bind methods, kept from run to run rather than made
+    // for each: every input and output is bound again before each run. Used only by the
+    // thread the instance is reserved for, under the GIL.
+    mutable py::object binding, bind_input, bind_output;
     mutable std::vector<size_t> bound_outputs;  // the outputs `binding` holds, by spec index
+};
+
+// Why a call leaves its model's queue without running: the full path's status and
+// words (scheduler.py), the same on both planes.
+struct Refusal {
+    int code;  // the gRPC status code's number
+    std::string message;
 };
 
 // Dynamic batching as the config says (scheduling.Batching); max_rows 0: off.
@@ -53,6 +60,13 @@ class ModelEntry {
     ~ModelEntry();
     ModelEntry(const ModelEntry &) = delete;
     ModelEntry &operator=(const ModelEntry &) = delete;
+
+    // A call's deadline in the queue (steady ns, 0 none): its own, or the model's queue
+    // timeout where that comes first (then *by_queue is set).
+    int64_t queue_deadline(int64_t arrived_ns, int64_t call_deadline_ns, bool *by_queue) const;
+    Refusal queue_full(size_t waiting) const;
+    Refusal expired(bool by_queue) const;
+    static Refusal cancelled();
 
     bool plan(const Request &request, const char *base, size_t max_response, Plan *plan) const {
         return !disabled.load(std::memory_order_relaxed) && plan_request(spec, request, base, max_response, plan);

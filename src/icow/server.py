@@ -150,7 +150,7 @@ class InferenceServer:
         if self.plane is not None:
             self.plane.refresh()
             self.plane.serve_fast(self._fast_path_matches())
-        elif native_plane.available() and self._fast_path_matches():
+        elif self._fast_in_handler():
             self.service.fast = native_plane.DirectPath(self.repository, self.options.max_message_bytes)
             self.service.fast.refresh()
         if self.poller is not None:
@@ -215,8 +215,11 @@ class InferenceServer:
             return f"native (gRPC C++ {native_plane.grpc_version()}; other calls through grpcio)"
         if self.options.data_plane == "native":
             return f"grpcio, not native: {native_plane.UNAVAILABLE_REASON}"
-        return "grpcio" + (" (ModelInfer's fast path in C++)" if native_plane.available() and self._fast_path_matches()
-                           else "")
+        return "grpcio" + (" (ModelInfer's fast path in C++)" if self._fast_in_handler() else "")
+
+    def _fast_in_handler(self) -> bool:
+        """Whether grpcio's ModelInfer handler tries the fast path first (the grpcio plane)."""
+        return self.plane is None and native_plane.available() and self._fast_path_matches()
 
     def _fast_path_matches(self) -> bool:
         """Whether ModelInfer may be answered in C++: not where the full path does per call

@@ -7,7 +7,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 import grpc
 from google.protobuf import message_factory
@@ -21,6 +21,9 @@ from .errors import InferenceServerError, invalid, unimplemented
 from .repository import Repository
 from .shared_memory import Leases, Limits, Registry, SystemRegion
 
+if TYPE_CHECKING:
+    from .native_plane import DirectPath
+
 log = logging.getLogger("icow.v2")
 
 SERVICE = "inference.GRPCInferenceService"
@@ -28,13 +31,8 @@ EXTENSIONS = ["model_repository", "model_configuration", "statistics"]
 SHM_EXTENSIONS = ["system_shared_memory", "cuda_shared_memory"]  # listed when --allow-client-shm is given
 CODECS = {"native": native_codec, "protobuf": protobuf_codec}  # how ModelInfer bytes are read and written
 _STATUS = {code.value[0]: code for code in grpc.StatusCode}
-_FOREVER_NS = 2**62  # grpcio gives a call without a deadline ~1e19 s remaining: none, to C++
-
-
-class FastPath(Protocol):
-    """native_plane.DirectPath as the service sees it."""
-
-    def serve(self, data: bytes, deadline_ns: int, alive: Callable[[], bool]) -> bytes | tuple | None: ...
+# grpcio gives a call without a deadline ~3e11 years remaining; longer than this is none.
+_NO_DEADLINE_S = 10 * 365 * 24 * 3600
 
 
 def _rpc(method: Callable) -> Callable:
@@ -64,7 +62,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         self.control_mode = control_mode  # none | explicit | poll: load/unload requests only with explicit
         self.max_message_bytes = max_message_bytes
         self.ready = False
-        self.fast: FastPath | None = None  # ModelInfer in C++ first, where it can be (grpcio plane)
+        self.fast: DirectPath | None = None  # ModelInfer in C++ first, where it can be (grpcio plane)
 
     # -- health and metadata ---------------------------------------------
     def ServerLive(self, request, context):
@@ -119,9 +117,9 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     @_rpc
     def ModelInferBytes(self, data: bytes, context) -> bytes:
         """ModelInfer on the serialized request; returns the serialized response."""
+        deadline = deadline_ns(context)
         if self.fast is not None:
-            deadline = deadline_ns(context)
-            answer = self.fast.serve(data, deadline if deadline and deadline < _FOREVER_NS else 0, context.is_active)
+            answer = self.fast.serve(data, deadline or 0, context.is_active)
             if isinstance(answer, bytes):
                 return answer
             if answer is not None:  # it left the queue without running
@@ -130,7 +128,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                 raise InferenceServerError(_STATUS[code], message)
         with Leases(self.shm) as held:  # regions the request names stay mapped until its response is built
             request = self.codec.decode_request(data, held)
-            request.deadline_ns, request.alive = deadline_ns(context), context.is_active
+            request.deadline_ns, request.alive = deadline, context.is_active
             logs.annotate(request_id=request.id, model=request.model_name, version=request.model_version)
             model = self.repository.get(request.model_name, request.model_version, request.id)
             logs.annotate(version=str(model.version))
@@ -254,7 +252,9 @@ def method_handlers(service: InferenceService) -> dict[str, grpc.RpcMethodHandle
 def deadline_ns(context: grpc.ServicerContext) -> int | None:
     """The call's deadline on time.monotonic_ns()'s clock, None when it has none."""
     remaining = context.time_remaining()
-    return None if remaining is None else time.monotonic_ns() + int(remaining * 1e9)
+    if remaining is None or remaining > _NO_DEADLINE_S:
+        return None
+    return time.monotonic_ns() + int(remaining * 1e9)
 
 
 def _statistics(model) -> pb.ModelStatistics:
