@@ -324,7 +324,7 @@ def test_a_full_queue_refuses_and_a_cancelled_call_leaves_it(slow_server):
     before = (stats.inference_count, stats.fail.count)
     thread, result = busy(slow_server, 5000)  # seconds: until the cancel is seen
     outcome: dict = {}
-    waiting = client.async_infer("slow", slow_inputs(5), lambda **kw: outcome.update(kw))
+    client.async_infer("slow", slow_inputs(5), lambda **kw: outcome.update(kw))
     tensor = pb.ModelInferRequest.InferInputTensor
     cancelled = raw.future(pb.ModelInferRequest(
         model_name="slow", inputs=[tensor(name="x", datatype="FP32", shape=[1]),
@@ -345,7 +345,6 @@ def test_a_full_queue_refuses_and_a_cancelled_call_leaves_it(slow_server):
     assert outcome["error"] is None and float(outcome["result"].as_numpy("y")) == pytest.approx(5.0**3)
     failures_reach(stats, before[1] + 2)  # the refused and the cancelled one
     assert stats.inference_count == before[0] + 2
-    del waiting
 
 
 @needs_plane
