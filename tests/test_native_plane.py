@@ -238,6 +238,22 @@ def test_requests_for_other_outputs_get_only_those(servers, plane):
 
 
 @needs_plane
+@pytest.mark.parametrize("plane", ["native", "grpcio"])
+def test_requests_staged_and_bound_in_place_one_after_another(servers, plane):
+    """Small requests run through staging buffers bound once, large ones bound where
+    they lie (binding.hpp's STAGE_LIMIT, 16 KiB of inputs and outputs): requests of
+    sizes on both sides of it, and of one shape repeated, each get their own answer."""
+    call = raw_call(servers[plane].port)
+    served = fast_counts(servers[plane])["served_fast"]
+    # [rows, 3] FP32 in and out: 24 bytes a row, so 682 rows stage and 683 do not
+    sizes = [1, 1, 2000, 2000, 1, 682, 683, 682, 3, 0, 5000, 1]
+    for i, rows in enumerate(sizes):
+        data, x = request(rows, 100 + i)
+        np.testing.assert_array_equal(output(call(data, timeout=30)), x)
+    assert fast_counts(servers[plane])["served_fast"] - served == len(sizes) - 1  # 0 rows: the full path's
+
+
+@needs_plane
 def test_the_table_follows_the_repository(servers):
     """Versions, labels and the default are published; a split leaves the default to the full path."""
     table = servers["native"].plane.table
@@ -271,8 +287,8 @@ def slow_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
     server.stop(1.0).wait(10)
 
 
-def busy(server: InferenceServer, size: int = 3000) -> tuple[threading.Thread, dict]:
-    """A slow run in the background, under way when this returns; the thread and its result."""
+def busy(server: InferenceServer, size: int = 5000) -> tuple[threading.Thread, dict]:
+    """A slow run in the background (seconds), under way when this returns; the thread and its result."""
     from ops_helpers import slow_inputs
 
     client = tc.InferenceServerClient(server.address)
@@ -305,7 +321,7 @@ def test_a_deadline_that_passes_in_the_queue_drops_the_request(slow_server):
         client.infer("slow", slow_inputs(2), client_timeout=0.2)
     assert "Deadline" in str(error.value) or "DEADLINE" in str(error.value)
     thread.join(60)
-    assert float(result["y"].as_numpy("y")) == pytest.approx(3000.0**3, rel=1e-2)  # FP32 sums
+    assert float(result["y"].as_numpy("y")) == pytest.approx(5000.0**3, rel=5e-2)  # FP32 sums: 2 % off
     failures_reach(stats, before[1] + 1)
     assert stats.inference_count == before[0] + 1
     assert fast_counts(slow_server)["served_fast"] - served >= 1
@@ -322,7 +338,7 @@ def test_a_full_queue_refuses_and_a_cancelled_call_leaves_it(slow_server):
     raw = raw_call(slow_server.port)
     stats = slow_server.repository.get("slow").stats
     before = (stats.inference_count, stats.fail.count)
-    thread, result = busy(slow_server, 5000)  # seconds: until the cancel is seen
+    thread, result = busy(slow_server)
     outcome: dict = {}
     client.async_infer("slow", slow_inputs(5), lambda **kw: outcome.update(kw))
     tensor = pb.ModelInferRequest.InferInputTensor

@@ -35,22 +35,6 @@ grpc::Status status(const Refusal &refusal) {
     return grpc::Status(static_cast<grpc::StatusCode>(refusal.code), refusal.message);
 }
 
-py::tuple dims(const std::vector<int64_t> &shape) {
-    py::tuple t(shape.size());
-    for (size_t i = 0; i < shape.size(); ++i) t[i] = py::int_(shape[i]);
-    return t;
-}
-
-// Names of onnxruntime's C binding methods, made once (under the GIL).
-struct Names {
-    py::str bind_input{"bind_input"}, bind_output{"bind_output"}, clear_outputs{"clear_binding_outputs"},
-        run{"run_with_iobinding"};
-};
-const Names &names() {
-    static const Names *n = new Names();  // never freed: outlives the interpreter's last use
-    return *n;
-}
-
 }  // namespace
 
 // The client side of the way through: every event goes to the Call.
@@ -309,46 +293,6 @@ void Call::run_on(const ModelEntry &entry, size_t instance) {
         return;
     }
     answer(out);
-}
-
-// One ONNX Runtime run with every input and output bound where it lies (output
-// i: `results[i].shape` at `base + offsets[i]`), on the instance's kept binding.
-// Call with the GIL held (ONNX Runtime releases it while it computes); throws what
-// the binding or the run raised. Returns when the inputs were bound (ns).
-int64_t bind_and_run(const ModelEntry &entry, const Instance &instance, const std::vector<const char *> &inputs,
-                     const std::vector<std::vector<int64_t>> &input_shapes, const std::vector<size_t> &outputs,
-                     const std::vector<OutputSpec> &results, char *base, const std::vector<size_t> &offsets) {
-    const Names &n = names();
-    // Binding a name again replaces what it held; an output of the last run that this
-    // one does not ask for must go, or the run would write it where that run's response was.
-    if (!instance.binding) {
-        instance.binding = instance.new_binding(instance.session);
-        instance.bind_input = instance.binding.attr(n.bind_input);
-        instance.bind_output = instance.binding.attr(n.bind_output);
-    } else if (instance.bound_outputs != outputs) {
-        instance.binding.attr(n.clear_outputs)();
-    }
-    instance.bound_outputs.clear();  // unknown until the binding below is done
-    try {
-        for (size_t k = 0; k < entry.input_names.size(); ++k) {
-            const BindNames &input = entry.input_names[k];
-            instance.bind_input(input.name, instance.device, input.type, dims(input_shapes[k]),
-                       reinterpret_cast<uintptr_t>(inputs[k]));
-        }
-        for (size_t i = 0; i < outputs.size(); ++i) {
-            const BindNames &output = entry.output_names[outputs[i]];
-            instance.bind_output(output.name, instance.device, output.type, dims(results[i].shape),
-                        reinterpret_cast<uintptr_t>(base + offsets[i]));
-        }
-        instance.bound_outputs = outputs;
-        const int64_t fed = now_ns();
-        instance.session.attr(n.run)(instance.binding, py::none());
-        return fed;
-    } catch (...) {  // a binding in an unknown state is not kept
-        instance.binding = instance.bind_input = instance.bind_output = py::object();
-        instance.bound_outputs.clear();
-        throw;
-    }
 }
 
 // Inputs bound where they lie in the request, outputs into their place in the

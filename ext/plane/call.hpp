@@ -14,10 +14,6 @@ namespace icow::plane {
 
 int64_t now_ns();  // steady clock
 
-int64_t bind_and_run(const ModelEntry &entry, const Instance &instance, const std::vector<const char *> &inputs,
-                     const std::vector<std::vector<int64_t>> &input_shapes, const std::vector<size_t> &outputs,
-                     const std::vector<OutputSpec> &results, char *base, const std::vector<size_t> &offsets);
-
 class Call final : public grpc::ServerGenericBidiReactor {
   public:
     Call(Service *service, grpc::GenericCallbackServerContext *context);

@@ -56,8 +56,7 @@ ModelEntry::~ModelEntry() {
     if (!python_alive()) {  // at exit: leak the Python objects rather than touch a dying interpreter
         for (auto *names : {&input_names, &output_names})
             for (auto &n : *names) n.name.release(), n.type.release();
-        for (auto &i : instances) i.session.release(), i.new_binding.release(), i.device.release(), i.binding.release(),
-                                    i.bind_input.release(), i.bind_output.release();
+        for (auto &i : instances) i.session.release(), i.new_binding.release(), i.device.release(), i.binding.release();
         record.release(), record_failure.release(), record_execution.release();
         return;
     }

@@ -15,6 +15,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "binding.hpp"
 #include "plan.hpp"
 
 namespace py = pybind11;
@@ -31,11 +32,7 @@ struct BindNames {
 // One ONNX Runtime session: the objects beneath onnxruntime's Python wrapper.
 struct Instance {
     py::object session, new_binding, device;
-    // Its binding and the binding's bind methods, kept from run to run rather than made
-    // for each: every input and output is bound again before each run. Used only by the
-    // thread the instance is reserved for, under the GIL.
-    mutable py::object binding, bind_input, bind_output;
-    mutable std::vector<size_t> bound_outputs;  // the outputs `binding` holds, by spec index
+    mutable Binding binding;  // kept from run to run (binding.hpp)
 };
 
 // Why a call leaves its model's queue without running: the full path's status and
