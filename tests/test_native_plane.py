@@ -254,6 +254,34 @@ def test_requests_staged_and_bound_in_place_one_after_another(servers, plane):
 
 
 @needs_plane
+@pytest.mark.parametrize("plane", ["native", "grpcio"])
+def test_the_fast_paths_statistics_reach_model_statistics(servers, plane):
+    """The fast path counts in C++ (tally.hpp); ModelStatistics, the latency histogram
+    and the batch stats show every request, as the Python path would count it."""
+    server = servers[plane]
+    model = server.repository.get("identity_FP32", "")
+    client = tc.InferenceServerClient(server.address)
+
+    def read() -> tuple:
+        s = client.get_inference_statistics("identity_FP32", as_json=True)["model_stats"][0]
+        batches = {int(b["batch_size"]): int(b["compute_infer"].get("count", 0)) for b in s.get("batch_stats", [])}
+        return (int(s.get("inference_count", 0)), int(s.get("execution_count", 0)),
+                int(s["inference_stats"]["success"].get("count", 0)), batches,
+                sum(model.stats.snapshot().latency_buckets), int(s.get("last_inference", 0)))
+
+    before, served = read(), fast_counts(server)["served_fast"]
+    call, started_ms = raw_call(server.port), time.time() * 1000 - 1
+    for rows in (1, 2, 2, 5):
+        call(request(rows, rows)[0], timeout=30)
+    after = read()
+    assert fast_counts(server)["served_fast"] - served == 4
+    # no max_batch_size: a request is one inference, its run one of batch size 1, whatever its rows
+    assert after[0] - before[0] == 4 and after[1] - before[1] == 4 and after[2] - before[2] == 4
+    assert after[3].get(1, 0) - before[3].get(1, 0) == 4 and set(after[3]) <= {1}
+    assert after[4] - before[4] == 4 and after[5] >= started_ms
+
+
+@needs_plane
 def test_the_table_follows_the_repository(servers):
     """Versions, labels and the default are published; a split leaves the default to the full path."""
     table = servers["native"].plane.table
@@ -314,7 +342,7 @@ def test_a_deadline_that_passes_in_the_queue_drops_the_request(slow_server):
 
     client = tc.InferenceServerClient(slow_server.address)
     stats = slow_server.repository.get("slow").stats
-    before = (stats.inference_count, stats.fail.count)
+    before = (stats.snapshot().inference_count, stats.fail.count)
     served = fast_counts(slow_server)["served_fast"]
     thread, result = busy(slow_server)
     with pytest.raises(tc.InferenceServerException) as error:
@@ -323,7 +351,7 @@ def test_a_deadline_that_passes_in_the_queue_drops_the_request(slow_server):
     thread.join(60)
     assert float(result["y"].as_numpy("y")) == pytest.approx(5000.0**3, rel=5e-2)  # FP32 sums: 2 % off
     failures_reach(stats, before[1] + 1)
-    assert stats.inference_count == before[0] + 1
+    assert stats.snapshot().inference_count == before[0] + 1
     assert fast_counts(slow_server)["served_fast"] - served >= 1
 
 
@@ -337,7 +365,7 @@ def test_a_full_queue_refuses_and_a_cancelled_call_leaves_it(slow_server):
     client = tc.InferenceServerClient(slow_server.address)
     raw = raw_call(slow_server.port)
     stats = slow_server.repository.get("slow").stats
-    before = (stats.inference_count, stats.fail.count)
+    before = (stats.snapshot().inference_count, stats.fail.count)
     thread, result = busy(slow_server)
     outcome: dict = {}
     client.async_infer("slow", slow_inputs(5), lambda **kw: outcome.update(kw))
@@ -360,7 +388,7 @@ def test_a_full_queue_refuses_and_a_cancelled_call_leaves_it(slow_server):
         time.sleep(0.05)
     assert outcome["error"] is None and float(outcome["result"].as_numpy("y")) == pytest.approx(5.0**3)
     failures_reach(stats, before[1] + 2)  # the refused and the cancelled one
-    assert stats.inference_count == before[0] + 2
+    assert stats.snapshot().inference_count == before[0] + 2
 
 
 @needs_plane

@@ -161,10 +161,10 @@ void Call::run_batch(ModelEntry &entry, size_t instance, std::vector<Call *> &jo
                 }
             }
             const int64_t done = now_ns();
-            entry.record_execution(rows, fed - start, ran - fed, done - ran);
+            entry.tally->execution(rows, fed - start, ran - fed, done - ran);
             for (const Call *job : live)
-                entry.record(job->plan_.rows, done - job->arrived_ns_, start - job->arrived_ns_, fed - start, ran - fed,
-                             done - ran, false, false);
+                entry.tally->request(job->plan_.rows, done - job->arrived_ns_, start - job->arrived_ns_, fed - start,
+                                     ran - fed, done - ran, false);
             ran_ok = true;
         } catch (py::error_already_set &) {
         } catch (const std::exception &) {

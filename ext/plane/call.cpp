@@ -296,23 +296,24 @@ void Call::run_on(const ModelEntry &entry, size_t instance) {
 }
 
 // Inputs bound where they lie in the request, outputs into their place in the
-// response; one ONNX Runtime run. The GIL is held for the binding and the run.
+// response (or staged: binding.hpp); one ONNX Runtime run, under the GIL.
 bool Call::run_bound(const ModelEntry &entry, const Instance &instance, char *response,
                      const std::vector<size_t> &offsets) {
     const int64_t start = now_ns();
-    Gil gil;
-    try {
-        const int64_t fed = bind_and_run(entry, instance, plan_.inputs, plan_.input_shapes, plan_.outputs,
-                                         plan_.response, response, offsets);
-        const int64_t ran = now_ns();
-        entry.ran(ran - fed);
-        entry.record(plan_.rows, ran - arrived_ns_, start - arrived_ns_, fed - start, ran - fed, 0, true, false);
-        return true;
-    } catch (py::error_already_set &) {  // cleared here; the full path reports it
-        return false;
-    } catch (const std::exception &) {
-        return false;
+    int64_t fed = 0;
+    {
+        Gil gil;
+        try {
+            fed = bind_and_run(entry, instance, plan_.inputs, plan_.input_shapes, plan_.outputs, plan_.response,
+                               response, offsets);
+        } catch (const std::exception &) {  // a Python error is cleared here; the full path reports it
+            return false;
+        }
     }
+    const int64_t ran = now_ns();
+    entry.ran(ran - fed);
+    entry.tally->request(plan_.rows, ran - arrived_ns_, start - arrived_ns_, fed - start, ran - fed, 0, true);
+    return true;
 }
 
 // ---------------------------------------------------------------------------

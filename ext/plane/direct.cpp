@@ -185,7 +185,7 @@ py::object Direct::run(const py::bytes &data, int64_t deadline_ns, const py::obj
         ran = now_ns();
     }  // the instance goes to the next caller before the statistics are written
     entry->ran(ran - fed);
-    entry->record(plan.rows, ran - arrived, start - arrived, fed - start, ran - fed, 0, true, false);
+    entry->tally->request(plan.rows, ran - arrived, start - arrived, fed - start, ran - fed, 0, true);
     return response;
 }
 

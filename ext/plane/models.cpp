@@ -30,11 +30,11 @@ void add_tensor(const py::handle &item, std::vector<TensorSpec> *specs, std::vec
 }  // namespace
 
 ModelEntry::ModelEntry(std::string name_, int64_t version_, int64_t max_batch_size_, const py::list &inputs_,
-                       const py::list &outputs_, const py::list &instances_, py::object record_,
+                       const py::list &outputs_, const py::list &instances_, std::shared_ptr<Tally> tally_,
                        py::object record_failure_, size_t max_queue_, int64_t queue_timeout_ns_,
-                       const py::object &batching_, py::object record_execution_)
-    : record(std::move(record_)), record_failure(std::move(record_failure_)),
-      record_execution(std::move(record_execution_)), max_queue(max_queue_), queue_timeout_ns(queue_timeout_ns_) {
+                       const py::object &batching_)
+    : tally(std::move(tally_)), record_failure(std::move(record_failure_)), max_queue(max_queue_),
+      queue_timeout_ns(queue_timeout_ns_) {
     if (!batching_.is_none()) {  // (max rows, preferred sizes, max delay ns)
         auto t = batching_.cast<py::tuple>();
         batching = {t[0].cast<int64_t>(), int_list(t[1]), t[2].cast<int64_t>()};
@@ -57,16 +57,14 @@ ModelEntry::~ModelEntry() {
         for (auto *names : {&input_names, &output_names})
             for (auto &n : *names) n.name.release(), n.type.release();
         for (auto &i : instances) i.session.release(), i.new_binding.release(), i.device.release(), i.binding.release();
-        record.release(), record_failure.release(), record_execution.release();
+        record_failure.release();
         return;
     }
     Gil gil;  // the last reference may go on a thread that does not hold it
     input_names.clear();
     output_names.clear();
     instances.clear();
-    record = py::object();
     record_failure = py::object();
-    record_execution = py::object();
 }
 
 int64_t ModelEntry::queue_deadline(int64_t arrived_ns, int64_t call_deadline_ns, bool *by_queue) const {

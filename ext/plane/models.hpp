@@ -17,6 +17,7 @@
 
 #include "binding.hpp"
 #include "plan.hpp"
+#include "tally.hpp"
 
 namespace py = pybind11;
 
@@ -52,8 +53,8 @@ struct Batching {
 class ModelEntry {
   public:
     ModelEntry(std::string name, int64_t version, int64_t max_batch_size, const py::list &inputs,
-               const py::list &outputs, const py::list &instances, py::object record, py::object record_failure,
-               size_t max_queue, int64_t queue_timeout_ns, const py::object &batching, py::object record_execution);
+               const py::list &outputs, const py::list &instances, std::shared_ptr<Tally> tally,
+               py::object record_failure, size_t max_queue, int64_t queue_timeout_ns, const py::object &batching);
     ~ModelEntry();
     ModelEntry(const ModelEntry &) = delete;
     ModelEntry &operator=(const ModelEntry &) = delete;
@@ -72,8 +73,8 @@ class ModelEntry {
     ModelSpec spec;
     std::vector<BindNames> input_names, output_names;  // index-aligned with spec.inputs, spec.outputs
     std::vector<Instance> instances;
-    py::object record, record_failure;  // VersionStats.record_request / record_failure
-    py::object record_execution;        // VersionStats.record_execution (one per batch)
+    const std::shared_ptr<Tally> tally;  // the version's statistics, shared by its entries
+    py::object record_failure;           // VersionStats.record_failure
     Batching batching;
     const size_t max_queue;             // 0: no bound
     const int64_t queue_timeout_ns;     // 0: none

@@ -31,6 +31,7 @@ using icow::plane::Direct;
 using icow::plane::ModelEntry;
 using icow::plane::Options;
 using icow::plane::Service;
+using icow::plane::Tally;
 
 namespace {
 
@@ -124,12 +125,16 @@ PYBIND11_MODULE(_plane, m) {
     m.attr("GRPC_VERSION") = grpc::Version();
     m.attr("MODEL_INFER") = icow::plane::MODEL_INFER;
 
+    py::class_<Tally, std::shared_ptr<Tally>>(m, "Tally")
+        .def(py::init<std::vector<int64_t>>(), py::arg("bounds_us"))
+        .def("take", &Tally::take, "What was counted since the last take (tally.hpp), counting from zero again.");
+
     py::class_<ModelEntry, std::shared_ptr<ModelEntry>>(m, "ModelEntry")
-        .def(py::init<std::string, int64_t, int64_t, const py::list &, const py::list &, const py::list &, py::object,
-                      py::object, size_t, int64_t, const py::object &, py::object>(),
+        .def(py::init<std::string, int64_t, int64_t, const py::list &, const py::list &, const py::list &,
+                      std::shared_ptr<Tally>, py::object, size_t, int64_t, const py::object &>(),
              py::arg("name"), py::arg("version"), py::arg("max_batch_size"), py::arg("inputs"), py::arg("outputs"),
-             py::arg("instances"), py::arg("record"), py::arg("record_failure"), py::arg("max_queue") = 0,
-             py::arg("queue_timeout_ns") = 0, py::arg("batching") = py::none(), py::arg("record_execution") = py::none())
+             py::arg("instances"), py::arg("tally"), py::arg("record_failure"), py::arg("max_queue") = 0,
+             py::arg("queue_timeout_ns") = 0, py::arg("batching") = py::none())
         .def_property_readonly("name", [](const ModelEntry &e) { return e.spec.name; })
         .def_property_readonly("version", [](const ModelEntry &e) { return e.spec.version; })
         .def_property_readonly("disabled", [](const ModelEntry &e) { return e.disabled.load(); })

@@ -19,16 +19,27 @@ MODEL_INFER: str
 # -2-k the k-th symbol), numpy scalar type)
 TensorSpec = tuple[str, str, int, Sequence[int], Sequence[int], type]
 
+class Tally:
+    """The fast path's statistics of one model version, counted with no GIL."""
+
+    def __init__(self, bounds_us: Sequence[int]) -> None:
+        """``bounds_us``: the latency histogram's upper bounds (stats.LATENCY_BUCKETS_US)."""
+    def take(self) -> tuple[int, int, int, int, int, int, int, int, list[int], list[tuple[int, int, int, int, int]]]:
+        """What was counted since the last take, and counting from zero again: (requests, rows,
+        last inference ms, success ns, queue ns, input ns, infer ns, output ns, [requests per
+        latency bucket, the last +Inf], [(batch size, runs, input ns, infer ns, output ns)])."""
+
 class ModelEntry:
     """One ready model version as the fast path sees it. ``instances``: per ONNX Runtime
     session (its C session ``session._sess``, ``SessionIOBinding``, the CPU device object).
-    ``record`` / ``record_failure``: VersionStats.record_request / record_failure, called
-    under the GIL with ``begun=False``."""
+    ``tally``: the version's (VersionStats.tally); ``record_failure``: VersionStats.record_failure,
+    called under the GIL with ``begun=False``. ``batching``: (max rows, preferred sizes, max
+    delay ns) or None."""
 
     def __init__(self, name: str, version: int, max_batch_size: int, inputs: list[TensorSpec],
-                 outputs: list[TensorSpec], instances: list[tuple[object, type, object]],
-                 record: Callable[..., None], record_failure: Callable[..., None], max_queue: int = 0,
-                 queue_timeout_ns: int = 0) -> None: ...
+                 outputs: list[TensorSpec], instances: list[tuple[object, type, object]], tally: Tally,
+                 record_failure: Callable[..., None], max_queue: int = 0, queue_timeout_ns: int = 0,
+                 batching: tuple[int, list[int], int] | None = None) -> None: ...
     @property
     def name(self) -> str: ...
     @property

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from .auth import Token
 from .model import Model
 from .repository import Repository
+from .stats import LATENCY_BUCKETS_US
 
 log = logging.getLogger("icow.native_plane")
 
@@ -99,10 +100,10 @@ def model_entry(model: Model):
     instances = [(i.binder.c_session, i.binder.new_binding, i.binder.cpu) for i in model.instances]
     stats, batching = model.stats, model.batching
     entry = _plane.ModelEntry(model.name, model.version, model.max_batch_size, inputs, outputs, instances,
-                              stats.record_request, stats.record_failure, model.queue.max_size,
-                              model.queue.timeout_ns,
+                              stats.tally(lambda: _plane.Tally(LATENCY_BUCKETS_US)), stats.record_failure,
+                              model.queue.max_size, model.queue.timeout_ns,
                               batching=(batching.max_batch_size, sorted(batching.preferred), batching.max_delay_ns)
-                              if batching else None, record_execution=stats.record_execution)
+                              if batching else None)
     model.on_unbindable.append(entry.disable)
     stats.pending_sources.append(weakref.ref(entry))  # weak: the entry holds the stats' methods
     return entry

@@ -7,7 +7,9 @@ import copy
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 # Upper bounds, in microseconds, of the request latency histogram that
 # metrics.py exports: 100 µs to 10 s, roughly 2.5x apart.
@@ -20,8 +22,8 @@ class Duration:
     count: int = 0
     ns: int = 0
 
-    def add(self, ns: int) -> None:
-        self.count += 1
+    def add(self, ns: int, count: int = 1) -> None:
+        self.count += count
         self.ns += ns
 
 
@@ -32,8 +34,15 @@ class BatchStats:
     compute_output: Duration = field(default_factory=Duration)
 
 
+class Tally(Protocol):
+    """Counts kept outside Python (icow._plane.Tally: the fast path's requests)."""
+
+    def take(self) -> tuple: ...
+
+
 class VersionStats:
-    """Counters of one model version; every update takes one short lock."""
+    """Counters of one model version; every update takes one short lock. Read them
+    through snapshot(): it takes in what a tally counted meanwhile."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -52,6 +61,7 @@ class VersionStats:
         self.pending_sources: list[weakref.ref] = []
         # successful requests per LATENCY_BUCKETS_US bucket (not cumulative); the last is +Inf
         self.latency_buckets = [0] * (len(LATENCY_BUCKETS_US) + 1)
+        self._tally: Tally | None = None
 
     @property
     def pending(self) -> int:
@@ -88,19 +98,44 @@ class VersionStats:
         with self._lock:
             self._execution(batch_size, input_ns, infer_ns, output_ns)
 
-    def _execution(self, batch_size: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
-        self.execution_count += 1
+    def _execution(self, batch_size: int, input_ns: int, infer_ns: int, output_ns: int, count: int = 1) -> None:
+        self.execution_count += count
         totals = self.batches.get(batch_size) or self.batches.setdefault(batch_size, BatchStats())
-        totals.compute_input.add(input_ns)
-        totals.compute_infer.add(infer_ns)
-        totals.compute_output.add(output_ns)
+        totals.compute_input.add(input_ns, count)
+        totals.compute_infer.add(infer_ns, count)
+        totals.compute_output.add(output_ns, count)
+
+    def tally(self, make: Callable[[], Tally]) -> Tally:
+        """The version's tally, made on first use: one for every fast-path entry of this version."""
+        with self._lock:
+            if self._tally is None:
+                self._tally = make()
+            return self._tally
+
+    def _take_tally(self) -> None:
+        """Add what the tally counted since the last take (its fields: ext/plane/tally.hpp)."""
+        if self._tally is None:
+            return
+        requests, rows, last_ms, success_ns, queue_ns, input_ns, infer_ns, output_ns, latency, runs = \
+            self._tally.take()
+        for batch_size, count, *run_ns in runs:
+            self._execution(batch_size, *run_ns, count=count)
+        if not requests:
+            return
+        self.inference_count += rows
+        self.last_inference_ms = max(self.last_inference_ms, last_ms)
+        for duration, ns in ((self.success, success_ns), (self.queue, queue_ns), (self.compute_input, input_ns),
+                             (self.compute_infer, infer_ns), (self.compute_output, output_ns)):
+            duration.add(ns, requests)
+        self.latency_buckets = [a + b for a, b in zip(self.latency_buckets, latency)]
 
     def snapshot(self) -> VersionStats:
         """A consistent copy to read while requests keep updating this one."""
         with self._lock:
+            self._take_tally()
             clone = copy.copy(self)
             clone.__dict__.update(copy.deepcopy({k: v for k, v in self.__dict__.items()
-                                                 if k not in ("_lock", "pending_sources")}))
+                                                 if k not in ("_lock", "pending_sources", "_tally")}))
         return clone
 
     def record_failure(self, total_ns: int, begun: bool = True) -> None:
