@@ -1,5 +1,7 @@
 #include "models.hpp"
 
+#include <stdexcept>
+
 #include "gil.hpp"
 
 namespace icow::plane {
@@ -35,6 +37,7 @@ ModelEntry::ModelEntry(std::string name_, int64_t version_, int64_t max_batch_si
                        const py::object &batching_)
     : tally(std::move(tally_)), record_failure(std::move(record_failure_)), max_queue(max_queue_),
       queue_timeout_ns(queue_timeout_ns_) {
+    if (!tally) throw std::invalid_argument("a ModelEntry needs its version's Tally");
     if (!batching_.is_none()) {  // (max rows, preferred sizes, max delay ns)
         auto t = batching_.cast<py::tuple>();
         batching = {t[0].cast<int64_t>(), int_list(t[1]), t[2].cast<int64_t>()};
