@@ -366,7 +366,7 @@ def test_a_full_queue_refuses_and_a_cancelled_call_leaves_it(slow_server):
     raw = raw_call(slow_server.port)
     stats = slow_server.repository.get("slow").stats
     before = (stats.snapshot().inference_count, stats.fail.count)
-    thread, result = busy(slow_server)
+    thread, _ = busy(slow_server)
     outcome: dict = {}
     client.async_infer("slow", slow_inputs(5), lambda **kw: outcome.update(kw))
     tensor = pb.ModelInferRequest.InferInputTensor

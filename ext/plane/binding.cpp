@@ -79,8 +79,7 @@ int64_t bind_and_run(const ModelEntry &entry, const Instance &instance, const st
         b.output_stage.resize(entry.spec.outputs.size());
     }
     size_t total = 0;
-    std::vector<size_t> sizes(inputs.size());
-    for (size_t k = 0; k < inputs.size(); ++k) total += sizes[k] = input_bytes(entry, k, input_shapes[k]);
+    for (size_t k = 0; k < inputs.size(); ++k) total += input_bytes(entry, k, input_shapes[k]);
     for (const auto &r : results) total += r.nbytes;
     const bool staged = total <= STAGE_LIMIT;
     try {
@@ -94,8 +93,9 @@ int64_t bind_and_run(const ModelEntry &entry, const Instance &instance, const st
         for (size_t k = 0; k < inputs.size(); ++k) {
             const char *at = inputs[k];
             if (staged) {
-                char *stage = b.input_stage[k].reserve(sizes[k]);
-                std::memcpy(stage, inputs[k], sizes[k]);
+                const size_t size = input_bytes(entry, k, input_shapes[k]);
+                char *stage = b.input_stage[k].reserve(size);
+                std::memcpy(stage, inputs[k], size);
                 at = stage;
             }
             bind_once(b.bind_input, entry.input_names[k], instance.device, at, input_shapes[k], &b.inputs[k]);

@@ -174,11 +174,8 @@ bool Call::plan() {
     }
     const std::string_view model(base + request_.model_name.off, request_.model_name.len);
     if (!service_->tokens.empty() && !service_->token_allows(context_, model)) return false;
-    auto table = service_->table();
-    auto found = table->find(table_key(model, {base + request_.model_version.off, request_.model_version.len}));
-    if (found == table->end()) return false;
-    entry_ = found->second;
-    return entry_->plan(request_, base, service_->options.max_message, &plan_);
+    entry_ = find_entry(*service_->table(), request_, base);
+    return entry_ && entry_->plan(request_, base, service_->options.max_message, &plan_);
 }
 
 void Call::schedule() {

@@ -120,13 +120,10 @@ std::shared_ptr<ModelEntry> Direct::plan(const char *base, size_t size, Request 
     } catch (const ParseError &) {
         return nullptr;  // the full path says what is wrong
     }
-    const auto table = std::atomic_load(&table_);
-    const auto found = table->find(table_key({base + request->model_name.off, request->model_name.len},
-                                             {base + request->model_version.off, request->model_version.len}));
-    if (found == table->end()) return nullptr;
+    auto entry = find_entry(*std::atomic_load(&table_), *request, base);
     // Dynamic batching on this plane is the Python scheduler's.
-    if (found->second->batching.max_rows > 0 || !found->second->plan(*request, base, max_message_, plan)) return nullptr;
-    return found->second;
+    if (!entry || entry->batching.max_rows > 0 || !entry->plan(*request, base, max_message_, plan)) return nullptr;
+    return entry;
 }
 
 py::object Direct::run(const py::bytes &data, int64_t deadline_ns, const py::object &alive) {

@@ -114,11 +114,15 @@ class ModelEntry {
 // Key: model name, '\n', version number or label ("" for the default version).
 using Table = std::unordered_map<std::string, std::shared_ptr<ModelEntry>>;
 
-inline std::string table_key(std::string_view name, std::string_view version) {
-    std::string key(name);
+// The entry `request` (parsed from `base`) names, or nullptr. The key is built in a
+// buffer of the calling thread's, so a lookup allocates nothing once it has grown.
+inline std::shared_ptr<ModelEntry> find_entry(const Table &table, const Request &request, const char *base) {
+    thread_local std::string key;
+    key.assign(base + request.model_name.off, request.model_name.len);
     key += '\n';
-    key += version;
-    return key;
+    key.append(base + request.model_version.off, request.model_version.len);
+    const auto found = table.find(key);
+    return found == table.end() ? nullptr : found->second;
 }
 
 }  // namespace icow::plane
