@@ -36,6 +36,9 @@ TARGETS = {
     "icow_plane": "bench.scenarios.icow_grpc:IcowPlane",
 }
 DEFAULT_TARGETS = ["ort_inprocess", "echo_server", "icow_protobuf", "icow_native"]
+FLOORS = ("echo_server", "echo_server_aio", "plane_echo")  # transport floors: no ratio of their own
+# The echo of each target's own gRPC stack (× echo's denominator); echo_server for the rest.
+FLOOR = {"icow_plane": "plane_echo"}
 
 
 @dataclass
@@ -55,10 +58,13 @@ class Result:
     server_peak_rss_mib: float | None = None
     peak_rss_scope: str | None = None  # "window" (VmHWM reset before it) or "lifetime"
     client_cpu_pct: float | None = None  # the load generator's CPU over the window, % of one CPU
-    x_echo: float | None = None  # req/s ÷ echo_server's req/s, same workload
+    x_echo: float | None = None  # req/s ÷ the req/s of its stack's echo (FLOOR), same workload
     x_protobuf: float | None = None  # req/s ÷ icow_protobuf's req/s, same workload
-    p50_vs_echo_us: float | None = None  # p50 − echo_server's p50
+    p50_vs_echo_us: float | None = None  # p50 − its stack's echo's p50
     error: str | None = None
+    rounds: int = 1  # rounds this row is the median of (--rounds)
+    failed_rounds: int = 0  # rounds left out of it because they failed
+    x_echo_range: tuple[float, float] | None = None  # lowest and highest x_echo of the rounds
 
 
 def load_target(name: str) -> Target:
@@ -212,14 +218,15 @@ def fill(result: Result, phase: Phase, workload: Workload) -> None:
 
 
 def compare(results: list[Result]) -> None:
-    """Fill the ratios to echo_server and icow_protobuf from the same workload."""
+    """Fill the ratios to the echo of each target's own stack and to icow_protobuf,
+    from the same workload."""
     by_key = {(r.workload, r.target): r for r in results if r.error is None}
     for r in by_key.values():
         if r.client == "in-process":
             continue  # no transport: not comparable with a server
-        echo = by_key.get((r.workload, "echo_server"))
+        echo = by_key.get((r.workload, FLOOR.get(r.target, "echo_server")))
         proto = by_key.get((r.workload, "icow_protobuf"))
-        if echo is not None and r.target != "echo_server" and echo.rps > 0:
+        if echo is not None and r.target not in FLOORS and echo.rps > 0:
             r.x_echo = r.rps / echo.rps
             r.p50_vs_echo_us = r.p50_us - echo.p50_us
         if proto is not None and r.target.startswith("icow_") and r.target != "icow_protobuf" and proto.rps > 0:

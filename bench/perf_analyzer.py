@@ -24,7 +24,7 @@ from icow._proto import inference_pb2 as pb
 from icow._proto import inference_pb2_grpc
 
 from .harness import CHANNEL_OPTIONS, Env, Server
-from .measure import Result, ServerWindow, setup_target
+from .measure import Result, ServerWindow, run_phase, setup_target
 from .models import ROOT
 from .workloads import Workload
 
@@ -75,7 +75,7 @@ def arguments(workload: Workload, server: Server, csv_path: Path, duration: floa
     args = ["-m", workload.model, "-i", "grpc", "-u", server.address,
             "--concurrency-range", str(workload.concurrency),
             "--shape", f"{workload.input}:{','.join(map(str, workload.shape))}",
-            "--input-data", "random", "-p", str(window_ms), "--percentile", "99", "-f", str(csv_path)]
+            "--input-data", "random", "-p", str(window_ms), "-f", str(csv_path)]
     if quick:
         args += ["-s", str(QUICK_STABILITY), "-r", "3"]
     elif stability is not None:
@@ -94,9 +94,12 @@ def parse_csv(text: str) -> dict[str, float]:
             "p99_us": float(row["p99 latency"])}
 
 
-def measure(name: str, workload: Workload, env: Env, duration: float, quick: bool,
+def measure(name: str, workload: Workload, env: Env, duration: float, warmup: float, quick: bool,
             stability: float | None) -> Result:
-    """One server target on one workload, driven by perf_analyzer."""
+    """One server target on one workload, driven by perf_analyzer after ``warmup``
+    seconds of the bench's own calls at the same concurrency: a server on a VM
+    that sat idle answers its first seconds of calls up to twice as slowly, which
+    perf_analyzer has no warm-up to absorb."""
     result = Result(workload.name, name, "perf_analyzer", workload.concurrency)
     try:
         cmd, pa_env = command()
@@ -106,7 +109,13 @@ def measure(name: str, workload: Workload, env: Env, duration: float, quick: boo
     target = setup_target(name, workload, env, result)  # starts the server, checks its answer
     if target is None:
         return result
-    target.teardown()  # perf_analyzer brings its own channel
+    try:
+        warm = run_phase(target.call, workload.concurrency, warmup)
+    finally:
+        target.teardown()  # perf_analyzer brings its own channel
+    if warm.error is not None:
+        result.error = f"warm-up: {warm.error}"
+        return result
     server = target.server
     csv_path = env.dir / f"pa-{name}-{workload.name}.csv"
     window = ServerWindow(server)

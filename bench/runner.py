@@ -12,7 +12,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from . import machine, report
+from . import machine, report, rounds
 from .harness import Env, Pinning, pin_client
 from .measure import DEFAULT_TARGETS, TARGETS, Result, compare, load_target, measure
 from .models import ROOT
@@ -33,8 +33,11 @@ METHOD = (
     "(utime + stime of /proc/<pid>/stat, all threads) over the window / requests the server answered in it. "
     "Server peak RSS = VmHWM of /proc/<pid>/status after the window, reset (clear_refs 5) before it. "
     "Client CPU % = the load generator's CPU time over the window / wall time. × echo = req/s / echo_server's "
-    "req/s, × protobuf = req/s / icow_protobuf's, same workload; p50 − echo = p50 minus echo_server's p50. "
-    "MB/s = (input + output tensor bytes per call) * req/s / 1e6."
+    "req/s (plane_echo's for icow_plane: each target against the echo of its own gRPC stack), × protobuf = "
+    "req/s / icow_protobuf's, same workload; p50 − echo = p50 minus that echo's p50. "
+    "MB/s = (input + output tensor bytes per call) * req/s / 1e6. With --rounds N: each workload's targets "
+    "N times, the order reversed every other round; each figure is the median of the rounds, each ratio the "
+    "median of the ratios taken within a round, shown with their range."
 )
 
 
@@ -51,6 +54,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="perf_analyzer's -s: how far (%%) its windows may differ and still count as stable "
                              "(default its own, 10; --quick: 1000). A noisy machine needs more: say so with the "
                              "figures")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure each workload's targets this many times, alternating their order, and "
+                             "report medians and the range of the ratios (default 1; on a shared VM use 3 or more)")
     parser.add_argument("--scenarios", help=f"comma-separated targets (default {','.join(DEFAULT_TARGETS)}; "
                                             f"all: {','.join(TARGETS)})")
     parser.add_argument("--workloads", help="comma-separated workload names (default: issue 10's set; see --list)")
@@ -77,6 +83,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--copies-servers", help="with --copies: comma-separated servers (default echo,icow-native,"
                                                  "icow-protobuf; also plane-echo,plane-icow)")
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     args.duration = args.duration or (1.0 if args.quick else 5.0)
     args.warmup = args.warmup if args.warmup is not None else (0.25 if args.quick else 1.0)
     return args
@@ -137,7 +145,6 @@ def run(targets: list[str], workloads: list[Workload], args: argparse.Namespace,
         results = run_all(targets, workloads, env, args)
     finally:
         anomalies = env.close()
-    compare(results)
     info["loadavg_end"] = machine.load()
     caveat = "smoke run, NOT a measurement" if args.quick else ("machine busy, NOT a measurement" if warning else None)
     found = report.checks(results)
@@ -159,7 +166,8 @@ def run(targets: list[str], workloads: list[Workload], args: argparse.Namespace,
         "machine": info,
         "pinning": {**asdict(pinning), "servers": {n: s.affinity for n, s in env.servers.items()}},
         "method": {"text": METHOD, "client": args.client, "device": args.device, "duration_s": args.duration,
-                   "warmup_s": args.warmup, "quick": args.quick, "stability_pct": args.stability},
+                   "warmup_s": args.warmup, "quick": args.quick, "stability_pct": args.stability,
+                   "rounds": args.rounds},
         "targets": {n: load_target(n).description for n in targets if _importable(n)},
         "workloads": [{"name": w.name, "model": w.model, "shape": list(w.shape), "concurrency": w.concurrency,
                        "payload_bytes": w.payload_bytes, "request_bytes": len(w.request_bytes)} for w in workloads],
@@ -174,18 +182,28 @@ def run(targets: list[str], workloads: list[Workload], args: argparse.Namespace,
 
 
 def run_all(targets: list[str], workloads: list[Workload], env: Env, args: argparse.Namespace) -> list[Result]:
-    """Every workload, and within it every target in turn: a scenario sits beside its baselines."""
+    """Every workload, and within it every target in turn (``--rounds`` times): a
+    scenario sits beside its baselines."""
     results: list[Result] = []
     for workload in workloads:
-        for name in targets:
-            r = measure_one(name, workload, env, args)
-            if r is None:
-                continue
-            results.append(r)
-            print(f"  {r.workload:<20} {r.target:<18} "
-                  + (f"FAILED {r.error}" if r.error else f"{r.rps:>10,.1f} req/s  p50 {report._us(r.p50_us)} µs"),
-                  file=sys.stderr, flush=True)
+        measured = []
+        for index in range(args.rounds):
+            got = [r for name in rounds.order(targets, index) if (r := measure_one(name, workload, env, args))]
+            compare(got)  # within the round: its rows were measured seconds apart
+            for r in got:
+                _progress(r, f"round {index + 1}/{args.rounds}  " if args.rounds > 1 else "")
+                if r.error and args.rounds > 1:
+                    env.notes.append(f"{workload.name} {r.target}, round {index + 1} failed: {r.error}")
+            measured.append(got)
+        results += rounds.combine(measured)
     return results
+
+
+def _progress(r: Result, prefix: str) -> None:
+    ratio = f"  {r.x_echo:.2f}x echo" if r.x_echo is not None else ""
+    print(f"  {prefix}{r.workload:<20} {r.target:<18} "
+          + (f"FAILED {r.error}" if r.error else f"{r.rps:>10,.1f} req/s  p50 {report._us(r.p50_us)} µs{ratio}"),
+          file=sys.stderr, flush=True)
 
 
 def measure_one(name: str, workload: Workload, env: Env, args: argparse.Namespace) -> Result | None:
@@ -194,7 +212,7 @@ def measure_one(name: str, workload: Workload, env: Env, args: argparse.Namespac
         if name == "icow_tritonclient":  # a client library: perf_analyzer would replace what it measures
             return None
         from . import perf_analyzer
-        return perf_analyzer.measure(name, workload, env, args.duration, args.quick, args.stability)
+        return perf_analyzer.measure(name, workload, env, args.duration, args.warmup, args.quick, args.stability)
     return measure(name, workload, env, args.duration, args.warmup)
 
 
@@ -219,6 +237,7 @@ def header(info: dict, pinning: Pinning, args: argparse.Namespace, started: dt.d
                                                     else " (perf_analyzer: 3 windows"
                                                     + (f", stable within {args.stability:g}%" if args.stability else "")
                                                     + ")")
+        + (f"; {args.rounds} rounds, medians" if args.rounds > 1 else "")
         + "; server CPU and peak RSS from /proc over the timed window; see bench/README.md",
     ])
 
