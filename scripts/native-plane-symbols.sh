@@ -9,7 +9,8 @@ set -euo pipefail
 py="${PYTHON:-python}"
 cygrpc="$("$py" -c 'import grpc._cython.cygrpc as m; print(m.__file__)')"
 plane="$("$py" -c 'import icow._plane as m; print(m.__file__)')"
-libgrpc="$(ldd "$plane" | awk '/libgrpc\.so/{print $3}')"
+# Debian's libgrpc.so.29, or the wheel's copy in icow.libs/ under a hashed name (libgrpc-1a2b3c4d.so.29...)
+libgrpc="$(ldd "$plane" | awk '$1 ~ /^libgrpc(-[0-9a-f]+)?\.so/ {print $3}')"
 
 echo "== grpcio's cygrpc: $cygrpc"
 echo "NEEDED: $(readelf -d "$cygrpc" | awk '/NEEDED/{gsub(/[][]/,"",$5); printf "%s ", $5}')"

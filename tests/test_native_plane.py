@@ -391,6 +391,68 @@ def test_a_full_queue_refuses_and_a_cancelled_call_leaves_it(slow_server):
     assert stats.snapshot().inference_count == before[0] + 2
 
 
+def slow_batched_model():
+    """``slow`` with a batch dimension (batches of one): y = [sum(E @ E)] where E is x
+    broadcast to shape n, so a request sets its own run time."""
+    from onnx import TensorProto, helper
+
+    flat = helper.make_tensor("flat", TensorProto.INT64, [1], [-1])
+    one_by_one = helper.make_tensor("one_by_one", TensorProto.INT64, [2], [1, 1])
+    return make_models._model(
+        [helper.make_node("Constant", [], ["flat"], value=flat),
+         helper.make_node("Constant", [], ["one_by_one"], value=one_by_one),
+         helper.make_node("Reshape", ["n", "flat"], ["dims"]),
+         helper.make_node("Expand", ["x", "dims"], ["e"]),
+         helper.make_node("MatMul", ["e", "e"], ["p"]),
+         helper.make_node("ReduceSum", ["p"], ["s"], keepdims=0),
+         helper.make_node("Reshape", ["s", "one_by_one"], ["y"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 1]),
+         helper.make_tensor_value_info("n", TensorProto.INT64, ["b", 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 1])],
+    )
+
+
+@pytest.fixture(scope="module", params=["native", "grpcio"])
+def timeout_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+                   ) -> Iterator[InferenceServer]:
+    """``slow_batched`` with a queue timeout of 200 ms (default_timeout_microseconds)."""
+    repo = tmp_path_factory.mktemp("timeout") / "models"
+    make_models.write(slow_batched_model(), repo, "slow_batched")
+    (repo / "slow_batched" / "config.pbtxt").write_text(
+        "max_batch_size: 1\ndynamic_batching { max_queue_delay_microseconds: 0\n"
+        "  default_queue_policy { default_timeout_microseconds: 200000 } }\n")
+    server = start(repo, request.param)
+    yield server
+    server.stop(1.0).wait(10)
+
+
+@needs_plane
+def test_a_queue_timeout_fails_the_request_when_it_passes(timeout_server):
+    """Behind a run of seconds, a request whose queue timeout (200 ms) passes is answered
+    UNAVAILABLE then, not when the instance frees up; the long run still completes."""
+    def inputs(size: int) -> list[tc.InferInput]:
+        from helpers import infer_input
+
+        return [infer_input("x", np.ones((1, 1), np.float32), "FP32"),
+                infer_input("n", np.array([[size, size]], np.int64), "INT64")]
+
+    client = tc.InferenceServerClient(timeout_server.address)
+    result: dict = {}
+    started = time.monotonic()
+    thread = threading.Thread(target=lambda: result.setdefault("y", client.infer("slow_batched", inputs(5000))))
+    thread.start()
+    time.sleep(0.3)  # the slow run is under way
+    queued = time.monotonic()
+    with pytest.raises(tc.InferenceServerException) as error:
+        client.infer("slow_batched", inputs(2))
+    waited = time.monotonic() - queued
+    assert "timed out in the queue" in str(error.value) and "UNAVAILABLE" in str(error.value)
+    assert thread.is_alive(), f"the slow run took only {time.monotonic() - started:.2f} s: the test proves nothing"
+    assert waited < 1.0, f"the timeout was noticed {waited:.2f} s after the request came"
+    thread.join(60)
+    assert float(result["y"].as_numpy("y")[0, 0]) == pytest.approx(5000.0**3, rel=5e-2)
+
+
 @needs_plane
 def test_tokens_are_checked_on_the_fast_path(repo):
     """A token that may use the model is served in C++; a missing, wrong or limited one is

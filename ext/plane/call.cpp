@@ -167,11 +167,7 @@ bool Call::contiguous_request() {
 bool Call::plan() {
     if (!contiguous_request()) return false;
     const char *base = data_;
-    try {
-        request_ = parse_request(base, size_);
-    } catch (const ParseError &) {
-        return false;  // the full path says what is wrong
-    }
+    if (!parse_for_plan(base, size_, &request_)) return false;
     const std::string_view model(base + request_.model_name.off, request_.model_name.len);
     if (!service_->tokens.empty() && !service_->token_allows(context_, model)) return false;
     entry_ = find_entry(*service_->table(), request_, base);
@@ -253,7 +249,32 @@ bool Call::wait_in_queue() {
         service_->workers.post([this] { finish_failed(status(ModelEntry::cancelled())); });
         return false;
     }
+    if (deadline_ns_) service_->expiry.watch(entry_, deadline_ns_);
     return true;
+}
+
+int64_t Call::expire_waiting(ModelEntry &entry, int64_t now_ns) {
+    std::vector<Call *> due;
+    int64_t next = 0;
+    {
+        std::lock_guard<std::mutex> lock(entry.mu);
+        auto &waiting = entry.waiting;
+        for (auto it = waiting.begin(); it != waiting.end();) {
+            Call *call = *it;
+            const int64_t deadline = call->deadline_ns_;
+            if (deadline && deadline <= now_ns) {  // out of the queue: no instance can take it now
+                due.push_back(call);
+                it = waiting.erase(it);
+                continue;
+            }
+            if (deadline) next = next ? std::min(next, deadline) : deadline;
+            ++it;
+        }
+    }
+    for (Call *call : due)
+        call->service_->workers.post(
+            [call] { call->finish_failed(status(call->entry_->expired(call->queue_timeout_))); });
+    return next;
 }
 
 // A call cancelled, or past its deadline, while it waited: it leaves without running.

@@ -115,11 +115,7 @@ py::object Direct::serve(const py::bytes &data, int64_t deadline_ns, const py::o
 
 // Parsed, looked up and checked, with no Python; nullptr: the full path serves it.
 std::shared_ptr<ModelEntry> Direct::plan(const char *base, size_t size, Request *request, Plan *plan) const {
-    try {
-        *request = parse_request(base, size);
-    } catch (const ParseError &) {
-        return nullptr;  // the full path says what is wrong
-    }
+    if (!parse_for_plan(base, size, request)) return nullptr;
     auto entry = find_entry(*std::atomic_load(&table_), *request, base);
     // Dynamic batching on this plane is the Python scheduler's.
     if (!entry || entry->batching.max_rows > 0 || !entry->plan(*request, base, max_message_, plan)) return nullptr;

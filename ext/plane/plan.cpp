@@ -11,6 +11,15 @@ bool multiply(uint64_t a, uint64_t b, uint64_t *out) { return !__builtin_mul_ove
 
 }  // namespace
 
+bool parse_for_plan(const char *base, size_t size, Request *request) {
+    try {
+        *request = parse_request(base, size);
+        return true;
+    } catch (const ParseError &) {
+        return false;
+    }
+}
+
 bool plan_request(const ModelSpec &model, const Request &request, const char *base, size_t max_response,
                   Plan *plan) {
     const auto &inputs = model.inputs;

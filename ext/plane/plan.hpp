@@ -34,6 +34,10 @@ struct Plan {
     int64_t rows = 1;                  // batch size (1 for a model without batching)
 };
 
+// Parses `size` bytes at `base` into `request`; false where they do not parse
+// (the full path then parses them again and says what is wrong).
+bool parse_for_plan(const char *base, size_t size, Request *request);
+
 // Fills `plan` and returns true where the fast path can serve `request` (parsed
 // from `base`) exactly as icow's full path would; false: hand it to the full
 // path (it has the errors, shared memory, strings, shapes known only after the run).

@@ -22,7 +22,10 @@ std::unique_ptr<grpc::GenericStub> backend_stub(const std::string &address) {
 }  // namespace
 
 Service::Service(const Options &options_)
-    : options(options_), backend(backend_stub(options_.backend)), workers(options_.workers) {}
+    : options(options_),
+      backend(backend_stub(options_.backend)),
+      workers(options_.workers),
+      expiry(&Call::expire_waiting) {}
 
 bool Service::token_allows(grpc::GenericCallbackServerContext *context, std::string_view model) const {
     const auto &metadata = context->client_metadata();

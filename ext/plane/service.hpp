@@ -15,6 +15,7 @@
 #include <string_view>
 #include <vector>
 
+#include "expiry.hpp"
 #include "models.hpp"
 #include "workers.hpp"
 
@@ -54,6 +55,7 @@ class Service final : public grpc::CallbackGenericService {
     std::atomic<bool> fast{false};  // Python turns the fast path off where it cannot match the full path
     std::unique_ptr<grpc::GenericStub> backend;
     Workers workers;
+    Expiry expiry;  // after workers: gone before them, as it hands them work
     std::atomic<uint64_t> served_fast{0}, handed_on{0}, in_flight{0};
 
   private:
