@@ -107,6 +107,18 @@ def test_json_log_records_each_request(make_server, ops_repo):
     assert any(r["message"].startswith("icow listening on") for r in records)
 
 
+def test_the_access_log_names_the_client_and_cannot_be_told_another(make_server, ops_repo):
+    """With the access log at debug, the native plane passes every call to grpcio over its
+    Unix socket; the log still names the client's TCP address, not that socket, and not
+    the one a client claims in the plane's own header."""
+    srv = make_server(ops_repo, "--no-metrics", "--log-format", "json", "--log-level", "debug")
+    client = tc.InferenceServerClient(srv.url)
+    client.infer("scale", scale_input(), request_id="req-44", headers={"x-icow-peer": "ipv4:6.6.6.6:66"})
+    srv.stop()
+    record = next(r for r in json_lines(srv.log()) if r.get("request_id") == "req-44")
+    assert record["peer"].startswith(("ipv4:127.0.0.1:", "ipv6:[::1]:")), record["peer"]
+
+
 def test_failed_requests_are_logged_at_the_default_level(make_server, ops_repo):
     srv = make_server(ops_repo, "--no-metrics")
     client = tc.InferenceServerClient(srv.url)

@@ -345,8 +345,9 @@ void Call::hand_on(bool have_first) {
     proxying_.store(true);
     refs_.fetch_add(1);
     for (const auto &[key, value] : context_->client_metadata())
-        if (!transport_header(key)) client_context_.AddMetadata(std::string(key.data(), key.size()),
-                                                                std::string(value.data(), value.size()));
+        if (!transport_header(key) && key != PEER_HEADER)
+            client_context_.AddMetadata(std::string(key.data(), key.size()), std::string(value.data(), value.size()));
+    client_context_.AddMetadata(PEER_HEADER, context_->peer());
     client_context_.set_deadline(context_->deadline());
     backend_ = std::make_unique<Backend>(this);
     service_->backend->PrepareBidiStreamingCall(&client_context_, context_->method(), grpc::StubOptions(),

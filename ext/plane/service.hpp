@@ -22,6 +22,9 @@
 namespace icow::plane {
 
 inline constexpr const char *MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer";
+// The client's address on a call passed to the backend, whose own peer is the Unix
+// socket (icow/logs.py logs it); one a client sends is dropped, not passed on.
+inline constexpr const char *PEER_HEADER = "x-icow-peer";
 
 struct Options {
     std::string backend;         // the grpcio server's address ("unix:..."); empty: none

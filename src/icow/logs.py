@@ -21,6 +21,7 @@ import grpc
 
 access_log = logging.getLogger("icow.access")
 
+PEER_HEADER = "x-icow-peer"  # as ext/plane/service.hpp names it
 # Fields an access-log record carries (as LogRecord attributes, via ``extra``).
 ACCESS_FIELDS = ("method", "request_id", "model", "version", "status", "duration_ms", "peer")
 
@@ -129,10 +130,21 @@ class RequestLog(grpc.ServerInterceptor):
         status = "OK" if ok else (code.name if code is not None else "UNKNOWN")
         fields = {"method": method, "request_id": _call.request_id or f"icow-{next(self._ids)}",
                   "model": model, "version": _call.version or getattr(request, "version", ""),
-                  "status": status, "duration_ms": duration_ms, "peer": context.peer()}
+                  "status": status, "duration_ms": duration_ms, "peer": _peer(context)}
         details = "" if ok else f": {_details(context)}"
         access_log.log(level, "%s %s %s %s %.3f ms%s", method, fields["model"] or "-", fields["version"] or "-",
                        status, duration_ms, details, extra=fields)
+
+
+def _peer(context: grpc.ServicerContext) -> str:
+    """The client's address. A call the native plane passed on comes over its private Unix
+    socket, with the client's own address in PEER_HEADER (the plane drops one a client sent)."""
+    peer = context.peer()
+    if peer.startswith("unix:"):
+        for key, value in context.invocation_metadata() or ():
+            if key == PEER_HEADER:
+                return value
+    return peer
 
 
 def _details(context: grpc.ServicerContext) -> str:
