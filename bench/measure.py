@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
+from icow import native_plane
+
 from . import procstat
 from .harness import Env, Server, Target
 from .workloads import Workload
@@ -35,7 +37,10 @@ TARGETS = {
     "plane_echo": "bench.baselines.plane_server:PlaneEcho",
     "icow_plane": "bench.scenarios.icow_grpc:IcowPlane",
 }
-DEFAULT_TARGETS = ["ort_inprocess", "echo_server", "icow_protobuf", "icow_native"]
+# The native plane and its floor join the defaults where icow._plane was built: it is
+# what `icow serve` runs by default.
+DEFAULT_TARGETS = ["ort_inprocess", "echo_server", "icow_protobuf", "icow_native",
+                   *(["plane_echo", "icow_plane"] if native_plane.available() else [])]
 FLOORS = ("echo_server", "echo_server_aio", "plane_echo")  # transport floors: no ratio of their own
 # The echo of each target's own gRPC stack (× echo's denominator); echo_server for the rest.
 FLOOR = {"icow_plane": "plane_echo"}
