@@ -42,8 +42,11 @@ TARGETS = {
 DEFAULT_TARGETS = ["ort_inprocess", "echo_server", "icow_protobuf", "icow_native",
                    *(["plane_echo", "icow_plane"] if native_plane.available() else [])]
 FLOORS = ("echo_server", "echo_server_aio", "plane_echo")  # transport floors: no ratio of their own
-# The echo of each target's own gRPC stack (× echo's denominator); echo_server for the rest.
-FLOOR = {"icow_plane": "plane_echo"}
+
+
+def floor_of(target: str) -> str:
+    """The echo of ``target``'s own gRPC stack: × echo's denominator."""
+    return "plane_echo" if target == "icow_plane" else "echo_server"
 
 
 @dataclass
@@ -63,7 +66,7 @@ class Result:
     server_peak_rss_mib: float | None = None
     peak_rss_scope: str | None = None  # "window" (VmHWM reset before it) or "lifetime"
     client_cpu_pct: float | None = None  # the load generator's CPU over the window, % of one CPU
-    x_echo: float | None = None  # req/s ÷ the req/s of its stack's echo (FLOOR), same workload
+    x_echo: float | None = None  # req/s ÷ the req/s of its stack's echo (floor_of), same workload
     x_protobuf: float | None = None  # req/s ÷ icow_protobuf's req/s, same workload
     p50_vs_echo_us: float | None = None  # p50 − its stack's echo's p50
     error: str | None = None
@@ -229,7 +232,7 @@ def compare(results: list[Result]) -> None:
     for r in by_key.values():
         if r.client == "in-process":
             continue  # no transport: not comparable with a server
-        echo = by_key.get((r.workload, FLOOR.get(r.target, "echo_server")))
+        echo = by_key.get((r.workload, floor_of(r.target)))
         proto = by_key.get((r.workload, "icow_protobuf"))
         if echo is not None and r.target not in FLOORS and echo.rps > 0:
             r.x_echo = r.rps / echo.rps

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .measure import Result
+from .measure import Result, floor_of
 from .workloads import Workload
 
 if TYPE_CHECKING:
@@ -94,8 +94,6 @@ class Check:
     met: bool | None  # None: a row it needs is missing or failed
 
 
-# Each icow target against the echo of its own gRPC stack; the plane's only where it ran.
-PAIRS = (("icow_native", "echo_server"), ("icow_plane", "plane_echo"))
 
 
 def checks(results: list[Result]) -> list[Check]:
@@ -103,9 +101,9 @@ def checks(results: list[Result]) -> list[Check]:
     row = {(r.workload, r.target): r for r in results if r.error is None}
     ran = {r.target for r in results}
     out = []
-    for target, floor in PAIRS:
+    for target in ("icow_native", "icow_plane"):  # each against its own stack's echo; the plane where it ran
         if target == "icow_native" or target in ran:
-            out += _pair_checks(lambda w, t: row.get((w, t)), target, floor)
+            out += _pair_checks(lambda w, t: row.get((w, t)), target, floor_of(target))
     unbatched, batched = row.get(("mlp1024-b1-c16", "icow_native")), row.get(("mlp1024-batched-b1-c16", "icow_native"))
     if unbatched or batched:
         out.append(_batching(unbatched, batched))

@@ -24,7 +24,7 @@ void Expiry::watch(const std::shared_ptr<ModelEntry> &entry, int64_t deadline_ns
     bool sooner = false;
     {
         std::lock_guard<std::mutex> lock(mu_);
-        watched_.emplace(entry.get(), entry);
+        watched_.try_emplace(entry.get(), entry);  // no node made when the entry is watched already
         sooner = deadline_ns < next_;
         if (sooner) next_ = deadline_ns;
     }
@@ -57,7 +57,7 @@ void Expiry::loop() {
         due.clear();  // an entry's last reference may go here: its destructor takes the GIL
         lock.lock();
         for (auto &[entry, next] : left) {
-            watched_.emplace(entry.get(), entry);
+            watched_.try_emplace(entry.get(), entry);
             next_ = std::min(next_, next);
         }
     }
