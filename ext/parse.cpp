@@ -72,6 +72,7 @@ void parse_shape(Reader &r, uint32_t wt, std::vector<int64_t> &shape) {
         shape.push_back(static_cast<int64_t>(r.varint()));
     } else if (wt == LEN) {  // packed, the usual form
         Reader packed(r.base, r.bytes());
+        shape.reserve(shape.size() + std::min<size_t>(packed.left(), 8));  // a varint takes a byte at least
         while (!packed.done()) shape.push_back(static_cast<int64_t>(packed.varint()));
     } else {
         expect(wt, LEN, "InferInputTensor.shape");
@@ -318,11 +319,17 @@ Request parse_and_check(const char *data, size_t n) {
                          std::to_string(in_message) + " inputs" +
                          (in_message != req.inputs.size() ? " outside shared memory" : "") +
                          "; it needs one per input, in order");
+    // A few inputs (the usual request) are compared pairwise: a set's allocations cost more.
+    const bool few = req.inputs.size() <= 8;
     std::unordered_set<std::string_view> names;
     size_t next_raw = 0;
-    for (auto &in : req.inputs) {
-        if (!names.insert(view(data, in.name)).second)
-            throw ParseError("input '" + std::string(view(data, in.name)) + "' appears twice in the request");
+    for (size_t i = 0; i < req.inputs.size(); ++i) {
+        auto &in = req.inputs[i];
+        const std::string_view name = view(data, in.name);
+        bool twice = false;
+        for (size_t j = 0; few && j < i && !twice; ++j) twice = view(data, req.inputs[j].name) == name;
+        if (twice || (!few && !names.insert(name).second))
+            throw ParseError("input '" + std::string(name) + "' appears twice in the request");
         const Span *raw = !req.raw.empty() && !in.shared_memory ? &req.raw[next_raw++] : nullptr;
         check_input(data, in, raw, !req.raw.empty());
     }

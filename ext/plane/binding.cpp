@@ -108,7 +108,7 @@ int64_t bind_and_run(const ModelEntry &entry, const Instance &instance, const st
         }
         b.outputs = outputs;
         const int64_t fed = now_ns();
-        b.run(b.binding, py::none());
+        b.run(b.binding, instance.run_options);
         if (staged)
             for (size_t i = 0; i < outputs.size(); ++i)
                 std::memcpy(base + offsets[i], b.output_places[outputs[i]].at, results[i].nbytes);

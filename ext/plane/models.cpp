@@ -50,7 +50,7 @@ ModelEntry::ModelEntry(std::string name_, int64_t version_, int64_t max_batch_si
     for (auto item : instances_) {
         auto t = item.cast<py::tuple>();
         instances.push_back({py::reinterpret_borrow<py::object>(t[0]), py::reinterpret_borrow<py::object>(t[1]),
-                             py::reinterpret_borrow<py::object>(t[2])});
+                             py::reinterpret_borrow<py::object>(t[2]), py::reinterpret_borrow<py::object>(t[3])});
     }
     for (size_t i = instances.size(); i-- > 0;) idle.push_back(i);
 }
@@ -59,7 +59,9 @@ ModelEntry::~ModelEntry() {
     if (!python_alive()) {  // at exit: leak the Python objects rather than touch a dying interpreter
         for (auto *names : {&input_names, &output_names})
             for (auto &n : *names) n.name.release(), n.type.release();
-        for (auto &i : instances) i.session.release(), i.new_binding.release(), i.device.release(), i.binding.release();
+        for (auto &i : instances)
+            i.session.release(), i.new_binding.release(), i.device.release(), i.run_options.release(),
+                i.binding.release();
         record_failure.release();
         return;
     }

@@ -33,6 +33,7 @@ struct BindNames {
 // One ONNX Runtime session: the objects beneath onnxruntime's Python wrapper.
 struct Instance {
     py::object session, new_binding, device;
+    py::object run_options;  // passed to every run: None would cost pybind11 a failed lookup per call
     mutable Binding binding;  // kept from run to run (binding.hpp)
 };
 

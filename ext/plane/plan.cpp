@@ -60,6 +60,7 @@ bool plan_request(const ModelSpec &model, const Request &request, const char *ba
     plan->rows = max_batch_size > 0 ? batch : 1;
 
     plan->outputs.clear();
+    plan->outputs.reserve(request.outputs.empty() ? outputs.size() : request.outputs.size());
     if (request.outputs.empty()) {
         for (size_t k = 0; k < outputs.size(); ++k) plan->outputs.push_back(k);
     } else {
@@ -76,9 +77,11 @@ bool plan_request(const ModelSpec &model, const Request &request, const char *ba
         }
     }
     plan->response.clear();
+    plan->response.reserve(plan->outputs.size());
     for (size_t k : plan->outputs) {
         const TensorSpec &spec = outputs[k];
         OutputSpec o{spec.name, spec.datatype, {}, 0};
+        o.shape.reserve(spec.graph.size());
         uint64_t count = 1;
         for (int64_t d : spec.graph) {
             int64_t size = d;

@@ -31,13 +31,14 @@ class Tally:
 
 class ModelEntry:
     """One ready model version as the fast path sees it. ``instances``: per ONNX Runtime
-    session (its C session ``session._sess``, ``SessionIOBinding``, the CPU device object).
+    session (its C session ``session._sess``, ``SessionIOBinding``, the CPU device object, the
+    ``RunOptions`` its runs pass).
     ``tally``: the version's (VersionStats.tally); ``record_failure``: VersionStats.record_failure,
     called under the GIL with ``begun=False``. ``batching``: (max rows, preferred sizes, max
     delay ns) or None."""
 
     def __init__(self, name: str, version: int, max_batch_size: int, inputs: list[TensorSpec],
-                 outputs: list[TensorSpec], instances: list[tuple[object, type, object]], tally: Tally,
+                 outputs: list[TensorSpec], instances: list[tuple[object, type, object, object]], tally: Tally,
                  record_failure: Callable[..., None], max_queue: int = 0, queue_timeout_ns: int = 0,
                  batching: tuple[int, list[int], int] | None = None) -> None: ...
     @property

@@ -97,7 +97,8 @@ def model_entry(model: Model):
 
     inputs = [spec(s, model.input_dims[s.name], s.shape(model.max_batch_size)) for s in model.inputs.values()]
     outputs = [spec(s, model.output_dims[s.name], []) for s in model.outputs.values()]
-    instances = [(i.binder.c_session, i.binder.new_binding, i.binder.cpu) for i in model.instances]
+    instances = [(i.binder.c_session, i.binder.new_binding, i.binder.cpu, i.binder.run_options)
+                 for i in model.instances]
     stats, batching = model.stats, model.batching
     entry = _plane.ModelEntry(model.name, model.version, model.max_batch_size, inputs, outputs, instances,
                               stats.tally(lambda: _plane.Tally(LATENCY_BUCKETS_US)), stats.record_failure,
