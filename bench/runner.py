@@ -78,6 +78,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="CPU per call of the grpcio plane's ModelInfer handler in process: Python path vs "
                              "the fast path in C++")
     parser.add_argument("--handler-calls", type=int, default=20000, help="with --handler: calls per path")
+    parser.add_argument("--handler-evict", type=int, default=0, metavar="MIB",
+                        help="with --handler: also time each call after writing this many MiB elsewhere, as a "
+                             "server's other work evicts the handler's and ONNX Runtime's data from the caches")
     parser.add_argument("--copies", action="store_true",
                         help="count bytes copied per 12 MiB request in each server (valgrind dhat)")
     parser.add_argument("--copies-servers", help="with --copies: comma-separated servers (default echo,icow-native,"

@@ -89,3 +89,19 @@ def test_checks_leave_the_plane_out_where_it_did_not_run():
     targets = {c.target for c in report.checks(measured_round(row("echo_server", 3000), row("icow_native", 2900)))}
     assert not any("icow_plane" in t for t in targets)
     assert "identity-1x16-c8, icow_native: throughput ≥ 0.95 × echo_server" in targets
+
+
+def test_the_c1_latency_check_takes_each_rounds_own_difference():
+    # Round 3 caught icow in the VM's slow mode and its echo in the fast one; the medians
+    # of the rows (600 against 260) would say "not met", the rounds' differences say +20.
+    c1 = "identity-1x16-c1"
+
+    def one_round(echo_p50: float, icow_p50: float) -> list[Result]:
+        return measured_round(row("ort_inprocess", 80_000, p50=11, workload=c1),
+                              row("plane_echo", 3000, p50=echo_p50, workload=c1),
+                              row("icow_plane", 2900, p50=icow_p50, workload=c1))
+
+    combined = rounds.combine([one_round(250, 270), one_round(600, 620), one_round(260, 600)])
+    check = next(c for c in report.checks(combined) if c.target.startswith("1×16 c1, icow_plane"))
+    assert check.met is True
+    assert "+20.0 µs vs 11.0 + 15 = 26.0 µs" in check.measured
