@@ -283,3 +283,18 @@ def test_model_name_without_parsing_the_tensors():
     for data, _ in (HOSTILE["length beyond the buffer"], HOSTILE["truncated varint"], HOSTILE["name not UTF-8"]):
         with pytest.raises(ValueError):
             _wire.model_name(data)
+
+
+@pytest.mark.parametrize("count", [2, 8, 9, 20])  # compared pairwise up to 8 inputs, through a set beyond
+def test_an_input_named_twice_is_refused(count):
+    def request(names: list[str]) -> bytes:
+        message = pb.ModelInferRequest(model_name="m")
+        for name in names:
+            message.inputs.add(name=name, datatype="FP32", shape=[1])
+            message.raw_input_contents.append(b"\0" * 4)
+        return message.SerializeToString()
+
+    names = [f"in{i}" for i in range(count)]
+    assert len(_wire.parse_request(request(names))[4]) == count
+    with pytest.raises(ValueError, match="input 'in0' appears twice in the request"):
+        _wire.parse_request(request(names[:-1] + ["in0"]))
