@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from icow import native_plane
-from icow.repository import Repository
-from icow.v2 import InferenceService
+from icow.repository.repository import Repository
+from icow.services import plane as native_plane
+from icow.services.oip import InferenceService
 
 from . import machine, models
 from .harness import pin_client

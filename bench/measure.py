@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
-from icow import native_plane
+from icow.services import plane as native_plane
 
 from . import procstat
 from .harness import Env, Server, Target

@@ -1,22 +1,52 @@
 #!/usr/bin/env bash
-# Install the Debian packages needed to generate and build a C++ gRPC client from proto/
-# (tests/test_cpp_client.py) and to fuzz the parser (scripts/fuzz.sh). Idempotent: installs only what is missing; quiet.
+# Install the Debian/Ubuntu packages icow needs, by group (default: all):
+#   bash scripts/install-system-deps.sh [plane] [test]
+#   plane  what `pip install .` needs to build both extensions, the native gRPC data plane
+#          (icow._plane) included: a C++ compiler, pkg-config, the gRPC C++ libraries, and the
+#          Python headers and venv module where the python3 in use has none (Debian's own python3)
+#   test   a C++ gRPC client generated from proto/ (tests/test_cpp_client.py) and the parser
+#          fuzzer (scripts/fuzz.sh)
+# Idempotent: installs only what is missing, quietly; `sudo` when not root.
 set -euo pipefail
 
-PACKAGES=(
-  protobuf-compiler        # protoc
-  protobuf-compiler-grpc   # grpc_cpp_plugin
-  libprotobuf-dev
-  libgrpc++-dev            # grpc++.pc for pkg-config
-  pkg-config
-  g++
-  clang-14                 # the parser fuzzer (scripts/fuzz.sh): libFuzzer, ASan, UBSan
-  libclang-rt-14-dev
-)
+groups=("$@")
+[ "${#groups[@]}" -gt 0 ] || groups=(plane test)
+
+PACKAGES=()
+for group in "${groups[@]}"; do
+  case "$group" in
+    plane)
+      PACKAGES+=(g++ pkg-config libgrpc++-dev)
+      # Debian's python3 keeps its headers and venv in packages of their own.
+      if ! python3 -c 'import os, sysconfig; assert os.path.isfile(os.path.join(sysconfig.get_paths()["include"], "Python.h"))' 2>/dev/null; then
+        PACKAGES+=(python3-dev)
+      fi
+      if ! python3 -c 'import ensurepip' 2>/dev/null; then
+        PACKAGES+=(python3-venv)
+      fi
+      ;;
+    test)
+      PACKAGES+=(
+        protobuf-compiler        # protoc
+        protobuf-compiler-grpc   # grpc_cpp_plugin
+        libprotobuf-dev
+        libgrpc++-dev            # grpc++.pc for pkg-config
+        pkg-config
+        g++
+        clang-14                 # the parser fuzzer (scripts/fuzz.sh): libFuzzer, ASan, UBSan
+        libclang-rt-14-dev
+      )
+      ;;
+    *)
+      echo "install-system-deps: unknown group '$group' (plane, test)" >&2
+      exit 2
+      ;;
+  esac
+done
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
-  if ! dpkg -s "$pkg" >/dev/null 2>&1; then
+  if ! dpkg -s "$pkg" >/dev/null 2>&1 && [[ ! " ${missing[*]} " == *" $pkg "* ]]; then
     missing+=("$pkg")
   fi
 done

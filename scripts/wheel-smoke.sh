@@ -110,7 +110,7 @@ serve_and_infer() {
 
 serve_and_infer
 # `icow serve` is on the native data plane by default where icow._plane loads
-grep -q "data plane: native" "$work/server.log" || { cat "$work/server.log" >&2; fail "not on the native data plane"; }
+grep -q "serving on the native data plane" "$work/server.log" || { cat "$work/server.log" >&2; fail "not ready on the native data plane"; }
 kill "$server_pid" && wait "$server_pid" 2>/dev/null || true
 server_pid=""
 
@@ -118,7 +118,7 @@ server_pid=""
 "$py" -m pip install -q --force-reinstall --no-deps "$wheel_nogrpc"
 [ ! -e "$libs_dir" ] || fail "$libs_dir is still there after the wheel without icow._plane replaced the manylinux wheel"
 "$py" - <<'PY' || fail "the build without grpc++ has a native plane, or says nothing about it"
-from icow import native_plane
+from icow.services import plane as native_plane
 
 assert native_plane.available() is False
 assert "icow._plane cannot be imported" in native_plane.UNAVAILABLE_REASON, native_plane.UNAVAILABLE_REASON
@@ -126,4 +126,5 @@ print("wheel-smoke: without grpc++:", native_plane.UNAVAILABLE_REASON)
 PY
 serve_and_infer
 # without it, the server falls back to grpcio and says so
-grep -q "data plane: grpcio, not native" "$work/server.log" || { cat "$work/server.log" >&2; fail "no fallback to the grpcio data plane"; }
+grep -q "serving on the grpcio data plane (icow._plane is not built: bash scripts/install.sh" "$work/server.log" \
+  || { cat "$work/server.log" >&2; fail "no fallback to the grpcio data plane in the ready line"; }

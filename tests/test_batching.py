@@ -18,8 +18,8 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 import make_models
 from batching_helpers import TABLE, build_batching_repository, lookup_model
 from helpers import expect_error, infer_input, reference
-from icow.errors import InferenceServerError
-from icow.repository import Repository
+from icow.protocol.errors import InferenceServerError
+from icow.repository.repository import Repository
 from ops_helpers import slow_inputs
 
 CLIENTS = 16
@@ -268,7 +268,7 @@ def test_instances_run_in_parallel_up_to_their_count(tmp_path, count):
 
 
 def test_thread_counts_come_from_parameters_or_a_share_of_the_cpus(tmp_path):
-    from icow import scheduling
+    from icow.runtime import execution as scheduling
 
     config = ('instance_group { count: 2 }\n'
               'parameters { key: "intra_op_thread_count" value: { string_value: "3" } }\n')

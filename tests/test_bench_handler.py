@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from icow import native_plane
+from icow.services import plane as native_plane
 
 pytestmark = pytest.mark.skipif(not native_plane.available() and not os.environ.get("ICOW_REQUIRE_CPP"),
                                 reason=native_plane.UNAVAILABLE_REASON or "")

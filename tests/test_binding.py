@@ -11,8 +11,8 @@ import pytest
 import make_models
 from icow import _wire
 from icow._proto import inference_pb2 as pb
-from icow.datatypes import DATATYPES
-from icow.repository import Repository
+from icow.protocol.datatypes import DATATYPES
+from icow.repository.repository import Repository
 
 
 class Spy:

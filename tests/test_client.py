@@ -16,9 +16,8 @@ import pytest
 import make_models
 from conftest import free_port
 from icow._proto import inference_pb2, model_config_pb2
-from icow.aio_client import AsyncClient
-from icow.client import Client, ModelIndex
-from icow.errors import InferenceServerError
+from icow.client import AsyncClient, Client, ModelIndex
+from icow.protocol.errors import InferenceServerError
 
 
 @pytest.fixture
@@ -343,7 +342,8 @@ def test_async_load_and_unload(make_server, test_repo: Path) -> None:
 
 
 def test_client_imports_without_server_dependencies() -> None:
-    """The client modules import with onnxruntime and onnx made unimportable."""
+    """The client, its admin CLI and the command line's entry point import with
+    onnxruntime and onnx made unimportable."""
     code = """
 import sys
 
@@ -354,9 +354,9 @@ class Block:
         return None
 
 sys.meta_path.insert(0, Block())
-import icow.client, icow.aio_client
-from icow.client import Client
-from icow.aio_client import AsyncClient
+import icow
+icow.Client, icow.AsyncClient
+import icow.client.admin, icow.cli
 loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("onnxruntime", "onnx"))
 assert not loaded, loaded
 print("ok")

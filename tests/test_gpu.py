@@ -21,8 +21,8 @@ import tritonclient.grpc as tc
 
 import make_models
 from helpers import expect_error, infer_input, reference
-from icow.datatypes import DATATYPES
-from icow.repository import Repository
+from icow.protocol.datatypes import DATATYPES
+from icow.repository.repository import Repository
 
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
 gpu = pytest.mark.gpu
@@ -83,8 +83,8 @@ def test_kind_gpu_falls_back_to_the_cpu_only_when_the_config_allows(tmp_path):
 
 
 def test_instance_groups_place_instances_per_device():
-    from icow import scheduling
     from icow._proto import model_config_pb2 as mc
+    from icow.runtime import execution as scheduling
 
     config = mc.ModelConfig()
     config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_GPU, count=2, gpus=[0, 1])

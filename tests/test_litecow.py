@@ -24,9 +24,9 @@ import make_models
 from conftest import ROOT, start_server
 from helpers import expect_error, infer_input, reference
 from icow._proto import litecow_pb2 as ours
-from icow.errors import InferenceServerError
-from icow.litecow import ACCEPT_METADATA, DICTIONARY_ARRAY, model_name
-from icow.object_store import StoreLocation
+from icow.protocol.errors import InferenceServerError
+from icow.repository.object_store import StoreLocation
+from icow.services.litecow import ACCEPT_METADATA, DICTIONARY_ARRAY, model_name
 from litecow_client import call
 
 NOT_FOUND, INVALID = "NOT_FOUND", "INVALID_ARGUMENT"

@@ -23,9 +23,9 @@ import pytest
 import tritonclient.grpc as tc
 
 import make_models
-from icow import native_plane
 from icow._proto import inference_pb2 as pb
 from icow.server import InferenceServer, ServerOptions
+from icow.services import plane as native_plane
 
 needs_plane = pytest.mark.skipif(not native_plane.available() and not os.environ.get("ICOW_REQUIRE_CPP"),
                                  reason=native_plane.UNAVAILABLE_REASON or "")
@@ -457,7 +457,7 @@ def test_a_queue_timeout_fails_the_request_when_it_passes(timeout_server):
 def test_tokens_are_checked_on_the_fast_path(repo):
     """A token that may use the model is served in C++; a missing, wrong or limited one is
     handed on, and the full path refuses it as it always has."""
-    from icow.auth import parse_tokens
+    from icow.services.auth import parse_tokens
 
     tokens = parse_tokens("every-model-token-of-24-chars\nonly-scale-token-of-24-chars scale\n", "test")
     server = start(repo, "native", auth_tokens=tokens)
@@ -483,14 +483,16 @@ def test_without_the_plane_the_server_falls_back_to_grpcio_and_says_so(repo):
     """A build without the gRPC C++ libraries has no icow._plane: `--data-plane native`
     (the default) serves on grpcio and logs why."""
     code = ("import sys, logging; sys.modules['icow._plane'] = None\n"
-            "logging.basicConfig(level=logging.WARNING)\n"
+            "logging.basicConfig(level=logging.INFO)\n"
             "from pathlib import Path\n"
-            "from icow import native_plane\n"
+            "from icow.services import plane as native_plane\n"
             "from icow.server import InferenceServer, ServerOptions\n"
             "assert not native_plane.available()\n"
             f"s = InferenceServer(ServerOptions(repository=Path({str(repo)!r}), port=0, metrics_port=None))\n"
             "print(s.data_plane)\n"
+            "s.start()\n"
             "s.stop(0).wait(5)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "grpcio"
     assert "native data plane is not available" in done.stderr and "icow._plane cannot be imported" in done.stderr
+    assert "serving on the grpcio data plane (icow._plane is not built: bash scripts/install.sh" in done.stderr

@@ -22,7 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 import icow
 import make_models
 from helpers import expect_error, infer_input
-from icow.model import Model
+from icow.runtime.model import Model
 from icow.server import InferenceServer, ServerOptions
 
 N = 2048  # a 16 MiB weight per version: a leaked session shows in the memory

@@ -20,8 +20,9 @@ import icow
 import make_models
 from helpers import expect_error, infer_input
 from icow._proto import litecow_pb2 as lc
-from icow.repository import Repository
-from icow.rollout import Routing, SplitTable
+from icow.repository.repository import Repository
+from icow.repository.routing import Routing, SplitTable
+from icow.services import plane as native_plane
 
 X = np.ones(4, np.float32)  # version k answers y = k * x: the output says which version ran
 ROUTING = '''version_policy: { all {} }
@@ -115,6 +116,26 @@ def test_sticky_ids_split_by_the_weights():
     assert abs(picks["v2"] / 10_000 - 0.10) <= 0.02, picks
     assert table.choose("req-7") == table.choose("req-7")
     assert SplitTable(Routing({}, (("1", 1), ("9", 1))), models).choose("x") == "v1"  # not ready: left out
+
+
+NO_SPLIT = ROUTING.replace('parameters { key: "traffic_split" value { string_value: "stable=90, canary=10" } }\n', "")
+
+
+@pytest.mark.parametrize("config", [ROUTING, NO_SPLIT], ids=["split", "no-split"])
+def test_one_rule_names_the_version(tmp_path, config):
+    """Repository.get and the native plane's table both read LoadedModel.pick: the
+    table holds exactly the version strings whose answer is fixed, each with the
+    version that get gives ("" only without a split, where it is the highest)."""
+    repository = Repository(build_rollout_repository(tmp_path / "models", config=config))
+    picks = repository.load("m").fixed_picks()
+    fixed = {"1", "2", "3", "stable", "canary"} | ({""} if config == NO_SPLIT else set())
+    assert set(picks) == fixed
+    assert {key: repository.get("m", key) for key in fixed} == picks
+    assert [picks[k].version for k in ("stable", "canary", "3")] == [1, 2, 3]
+    if config == NO_SPLIT:
+        assert picks[""].version == 3
+    pytest.importorskip("icow._plane", reason="the native table needs icow._plane (libgrpc++-dev at build time)")
+    assert set(native_plane.ModelTable(repository).entries()) == {f"m\n{key}" for key in fixed}
 
 
 def test_promotion_under_load(server):

@@ -22,7 +22,7 @@ import tritonclient.utils.shared_memory as shm
 import icow
 from conftest import ServerProcess, start_server
 from helpers import expect_error, infer_input
-from icow.shared_memory import Limits, Registry, SystemRegion
+from icow.shm.registry import Limits, Registry, SystemRegion
 
 FLAG = "--allow-client-shm"
 MAX_REGIONS = 6
@@ -359,7 +359,7 @@ def test_unregister_during_requests(client, regions, shm_server):
 
 def _has_gpu() -> bool:
     try:
-        from icow.cuda_memory import runtime
+        from icow.shm.cuda import runtime
         runtime()
     except icow.InferenceServerError:
         return False

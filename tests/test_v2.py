@@ -9,10 +9,10 @@ import pytest
 import tritonclient.grpc as tc
 
 from helpers import expect_error, infer_input, reference
-from icow import tensors
 from icow._proto import inference_pb2 as pb
 from icow._proto import inference_pb2_grpc as pb_grpc
-from icow.datatypes import DATATYPES
+from icow.protocol import tensors
+from icow.protocol.datatypes import DATATYPES
 
 NUMERIC = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
            "FP16", "FP32", "FP64"]

@@ -12,10 +12,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from helpers import expect_error
-from icow import _wire, native_codec, protobuf_codec
+from icow import _wire
 from icow._proto import inference_pb2 as pb
-from icow.datatypes import DATATYPES
-from icow.errors import InferenceServerError
+from icow.codecs import native as native_codec
+from icow.codecs import protobuf as protobuf_codec
+from icow.protocol.datatypes import DATATYPES
+from icow.protocol.errors import InferenceServerError
 
 INT_RANGES = {name: np.iinfo(d.numpy) for name, d in DATATYPES.items() if d.numpy.kind in "iu"}
 names = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=12)

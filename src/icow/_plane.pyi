@@ -1,5 +1,5 @@
 """icow._plane: the native gRPC data plane (docs/native-plane.md; used by
-``icow serve --data-plane native``, through ``icow.native_plane``), and its fast
+``icow serve --data-plane native``, through ``icow.services.plane``), and its fast
 path in grpcio's handler (``Direct``, on ``--data-plane grpcio``).
 
 A grpc++ callback server (one generic service on raw bytes) built only where the

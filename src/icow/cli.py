@@ -8,9 +8,10 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from . import admin_cli, model_import
 from ._version import __version__
-from .object_store import StoreLocation, default_cache, is_store_url
+from .client import admin as admin_cli
+from .repository import model_import
+from .repository.object_store import StoreLocation, default_cache, is_store_url
 
 
 def bundled_examples() -> Path:
@@ -19,7 +20,7 @@ def bundled_examples() -> Path:
 
 
 def _device(text: str) -> str:
-    from .scheduling import parse_device
+    from .runtime.execution import parse_device
 
     try:
         parse_device(text)
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command != "serve":
         parser.print_help()
         return 0 if args.command is None else 2
-    from . import logs
+    from .services import logs
 
     logs.configure(args.log_level, args.log_format)
     try:
@@ -161,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.repository_poll_secs <= 0:
         print("icow serve: --repository-poll-secs must be > 0", file=sys.stderr)
         return 2
-    from .auth import AuthError, load_tokens
-    from .shared_memory import Limits
+    from .services.auth import AuthError, load_tokens
+    from .shm.registry import Limits
 
     try:
         tokens = load_tokens(args.auth_tokens_file, args.auth_tokens_env, dict(os.environ))

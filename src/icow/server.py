@@ -13,16 +13,18 @@ from pathlib import Path
 
 import grpc
 
-from . import litecow, logs, native_plane, reflection, rollout_service
-from .auth import HEALTH_AND_METADATA, AuthInterceptor, Token
-from .health import SERVICE_NAME as HEALTH_SERVICE
-from .health import Health
-from .logs import RequestLog
-from .poll import RepositoryPoller
-from .repository import Repository
-from .scheduling import parse_device
-from .shared_memory import Limits
-from .v2 import SERVICE, InferenceService, method_handlers
+from .repository.poll import RepositoryPoller
+from .repository.repository import Repository
+from .runtime.execution import parse_device
+from .services import litecow, logs, reflection
+from .services import plane as native_plane
+from .services import rollout as rollout_service
+from .services.auth import HEALTH_AND_METADATA, AuthInterceptor, Token
+from .services.health import SERVICE_NAME as HEALTH_SERVICE
+from .services.health import Health
+from .services.logs import RequestLog
+from .services.oip import SERVICE, InferenceService, method_handlers
+from .shm.registry import Limits
 
 log = logging.getLogger("icow.server")
 
@@ -64,7 +66,7 @@ class InferenceServer:
         self.options = options
         store = None
         if options.store:
-            from .object_store import ObjectStore, StoreLocation  # boto3 only when a store is used
+            from .repository.object_store import ObjectStore, StoreLocation  # boto3 only when a store is used
 
             store = ObjectStore(StoreLocation.parse(options.store), options.repository, endpoint=options.s3_endpoint)
             store.check()
@@ -112,7 +114,7 @@ class InferenceServer:
         self.address = f"{options.host}:{self.port}"
         self.metrics = None
         if options.metrics_port is not None:
-            from .metrics import MetricsServer  # prometheus-client is needed only with metrics on
+            from .services.metrics import MetricsServer  # prometheus-client is needed only with metrics on
 
             self.metrics = MetricsServer(self.repository, options.host, options.metrics_port)
 
@@ -144,7 +146,8 @@ class InferenceServer:
         log.info("data plane: %s", self._describe_plane())
         self.repository.load_all(self._startup_models())
         ready = [f"{e.name}:{e.version}" for e in self.repository.index() if e.state == "READY"]
-        log.info("ready: %d model version(s): %s", len(ready), ", ".join(ready) or "none")
+        log.info("ready: %d model version(s): %s; serving on the %s", len(ready), ", ".join(ready) or "none",
+                 self._plane_in_a_word())
         self.service.ready = True
         self.health.set_ready()
         if self.plane is not None:
@@ -217,6 +220,13 @@ class InferenceServer:
             return f"grpcio, not native: {native_plane.UNAVAILABLE_REASON}"
         return "grpcio" + (" (ModelInfer's fast path in C++)" if self._fast_in_handler() else "")
 
+    def _plane_in_a_word(self) -> str:
+        if self.plane is not None:
+            return "native data plane"
+        if self.options.data_plane == "native":
+            return "grpcio data plane (icow._plane is not built: bash scripts/install.sh gives it)"
+        return "grpcio data plane"
+
     def _fast_in_handler(self) -> bool:
         """Whether grpcio's ModelInfer handler tries the fast path first (the grpcio plane)."""
         return self.plane is None and native_plane.available() and self._fast_path_matches()
@@ -254,7 +264,8 @@ def _use_native_plane(choice: str) -> bool:
         raise ValueError(f"data plane must be native or grpcio, not {choice!r}")
     if choice == "native" and not native_plane.available():
         log.warning("the native data plane is not available, serving on grpcio: %s "
-                    "(a build needs the gRPC C++ libraries: libgrpc++-dev)", native_plane.UNAVAILABLE_REASON)
+                    "(a build needs the gRPC C++ libraries: bash scripts/install.sh installs them and icow)",
+                    native_plane.UNAVAILABLE_REASON)
     return choice == "native" and native_plane.available()
 
 

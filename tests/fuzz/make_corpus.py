@@ -8,7 +8,7 @@ import numpy as np
 
 from icow import _wire
 from icow._proto import inference_pb2 as pb
-from icow.datatypes import DATATYPES
+from icow.protocol.datatypes import DATATYPES
 
 
 def seeds():

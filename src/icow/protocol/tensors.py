@@ -1,0 +1,73 @@
+"""numpy arrays to and from the protocol's tensor contents.
+
+Raw contents are little-endian element bytes (BYTES: a 4-byte length before
+each element); typed contents are the repeated fields of InferTensorContents.
+Shared by the server's protobuf codec and the client.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from .. import _wire
+from .datatypes import Datatype
+from .errors import invalid
+
+
+def element_count(shape: Sequence[int], what: str) -> int:
+    """Number of elements of ``shape``; negative dims are an error."""
+    if any(d < 0 for d in shape):
+        raise invalid(f"{what}: shape {list(shape)} has a negative dimension")
+    return math.prod(shape)
+
+
+def to_raw(array: np.ndarray, datatype: Datatype) -> bytes:
+    """The raw contents of ``array`` as ``datatype``."""
+    if datatype.name == "BYTES":
+        return _wire.pack_bytes(array.ravel().tolist())
+    return np.ascontiguousarray(array, dtype=datatype.numpy.newbyteorder("<")).tobytes()
+
+
+def from_raw(data: bytes, datatype: Datatype, shape: Sequence[int], what: str) -> np.ndarray:
+    """A read-only array viewing ``data`` (BYTES: an object array of bytes)."""
+    count = element_count(shape, what)
+    if datatype.name == "BYTES":
+        try:
+            items = _wire.unpack_bytes(data, count)
+        except ValueError as e:
+            raise invalid(f"{what}: BYTES contents do not hold {count} elements: {e}") from None
+        return _object_array(items, shape)
+    expected = count * datatype.numpy.itemsize
+    if len(data) != expected:
+        raise invalid(
+            f"{what}: shape {list(shape)} of {datatype.name} needs {expected} bytes, got {len(data)}"
+        )
+    return np.frombuffer(data, dtype=datatype.numpy.newbyteorder("<")).reshape(shape)
+
+
+def from_contents(contents, datatype: Datatype, shape: Sequence[int], what: str) -> np.ndarray:
+    """An array from typed contents (an InferTensorContents message)."""
+    if datatype.contents is None:
+        raise invalid(f"{what}: {datatype.name} has no typed contents; send it in raw_input_contents")
+    values = getattr(contents, datatype.contents)
+    count = element_count(shape, what)
+    if len(values) != count:
+        raise invalid(
+            f"{what}: shape {list(shape)} needs {count} elements, "
+            f"got {len(values)} in {datatype.contents}"
+        )
+    if datatype.name == "BYTES":
+        return _object_array(list(values), shape)
+    try:
+        return np.array(values, dtype=datatype.numpy).reshape(shape)
+    except OverflowError:
+        raise invalid(f"{what}: a value in {datatype.contents} does not fit {datatype.name}") from None
+
+
+def _object_array(items: list, shape: Sequence[int]) -> np.ndarray:
+    array = np.empty(len(items), dtype=object)
+    array[:] = items
+    return array.reshape(shape)

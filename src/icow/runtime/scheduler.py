@@ -1,0 +1,262 @@
+"""The queue in front of a model version's instances: who runs a request, when.
+
+``DirectScheduler`` runs each request on its caller's thread as soon as an
+instance is free. ``BatchScheduler`` (dynamic batching) has one thread per
+instance that takes compatible requests from the queue and runs them as one
+batch. Both bound the queue, drop a request whose deadline passes or whose call
+is cancelled while it waits, and answer requests in the order they came.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Hashable
+from typing import Any
+
+import grpc
+
+from ..protocol.errors import InferenceServerError, unavailable
+from .execution import Batching, QueuePolicy
+
+QUEUED, RUNNING, DONE = "queued", "running", "done"
+POLL_SECONDS = 0.05  # how soon a cancelled call that waits in the queue is noticed
+
+
+class Job:
+    """One request on its way through a scheduler. ``payload`` is the model's business."""
+
+    __slots__ = ("payload", "rows", "key", "deadline_ns", "alive", "state", "event", "instance",
+                 "result", "error", "queued_ns", "started_ns", "timings", "ran_alone", "expired_by_queue")
+
+    def __init__(self, payload: Any, rows: int, key: Hashable, deadline_ns: int | None,
+                 alive: Callable[[], bool] | None) -> None:
+        self.payload = payload
+        self.rows = rows  # its share of a batch
+        self.key = key  # jobs with equal keys can share a batch; None: never batched
+        self.deadline_ns = deadline_ns  # time.monotonic_ns() after which nobody waits for it
+        self.alive = alive  # False once the caller has gone (a cancelled call)
+        self.state = QUEUED
+        # Set when the job leaves the queue (batched: when it is done). Made only for a
+        # job that queues: one that finds a free instance at once never needs it.
+        self.event: threading.Event | None = None
+        self.instance: Any = None
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.queued_ns = self.started_ns = time.monotonic_ns()
+        self.timings = (0, 0, 0)  # input, infer, output ns, set by whoever runs it
+        self.ran_alone = False  # a run of its own (not part of a batch): its request records the execution
+        self.expired_by_queue = False
+
+
+Execute = Callable[[Any, list[Job]], None]  # runs jobs on an instance; sets each job's result or error
+
+
+class Scheduler:
+    """The queue both schedulers share; subclasses decide who takes jobs from it."""
+
+    def __init__(self, model: str, instances: list[Any], policy: QueuePolicy, execute: Execute) -> None:
+        self.model = model
+        self.policy = policy
+        # Weak, so that a scheduler's threads do not keep a model that nobody else has alive.
+        self._execute = weakref.WeakMethod(execute) if hasattr(execute, "__self__") else lambda: execute
+        self._cond = threading.Condition()
+        self._queue: deque[Job] = deque()
+        self._waiting = 0  # queued jobs still wanted (cancelled ones leave the deque lazily)
+        self._free = list(instances)
+        self.closed = False
+
+    def run(self, job: Job) -> Any:
+        """Run ``job``, blocking the caller until it is done; its result, or its error raised."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Fail every queued job and stop taking new ones."""
+        with self._cond:
+            self.closed = True
+            while self._queue:
+                self._finish(self._queue.popleft(), unavailable(f"model '{self.model}' is being unloaded"))
+            self._cond.notify_all()
+
+    # -- the queue, always under self._cond ---------------------------------
+    def _push(self, job: Job) -> None:
+        if self.closed:
+            raise unavailable(f"model '{self.model}' is being unloaded")
+        if self.policy.max_size and self._waiting >= self.policy.max_size:
+            raise InferenceServerError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"model '{self.model}' has {self._waiting} requests queued, its limit (max_queue_size); "
+                "retry later")
+        if self.policy.timeout_ns:
+            limit = job.queued_ns + self.policy.timeout_ns
+            if job.deadline_ns is None or limit < job.deadline_ns:
+                job.deadline_ns, job.expired_by_queue = limit, True
+        job.event = threading.Event()
+        self._queue.append(job)
+        self._waiting += 1
+        self._cond.notify_all()
+
+    def _take(self, job: Job) -> None:
+        self._queue.remove(job)
+        self._waiting -= 1
+        job.state = RUNNING
+        job.started_ns = time.monotonic_ns()
+
+    def _next_live(self, key: Hashable = None, max_rows: int = 0) -> Job | None:
+        """The oldest job still wanted (with ``key``/``max_rows``: one that fits the batch)."""
+        now = time.monotonic_ns()
+        for job in list(self._queue):
+            if job.state != QUEUED:
+                self._queue.remove(job)
+            elif _expired(job, now):
+                self._queue.remove(job)
+                self._waiting -= 1
+                self._finish(job, _deadline_error(self.model, job))
+            elif job.alive is not None and not job.alive():
+                self._queue.remove(job)
+                self._waiting -= 1
+                self._finish(job, _cancelled())
+            elif key is None or (job.key == key and job.rows <= max_rows):
+                return job
+        return None
+
+    @staticmethod
+    def _finish(job: Job, error: BaseException) -> None:
+        job.error, job.state = error, DONE
+        job.event.set()
+
+    # -- the caller's side -------------------------------------------------
+    def _wait(self, job: Job) -> None:
+        """Block until ``job`` leaves the queue; leave it early when its deadline
+        passes or its call is cancelled."""
+        while job.state == QUEUED:
+            timeout = POLL_SECONDS
+            if job.deadline_ns is not None:
+                timeout = min(timeout, max(0.0, (job.deadline_ns - time.monotonic_ns()) / 1e9))
+            if job.event.wait(timeout):
+                return
+            gone = job.alive is not None and not job.alive()
+            if gone or _expired(job, time.monotonic_ns()):
+                with self._cond:
+                    if job.state == QUEUED:
+                        self._queue.remove(job)
+                        self._waiting -= 1
+                        self._finish(job, _cancelled() if gone else _deadline_error(self.model, job))
+                        return
+        job.event.wait()  # taken: wait for the instance (direct) or the batch's end
+
+
+class DirectScheduler(Scheduler):
+    """Each request runs alone, on its caller's thread, on the first free instance."""
+
+    def run(self, job: Job) -> Any:
+        with self._cond:
+            if self._free and not self._waiting:
+                job.instance = self._free.pop()
+                job.state = RUNNING
+            else:
+                self._push(job)
+        if job.state != RUNNING:
+            self._wait(job)
+        if job.error is None:
+            try:
+                self._execute()(job.instance, [job])
+            finally:
+                self._release(job.instance)
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    def _release(self, instance: Any) -> None:
+        """Hand the instance to the oldest waiting job, or put it back."""
+        with self._cond:
+            job = self._next_live() if self._waiting else None
+            if job is None:
+                self._free.append(instance)
+                return
+            self._take(job)
+            job.instance = instance
+            job.event.set()
+
+
+class BatchScheduler(Scheduler):
+    """One thread per instance forms batches of compatible queued jobs and runs them."""
+
+    def __init__(self, model: str, instances: list[Any], policy: QueuePolicy, execute: Execute,
+                 batching: Batching) -> None:
+        super().__init__(model, instances, policy, execute)
+        self.batching = batching
+        self._threads = [threading.Thread(target=self._serve, args=(i,), daemon=True,
+                                          name=f"icow-batch-{model}-{n}") for n, i in enumerate(instances)]
+        for thread in self._threads:
+            thread.start()
+
+    def run(self, job: Job) -> Any:
+        with self._cond:
+            self._push(job)
+        self._wait(job)
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    def _serve(self, instance: Any) -> None:
+        while True:
+            jobs = self._form_batch()
+            if jobs is None:
+                return
+            execute = self._execute()
+            if execute is None:  # the model is gone
+                return
+            try:
+                execute(instance, jobs)
+            except BaseException as e:  # execute sets errors itself; this is a bug, but callers must hear
+                for job in jobs:
+                    job.error = job.error or e
+            finally:
+                del execute
+                for job in jobs:
+                    job.state = DONE
+                    job.event.set()
+
+    def _form_batch(self) -> list[Job] | None:
+        """Wait for a job, then add compatible ones until the batch is full, has a
+        preferred size with nothing more queued, or its oldest job's delay is up."""
+        with self._cond:
+            first = self._next_live()
+            while first is None:
+                if self.closed:
+                    return None
+                self._cond.wait()
+                first = self._next_live()
+            self._take(first)
+            jobs, rows = [first], first.rows
+            dispatch_at = first.queued_ns + self.batching.max_delay_ns
+            while rows < self.batching.max_batch_size:
+                job = self._next_live(first.key, self.batching.max_batch_size - rows)
+                if job is None:
+                    wait_ns = dispatch_at - time.monotonic_ns()
+                    if rows in self.batching.preferred or wait_ns <= 0 or self.closed:
+                        break
+                    self._cond.wait(wait_ns / 1e9)
+                    continue
+                self._take(job)
+                jobs.append(job)
+                rows += job.rows
+            return jobs
+
+
+def _expired(job: Job, now_ns: int) -> bool:
+    return job.deadline_ns is not None and now_ns >= job.deadline_ns
+
+
+def _deadline_error(model: str, job: Job) -> InferenceServerError:
+    if job.expired_by_queue:  # the config's queue timeout, not the caller's deadline
+        return unavailable(f"request timed out in the queue of model '{model}' (default_timeout_microseconds)")
+    return InferenceServerError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                f"deadline passed while the request waited in the queue of model '{model}'")
+
+
+def _cancelled() -> InferenceServerError:
+    return InferenceServerError(grpc.StatusCode.CANCELLED, "the call was cancelled while it waited in the queue")

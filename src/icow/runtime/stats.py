@@ -1,0 +1,145 @@
+"""Per-version inference statistics, in the shape of the ModelStatistics RPC."""
+
+from __future__ import annotations
+
+import bisect
+import copy
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+# Upper bounds, in microseconds, of the request latency histogram that
+# services/metrics.py exports: 100 µs to 10 s, roughly 2.5x apart.
+LATENCY_BUCKETS_US = (100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000,
+                      250_000, 500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000)
+
+
+@dataclass
+class Duration:
+    count: int = 0
+    ns: int = 0
+
+    def add(self, ns: int, count: int = 1) -> None:
+        self.count += count
+        self.ns += ns
+
+
+@dataclass
+class BatchStats:
+    compute_input: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+
+
+class Tally(Protocol):
+    """Counts kept outside Python (icow._plane.Tally: the fast path's requests)."""
+
+    def take(self) -> tuple: ...
+
+
+class VersionStats:
+    """Counters of one model version; every update takes one short lock. Read them
+    through snapshot(): it takes in what a tally counted meanwhile."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.inference_count = 0  # inferences, counting each batch row
+        self.execution_count = 0  # runs of the model
+        self.last_inference_ms = 0
+        self.success = Duration()
+        self.fail = Duration()
+        self.queue = Duration()
+        self.compute_input = Duration()
+        self.compute_infer = Duration()
+        self.compute_output = Duration()
+        self.batches: dict[int, BatchStats] = {}
+        self._pending = 0  # requests between begin() and their record_request/record_failure
+        # weak references to objects with a ``pending`` count of their own (the native plane's entries)
+        self.pending_sources: list[weakref.ref] = []
+        # successful requests per LATENCY_BUCKETS_US bucket (not cumulative); the last is +Inf
+        self.latency_buckets = [0] * (len(LATENCY_BUCKETS_US) + 1)
+        self._tally: Tally | None = None
+
+    @property
+    def pending(self) -> int:
+        """Requests queued or running: this object's, and its sources'."""
+        return self._pending + sum(source.pending for ref in self.pending_sources if (source := ref()) is not None)
+
+    def begin(self) -> None:
+        """A request starts; record_request or record_failure ends it."""
+        with self._lock:
+            self._pending += 1
+
+    def record_request(self, rows: int, total_ns: int, queue_ns: int, input_ns: int, infer_ns: int,
+                       output_ns: int, ran_alone: bool = False, begun: bool = True) -> None:
+        """A request succeeded: its own times, which for a batched request include
+        the whole batch's input, infer and output time, as Triton reports them.
+        ``ran_alone``: it was a run of its own, counted here rather than by record_execution
+        (one lock instead of two on the common path). ``begun``: it was counted
+        by begin() (the native plane's requests are not: they hold their session themselves)."""
+        with self._lock:
+            if ran_alone:
+                self._execution(rows, input_ns, infer_ns, output_ns)
+            self._pending -= begun
+            self.latency_buckets[bisect.bisect_left(LATENCY_BUCKETS_US, total_ns // 1000)] += 1
+            self.inference_count += rows
+            self.last_inference_ms = time.time_ns() // 1_000_000
+            self.success.add(total_ns)
+            self.queue.add(queue_ns)
+            self.compute_input.add(input_ns)
+            self.compute_infer.add(infer_ns)
+            self.compute_output.add(output_ns)
+
+    def record_execution(self, batch_size: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
+        """One run of the model for a batch of requests (``batch_size`` rows in all)."""
+        with self._lock:
+            self._execution(batch_size, input_ns, infer_ns, output_ns)
+
+    def _execution(self, batch_size: int, input_ns: int, infer_ns: int, output_ns: int, count: int = 1) -> None:
+        self.execution_count += count
+        totals = self.batches.get(batch_size) or self.batches.setdefault(batch_size, BatchStats())
+        totals.compute_input.add(input_ns, count)
+        totals.compute_infer.add(infer_ns, count)
+        totals.compute_output.add(output_ns, count)
+
+    def tally(self, make: Callable[[], Tally]) -> Tally:
+        """The version's tally, made on first use: one for every fast-path entry of this version."""
+        with self._lock:
+            if self._tally is None:
+                self._tally = make()
+            return self._tally
+
+    def _take_tally(self) -> None:
+        """Add what the tally counted since the last take (its fields: ext/plane/tally.hpp)."""
+        if self._tally is None:
+            return
+        requests, rows, last_ms, success_ns, queue_ns, input_ns, infer_ns, output_ns, latency, runs = \
+            self._tally.take()
+        for batch_size, count, *run_ns in runs:
+            self._execution(batch_size, *run_ns, count=count)
+        if not requests:
+            return
+        self.inference_count += rows
+        self.last_inference_ms = max(self.last_inference_ms, last_ms)
+        for duration, ns in ((self.success, success_ns), (self.queue, queue_ns), (self.compute_input, input_ns),
+                             (self.compute_infer, infer_ns), (self.compute_output, output_ns)):
+            duration.add(ns, requests)
+        self.latency_buckets = [a + b for a, b in zip(self.latency_buckets, latency)]
+
+    def snapshot(self) -> VersionStats:
+        """A consistent copy to read while requests keep updating this one."""
+        with self._lock:
+            self._take_tally()
+            clone = copy.copy(self)
+            clone.__dict__.update(copy.deepcopy({k: v for k, v in self.__dict__.items()
+                                                 if k not in ("_lock", "pending_sources", "_tally")}))
+        return clone
+
+    def record_failure(self, total_ns: int, begun: bool = True) -> None:
+        with self._lock:
+            self._pending -= begun
+            self.last_inference_ms = time.time_ns() // 1_000_000
+            self.fail.add(total_ns)

@@ -1,0 +1,162 @@
+"""The native gRPC data plane (docs/native-plane.md): ``icow serve --data-plane native``;
+and its fast path on the caller's thread for the grpcio plane (``DirectPath``).
+
+``icow._plane`` is a grpc++ server on the public port, built only where the gRPC
+C++ libraries were found at build time. ModelInfer requests that it can serve
+exactly as the full path would are parsed, checked, bound to ONNX Runtime and
+answered in C++ (batched there too), with the GIL held only around the bind and
+run calls. Every other call (other methods, shared memory, strings, errors, token
+checks that fail) goes through, bytes unchanged, to icow's grpcio server on a
+private Unix socket (the backend), so both planes answer alike.
+
+This module publishes the model table the fast path reads: an entry per ready
+version, keyed by name and version, label or "" (the default version) as
+LoadedModel.fixed_picks resolves them, made again on every repository change.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections.abc import Sequence
+
+from ..repository.repository import Repository
+from ..runtime.model import Model
+from ..runtime.stats import LATENCY_BUCKETS_US
+from .auth import Token
+
+log = logging.getLogger("icow.native_plane")
+
+try:
+    from .. import _plane
+except ImportError as e:  # built without the gRPC C++ libraries, or they are missing at run time
+    _plane = None
+    UNAVAILABLE_REASON: str | None = f"icow._plane cannot be imported ({e})"
+else:
+    UNAVAILABLE_REASON = None
+
+_UNKNOWN = -1
+
+
+def available() -> bool:
+    """True where ``icow._plane`` was built and loads."""
+    return _plane is not None
+
+
+def grpc_version() -> str:
+    return _plane.GRPC_VERSION if _plane is not None else ""
+
+
+class ModelTable:
+    """The entries of the fast path, made once per model version."""
+
+    def __init__(self, repository: Repository) -> None:
+        self.repository = repository
+        self._entries: weakref.WeakKeyDictionary[Model, object] = weakref.WeakKeyDictionary()
+
+    def entries(self) -> dict[str, object]:
+        """Table key (name, newline, version or label or "") -> ModelEntry."""
+        table = {}
+        for loaded in self.repository.loaded():  # the repository's rule, for every fixed key
+            for key, model in loaded.fixed_picks().items():
+                entry = self._entry(model)
+                if entry is not None:
+                    table[f"{loaded.name}\n{key}"] = entry
+        return table
+
+    def _entry(self, model: Model):
+        if model not in self._entries:
+            self._entries[model] = model_entry(model)
+        return self._entries[model]
+
+
+def model_entry(model: Model):
+    """The fast path's entry for ``model``, or None where only the full path serves it
+    as it must: strings, config reshapes, outputs that cannot be bound before the run,
+    onnxruntime without the calls beneath its IOBinding wrapper."""
+    specs = (*model.inputs.values(), *model.outputs.values())
+    if (not model.bind_outputs or any(s.datatype.name == "BYTES" or s.reshape is not None
+                                                          for s in specs)
+            or not all(i.binder.fast for i in model.instances)):
+        return None
+    symbols: dict[str, int] = {}
+
+    def graph(dims: list) -> list[int]:
+        """>= 0 fixed, -1 unknown, -2-k the k-th symbol."""
+        return [d if isinstance(d, int) and d >= 0 else -2 - symbols.setdefault(d, len(symbols))
+                if isinstance(d, str) else _UNKNOWN for d in dims]
+
+    def spec(s, dims: list, shape: list[int]) -> tuple:
+        numpy = s.datatype.numpy
+        return (s.name, s.datatype.name, numpy.itemsize, shape, graph(dims), numpy.type)
+
+    inputs = [spec(s, model.input_dims[s.name], s.shape(model.max_batch_size)) for s in model.inputs.values()]
+    outputs = [spec(s, model.output_dims[s.name], []) for s in model.outputs.values()]
+    instances = [(i.binder.c_session, i.binder.new_binding, i.binder.cpu, i.binder.run_options)
+                 for i in model.instances]
+    stats, batching = model.stats, model.batching
+    entry = _plane.ModelEntry(model.name, model.version, model.max_batch_size, inputs, outputs, instances,
+                              stats.tally(lambda: _plane.Tally(LATENCY_BUCKETS_US)), stats.record_failure,
+                              model.queue.max_size, model.queue.timeout_ns,
+                              batching=(batching.max_batch_size, sorted(batching.preferred), batching.max_delay_ns)
+                              if batching else None)
+    model.on_unbindable.append(entry.disable)
+    stats.pending_sources.append(weakref.ref(entry))  # weak: the entry holds the stats' methods
+    return entry
+
+
+class NativePlane:
+    """The plane's server on ``address``, passing what it does not serve to ``backend``."""
+
+    def __init__(self, repository: Repository, address: str, backend: str, *, workers: int,
+                 max_message_bytes: int, max_concurrent: int, tls: tuple[bytes, bytes, bytes | None] | None,
+                 tokens: Sequence[Token] = ()) -> None:
+        if _plane is None:
+            raise RuntimeError(UNAVAILABLE_REASON)
+        self.table = ModelTable(repository)
+        self.server = _plane.Server(address, backend, workers=workers, max_message_bytes=max_message_bytes,
+                                    max_concurrent=max_concurrent, tls=tls)
+        self.server.set_tokens([(t.digest, None if t.models is None else sorted(t.models)) for t in tokens])
+        self.port = self.server.port
+        repository.listeners.append(lambda name: self.refresh())
+
+    def refresh(self) -> None:
+        """Publish the table anew (on every repository change)."""
+        self.server.publish(self.table.entries())
+
+    def serve_fast(self, on: bool) -> None:
+        """Let the fast path serve ModelInfer (off: everything goes to the backend)."""
+        self.server.fast = on
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {"served_fast": self.server.served_fast, "handed_on": self.server.handed_on,
+                "in_flight": self.server.in_flight}
+
+    def stop(self, grace: float) -> None:
+        """Refuse new calls, let running ones finish for ``grace`` seconds. Blocks."""
+        self.server.stop(grace)
+
+
+class DirectPath:
+    """The fast path on grpcio's handler thread (``--data-plane grpcio``): ModelInfer
+    bytes parsed, checked, bound and run in one call into C++, with the native
+    plane's table and checks. What it cannot serve as the full path would, it
+    leaves to the full path (``serve`` returns None)."""
+
+    def __init__(self, repository: Repository, max_message_bytes: int) -> None:
+        if _plane is None:
+            raise RuntimeError(UNAVAILABLE_REASON)
+        self.table = ModelTable(repository)
+        self._direct = _plane.Direct(max_message_bytes)
+        self.serve = self._direct.serve
+        repository.listeners.append(lambda name: self.refresh())
+
+    def refresh(self) -> None:
+        """Publish the table anew (on every repository change)."""
+        self._direct.publish(self.table.entries())
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """ModelInfer calls answered in C++, and left to the full path (refusals count as answered)."""
+        return {"served_fast": self._direct.served_fast, "handed_on": self._direct.handed_on}
