@@ -7,6 +7,8 @@
 # 2. A source build where pkg-config finds no grpc++ (as on a machine without the gRPC C++
 #    libraries): it says it skips icow._plane, installs, has no native plane and serves
 #    the same two inferences.
+# 3. The wheel without extras (the client's dependencies only): icow.Client and
+#    `icow models --help` work, and nothing imports onnxruntime.
 # Needs what build-wheel.sh needs, libgrpc++-dev included (scripts/install-system-deps.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -128,3 +130,21 @@ serve_and_infer
 # without it, the server falls back to grpcio and says so
 grep -q "serving on the grpcio data plane (icow._plane is not built: bash scripts/install.sh" "$work/server.log" \
   || { cat "$work/server.log" >&2; fail "no fallback to the grpcio data plane in the ready line"; }
+kill "$server_pid" && wait "$server_pid" 2>/dev/null || true
+server_pid=""
+
+# The client alone: the wheel with its base dependencies (grpcio, protobuf, numpy) and nothing else.
+python3 -m venv "$work/client-env"
+"$work/client-env/bin/python" -m pip install -q "$wheel"
+"$work/client-env/bin/python" - <<'PY' || fail "the client needs more than grpcio, protobuf and numpy"
+import sys
+
+import icow
+
+icow.Client, icow.AsyncClient, icow.InferenceServerError
+import icow.cli, icow.client.admin  # icow models ... runs here too
+
+assert not any(m.split(".")[0] in ("onnxruntime", "onnx") for m in sys.modules), sorted(sys.modules)
+print("wheel-smoke: the client imports with the base dependencies only, and no onnxruntime")
+PY
+"$work/client-env/bin/icow" models --help >/dev/null || fail "icow models --help without the server extra"
