@@ -48,6 +48,14 @@ def generate_stubs() -> None:
     (STUB_DIR / "model_config_pb2_grpc.py").unlink(missing_ok=True)  # no service in it
 
 
+def sources(*folders: str) -> list[str]:
+    """The .cpp files of these ext/ folders, as paths relative to the checkout.
+
+    ext/core (the parser, the response layout, no Python) is compiled into both
+    extensions; each includes across folders as "core/...", from include dir ext/."""
+    return sorted(str(p.relative_to(ROOT)) for f in folders for p in (ROOT / "ext" / f).glob("*.cpp"))
+
+
 def plane_extension() -> list[Pybind11Extension]:
     """icow._plane, or nothing (with the reason on stderr) where it cannot be built.
 
@@ -74,9 +82,8 @@ def plane_extension() -> list[Pybind11Extension]:
         return skip("pkg-config finds no grpc++ (install libgrpc++-dev)")
     return [Pybind11Extension(
         "icow._plane",
-        # The parser and the response layout are _wire's too: compiled into both.
-        sorted(str(p.relative_to(ROOT)) for p in (ROOT / "ext" / "plane").glob("*.cpp")) + ["ext/parse.cpp",
-                                                                                         "ext/layout.cpp"],
+        sources("plane", "core"),
+        include_dirs=["ext"],
         cxx_std=17,
         extra_compile_args=["-O2", *cflags],
         # pkg-config lists every abseil piece; keep only the libraries really used.
@@ -95,7 +102,8 @@ setup(
     ext_modules=[
         Pybind11Extension(
             "icow._wire",
-            sorted(str(p.relative_to(ROOT)) for p in (ROOT / "ext").glob("*.cpp")),
+            sources("wire", "core"),
+            include_dirs=["ext"],
             cxx_std=17,
             extra_compile_args=["-O3"],
         ),

@@ -1,5 +1,5 @@
 // icow._wire: the compiled part of icow's wire handling. This file is the
-// Python face: the request parser (parse.cpp) and response builder (build.cpp)
+// Python face: the request parser (core/parse.cpp) and response builder (build.cpp)
 // exposed to Python, and the BYTES tensor codec.
 //
 // In raw contents a BYTES tensor is its elements one after another, each a
@@ -9,7 +9,7 @@
 #include <pybind11/stl.h>
 
 #include "build.hpp"
-#include "parse.hpp"
+#include "core/parse.hpp"
 #include "sigbus.hpp"
 
 #include <cstdint>

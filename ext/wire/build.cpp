@@ -1,4 +1,4 @@
-// The response as one Python bytes object (layout: layout.cpp), written in place.
+// The response as one Python bytes object (layout: core/layout.cpp), written in place.
 
 #include "build.hpp"
 

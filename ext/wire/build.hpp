@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "layout.hpp"
+#include "core/layout.hpp"
 
 namespace icow {
 
