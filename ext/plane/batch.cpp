@@ -11,6 +11,7 @@
 
 #include "buffers.hpp"
 #include "call.hpp"
+#include "core/clock.hpp"
 #include "gil.hpp"
 
 namespace icow::plane {

@@ -2,7 +2,7 @@
 
 #include <cstring>
 
-#include "call.hpp"
+#include "core/clock.hpp"
 #include "models.hpp"
 
 namespace icow::plane {

@@ -6,14 +6,10 @@
 #include <string>
 
 #include "buffers.hpp"
+#include "core/clock.hpp"
 #include "gil.hpp"
 
 namespace icow::plane {
-
-int64_t now_ns() {
-    return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
-        .count();
-}
 
 namespace {
 

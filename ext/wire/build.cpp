@@ -5,6 +5,7 @@
 #include <cstring>
 #include <stdexcept>
 
+#include "core/release_gil.hpp"
 
 namespace py = pybind11;
 

@@ -11,10 +11,6 @@
 
 namespace icow {
 
-// Below this many bytes the GIL is kept: giving it up costs more than the work,
-// and taking it back can wait for another thread's whole switch interval.
-inline constexpr size_t RELEASE_GIL_BYTES = 64 * 1024;
-
 class ResponseBuffer {
   public:
     ResponseBuffer(const std::string &model_name, const std::string &model_version, const std::string &id,

@@ -10,6 +10,7 @@
 
 #include "build.hpp"
 #include "core/parse.hpp"
+#include "core/release_gil.hpp"
 #include "sigbus.hpp"
 
 #include <cstdint>
