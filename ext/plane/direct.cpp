@@ -10,6 +10,7 @@
 namespace icow::plane {
 namespace {
 
+// ---- Waiting in line for an instance --------------------------------------
 constexpr int64_t POLL_NS = 50'000'000;  // how soon a cancelled caller in line is noticed (as scheduler.py)
 
 enum class Wait { TOOK, QUEUE_FULL, EXPIRED, CANCELLED };
@@ -104,6 +105,7 @@ py::tuple refused(const ModelEntry &entry, int64_t arrived_ns, const Refusal &re
 
 }  // namespace
 
+// ---- Serving one request --------------------------------------------------
 py::object Direct::serve(const py::bytes &data, int64_t deadline_ns, const py::object &alive) {
     py::object answer = run(data, deadline_ns, alive);
     (answer.is_none() ? handed_on : served_fast).fetch_add(1, std::memory_order_relaxed);
