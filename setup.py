@@ -1,8 +1,9 @@
 """Build steps that pyproject.toml cannot declare: the compiled extension
-``icow._wire``, the optional extension ``icow._plane`` (the native gRPC data
-plane's spike, built only where ``pkg-config grpc++`` finds the gRPC C++
-libraries), and the gRPC stubs generated from proto/ at build time (so that
-they can never drift from the .proto files)."""
+``icow._wire``, the extension ``icow._plane`` (the native gRPC data plane,
+which ``icow serve`` runs on by default; built only where ``pkg-config grpc++``
+finds the gRPC C++ libraries, else serve falls back to grpcio), and the gRPC
+stubs generated from proto/ at build time (so that they can never drift from
+the .proto files)."""
 
 from __future__ import annotations
 
@@ -64,7 +65,10 @@ def plane_extension() -> list[Pybind11Extension]:
     ``optional=True``: a failed compile is a warning, never a failed install."""
     def skip(why: str) -> list[Pybind11Extension]:
         print(f"icow: not building icow._plane (the native gRPC data plane): {why}; "
-              "icow serve will run on the grpcio data plane", file=sys.stderr)
+              "icow serve will run on the grpcio data plane. For the native plane, run "
+              "`bash scripts/install.sh` (Debian/Ubuntu: installs libgrpc++-dev and pkg-config, "
+              "then icow) or install the gRPC C++ libraries so that `pkg-config grpc++` finds "
+              "them, and reinstall", file=sys.stderr)
         return []
 
     if os.environ.get("ICOW_PLANE", "1") == "0":
