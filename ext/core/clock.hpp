@@ -1,9 +1,9 @@
 // The clock of deadlines and durations on both sides: steady_clock, in ns.
 //
 // Python stamps deadlines with time.monotonic_ns(), which on Linux reads
-// CLOCK_MONOTONIC; so does std::chrono::steady_clock there (libstdc++).
-// A deadline made in Python is therefore an instant on this clock too, and one
-// made here means the same to Python: that is why deadlines can cross over.
+// CLOCK_MONOTONIC; so does std::chrono::steady_clock there (libstdc++). That is
+// why a deadline can cross from Python to C++ as a bare number (the grpcio
+// plane's deadline_ns into Direct::serve) and be compared with now_ns() here.
 #pragma once
 
 #include <chrono>
