@@ -1,8 +1,9 @@
 """Build steps that pyproject.toml cannot declare: the compiled extension
-``icow._wire``, the optional extension ``icow._plane`` (the native gRPC data
-plane's spike, built only where ``pkg-config grpc++`` finds the gRPC C++
-libraries), and the gRPC stubs generated from proto/ at build time (so that
-they can never drift from the .proto files)."""
+``icow._wire``, the extension ``icow._plane`` (the native gRPC data plane,
+which ``icow serve`` runs on by default; built only where ``pkg-config grpc++``
+finds the gRPC C++ libraries, else serve falls back to grpcio), and the gRPC
+stubs generated from proto/ at build time (so that they can never drift from
+the .proto files)."""
 
 from __future__ import annotations
 
@@ -48,6 +49,14 @@ def generate_stubs() -> None:
     (STUB_DIR / "model_config_pb2_grpc.py").unlink(missing_ok=True)  # no service in it
 
 
+def sources(*folders: str) -> list[str]:
+    """The .cpp files of these ext/ folders, as paths relative to the checkout.
+
+    ext/core (the parser, the response layout, no Python) is compiled into both
+    extensions; each includes across folders as "core/...", from include dir ext/."""
+    return sorted(str(p.relative_to(ROOT)) for f in folders for p in (ROOT / "ext" / f).glob("*.cpp"))
+
+
 def plane_extension() -> list[Pybind11Extension]:
     """icow._plane, or nothing (with the reason on stderr) where it cannot be built.
 
@@ -56,7 +65,10 @@ def plane_extension() -> list[Pybind11Extension]:
     ``optional=True``: a failed compile is a warning, never a failed install."""
     def skip(why: str) -> list[Pybind11Extension]:
         print(f"icow: not building icow._plane (the native gRPC data plane): {why}; "
-              "icow serve will run on the grpcio data plane", file=sys.stderr)
+              "icow serve will run on the grpcio data plane. For the native plane, run "
+              "`bash scripts/install.sh` (Debian/Ubuntu: installs libgrpc++-dev and pkg-config, "
+              "then icow) or install the gRPC C++ libraries so that `pkg-config grpc++` finds "
+              "them, and reinstall", file=sys.stderr)
         return []
 
     if os.environ.get("ICOW_PLANE", "1") == "0":
@@ -74,9 +86,8 @@ def plane_extension() -> list[Pybind11Extension]:
         return skip("pkg-config finds no grpc++ (install libgrpc++-dev)")
     return [Pybind11Extension(
         "icow._plane",
-        # The parser and the response layout are _wire's too: compiled into both.
-        sorted(str(p.relative_to(ROOT)) for p in (ROOT / "ext" / "plane").glob("*.cpp")) + ["ext/parse.cpp",
-                                                                                         "ext/layout.cpp"],
+        sources("plane", "core"),
+        include_dirs=["ext"],
         cxx_std=17,
         extra_compile_args=["-O2", *cflags],
         # pkg-config lists every abseil piece; keep only the libraries really used.
@@ -95,7 +106,8 @@ setup(
     ext_modules=[
         Pybind11Extension(
             "icow._wire",
-            sorted(str(p.relative_to(ROOT)) for p in (ROOT / "ext").glob("*.cpp")),
+            sources("wire", "core"),
+            include_dirs=["ext"],
             cxx_std=17,
             extra_compile_args=["-O3"],
         ),

@@ -11,7 +11,7 @@ work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
 clang++-14 -std=c++17 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-  -Iext ext/parse.cpp ext/plane/plan.cpp tests/fuzz/fuzz_parse.cc -o "$work/fuzz_parse"
+  -Iext ext/core/*.cpp ext/plane/plan.cpp tests/fuzz/fuzz_parse.cc -o "$work/fuzz_parse"
 python tests/fuzz/make_corpus.py "$work/corpus"
 echo "fuzz: parser and fast-path plan, ${seconds}s, $(ls "$work/corpus" | wc -l) seeds"
 "$work/fuzz_parse" -max_total_time="$seconds" -max_len=4096 -timeout=5 -rss_limit_mb=2048 \

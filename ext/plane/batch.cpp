@@ -11,11 +11,13 @@
 
 #include "buffers.hpp"
 #include "call.hpp"
+#include "core/clock.hpp"
 #include "gil.hpp"
 
 namespace icow::plane {
 namespace {
 
+// ---- Forming a batch ------------------------------------------------------
 size_t bytes_of(const std::vector<int64_t> &shape, size_t itemsize) {
     size_t n = itemsize;
     for (int64_t d : shape) n *= static_cast<size_t>(d);
@@ -88,6 +90,7 @@ void Call::batch_loop(std::shared_ptr<ModelEntry> entry, size_t instance) {
     }
 }
 
+// ---- Running a batch ------------------------------------------------------
 void Call::run_batch(ModelEntry &entry, size_t instance, std::vector<Call *> &jobs) {
     std::vector<Call *> live;
     for (Call *job : jobs)

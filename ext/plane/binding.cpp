@@ -2,12 +2,13 @@
 
 #include <cstring>
 
-#include "call.hpp"
+#include "core/clock.hpp"
 #include "models.hpp"
 
 namespace icow::plane {
 namespace {
 
+// ---- Binding one tensor ---------------------------------------------------
 // Names of onnxruntime's C binding methods, made once (under the GIL).
 struct Names {
     py::str bind_input{"bind_input"}, bind_output{"bind_output"}, clear_outputs{"clear_binding_outputs"},
@@ -42,6 +43,7 @@ void bind_once(const py::object &method, const BindNames &name, const py::object
 
 }  // namespace
 
+// ---- The binding kept from run to run -------------------------------------
 char *StageBuffer::reserve(size_t bytes) {
     constexpr size_t ALIGN = 64;
     if (!data_ || bytes > capacity_) {
@@ -64,6 +66,7 @@ void Binding::release() {
     binding.release(), bind_input.release(), bind_output.release(), run.release();
 }
 
+// ---- The bound run --------------------------------------------------------
 int64_t bind_and_run(const ModelEntry &entry, const Instance &instance, const std::vector<const char *> &inputs,
                      const std::vector<std::vector<int64_t>> &input_shapes, const std::vector<size_t> &outputs,
                      const std::vector<OutputSpec> &results, char *base, const std::vector<size_t> &offsets) {

@@ -12,7 +12,7 @@
 #include <memory>
 #include <vector>
 
-#include "../layout.hpp"
+#include "core/layout.hpp"
 
 namespace py = pybind11;
 

@@ -6,17 +6,14 @@
 #include <string>
 
 #include "buffers.hpp"
+#include "core/clock.hpp"
 #include "gil.hpp"
 
 namespace icow::plane {
 
-int64_t now_ns() {
-    return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
-        .count();
-}
-
 namespace {
 
+// ---- Deadlines, metadata, status ------------------------------------------
 // The call's deadline on the steady clock, in ns; 0: none.
 int64_t steady_deadline(std::chrono::system_clock::time_point deadline) {
     if (deadline == std::chrono::system_clock::time_point::max()) return 0;
@@ -37,6 +34,7 @@ grpc::Status status(const Refusal &refusal) {
 
 }  // namespace
 
+// ---- The backend's reactor (the Call holds one) ---------------------------
 // The client side of the way through: every event goes to the Call.
 class Call::Backend final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
   public:
@@ -50,6 +48,7 @@ class Call::Backend final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grp
     Call *call_;
 };
 
+// ---- The call's events, and its end ---------------------------------------
 Call::Call(Service *service, grpc::GenericCallbackServerContext *context) : service_(service), context_(context) {
     const size_t limit = service_->options.max_concurrent;
     if (service_->in_flight.fetch_add(1) >= limit && limit) {
@@ -121,9 +120,7 @@ void Call::release() {
     if (refs_.fetch_sub(1) == 1) delete this;
 }
 
-// ---------------------------------------------------------------------------
-// The fast path
-// ---------------------------------------------------------------------------
+// ---- The fast path: the request read, planned and scheduled ---------------
 void Call::first_message(bool ok) {
     if (!ok) {
         Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "the call carried no request message"));
@@ -233,6 +230,7 @@ void Call::execute(Call *job, size_t instance, bool inline_run) {
     }
 }
 
+// ---- The model's queue ----------------------------------------------------
 // Into the model's queue (its lock held), or refused when the queue is full.
 // True when queued: from then on another thread may take and finish this call.
 bool Call::wait_in_queue() {
@@ -290,6 +288,7 @@ bool Call::left_early(const ModelEntry &entry) {
     return false;
 }
 
+// ---- The run, and the answer ----------------------------------------------
 // The answer: sent as it is, the call finished.
 void Call::answer(grpc::Slice &response) {
     entry_->pending.fetch_sub(1);
@@ -334,12 +333,11 @@ bool Call::run_bound(const ModelEntry &entry, const Instance &instance, char *re
     return true;
 }
 
-// ---------------------------------------------------------------------------
-// The way through to the backend: messages pumped both ways, one in flight
-// each way; metadata, deadline and cancellation passed on; its status back.
-// Each pump is a chain (read one side, write the other, on that write's end
-// read again), so neither side ever has two operations of a kind in flight.
-// ---------------------------------------------------------------------------
+// ---- The way through to the backend ---------------------------------------
+// Messages pumped both ways, one in flight each way; metadata, deadline and
+// cancellation passed on; its status back. Each pump is a chain (read one side,
+// write the other, on that write's end read again), so neither side ever has
+// two operations of a kind in flight.
 void Call::hand_on(bool have_first) {
     service_->handed_on.fetch_add(1, std::memory_order_relaxed);
     proxying_.store(true);

@@ -12,8 +12,6 @@
 
 namespace icow::plane {
 
-int64_t now_ns();  // steady clock
-
 class Call final : public grpc::ServerGenericBidiReactor {
   public:
     Call(Service *service, grpc::GenericCallbackServerContext *context);

@@ -1,21 +1,19 @@
 #include "direct.hpp"
 
 #include <algorithm>
-#include <chrono>
 #include <string>
 
 #include "call.hpp"
+#include "core/clock.hpp"
+#include "core/release_gil.hpp"
 
 namespace icow::plane {
 namespace {
 
+// ---- Waiting in line for an instance --------------------------------------
 constexpr int64_t POLL_NS = 50'000'000;  // how soon a cancelled caller in line is noticed (as scheduler.py)
 
 enum class Wait { TOOK, QUEUE_FULL, EXPIRED, CANCELLED };
-
-std::chrono::steady_clock::time_point steady(int64_t ns) {
-    return std::chrono::steady_clock::time_point(std::chrono::nanoseconds(ns));
-}
 
 // Hand `instance` to the first caller in line, or leave it idle.
 void give_back(ModelEntry &entry, size_t instance) {
@@ -71,7 +69,7 @@ Wait take_instance(ModelEntry &entry, int64_t deadline_ns, const py::object &ali
             std::unique_lock<std::mutex> lock(entry.mu);
             const int64_t poll = now_ns() + POLL_NS;
             const int64_t until = deadline_ns ? std::min(deadline_ns, poll) : poll;
-            me.handed.wait_until(lock, steady(until), [&] { return me.instance != ModelEntry::NO_INSTANCE; });
+            me.handed.wait_until(lock, at_ns(until), [&] { return me.instance != ModelEntry::NO_INSTANCE; });
             if (me.instance != ModelEntry::NO_INSTANCE) {
                 *instance = me.instance;
                 return Wait::TOOK;
@@ -107,6 +105,7 @@ py::tuple refused(const ModelEntry &entry, int64_t arrived_ns, const Refusal &re
 
 }  // namespace
 
+// ---- Serving one request --------------------------------------------------
 py::object Direct::serve(const py::bytes &data, int64_t deadline_ns, const py::object &alive) {
     py::object answer = run(data, deadline_ns, alive);
     (answer.is_none() ? handed_on : served_fast).fetch_add(1, std::memory_order_relaxed);
@@ -129,7 +128,7 @@ py::object Direct::run(const py::bytes &data, int64_t deadline_ns, const py::obj
     Request request;
     Plan plan;
     std::shared_ptr<ModelEntry> entry;
-    if (static_cast<size_t>(size) < LARGE_REQUEST) {
+    if (static_cast<size_t>(size) < RELEASE_GIL_BYTES) {
         entry = this->plan(base, static_cast<size_t>(size), &request, &plan);
     } else {  // its byte work (typed contents gathered) without the GIL; `data` is the caller's
         py::gil_scoped_release nogil;

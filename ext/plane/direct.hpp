@@ -30,10 +30,6 @@ class Direct {
     std::atomic<uint64_t> served_fast{0}, handed_on{0};  // answered here, left to the full path
 
   private:
-    // Requests this large are parsed and checked without the GIL; smaller ones with it
-    // (a release and retake costs more than their parse, and invites a thread switch).
-    static constexpr size_t LARGE_REQUEST = 64 << 10;
-
     py::object run(const py::bytes &data, int64_t deadline_ns, const py::object &alive);
     std::shared_ptr<ModelEntry> plan(const char *base, size_t size, Request *request, Plan *plan) const;
 

@@ -1,10 +1,10 @@
 #include "expiry.hpp"
 
-#include <chrono>
 #include <utility>
 #include <vector>
 
 #include "call.hpp"
+#include "core/clock.hpp"
 #include "models.hpp"
 
 namespace icow::plane {
@@ -39,8 +39,7 @@ void Expiry::loop() {
             continue;
         }
         if (now_ns() < next_) {
-            const auto at = std::chrono::steady_clock::time_point(std::chrono::nanoseconds(next_));
-            cv_.wait_until(lock, at);
+            cv_.wait_until(lock, at_ns(next_));
             continue;
         }
         // Swept without the lock: a sweep takes each entry's own lock, under which

@@ -6,8 +6,8 @@
 #include <string>
 #include <vector>
 
-#include "../layout.hpp"
-#include "../parse.hpp"
+#include "core/layout.hpp"
+#include "core/parse.hpp"
 
 namespace icow::plane {
 

@@ -35,6 +35,7 @@ using icow::plane::Tally;
 
 namespace {
 
+// ---- From Python's arguments: TLS credentials, the model table ------------
 // (key PEM, certificate chain PEM, client CA PEM or None): TLS, with client certificates when a CA is given.
 std::shared_ptr<grpc::ServerCredentials> credentials(const std::optional<py::tuple> &tls) {
     if (!tls) return grpc::InsecureServerCredentials();
@@ -54,6 +55,7 @@ std::shared_ptr<const icow::plane::Table> table_of(const py::dict &entries) {
     return table;
 }
 
+// ---- The server -----------------------------------------------------------
 class Server {
   public:
     Server(const std::string &address, const Options &options, const std::optional<py::tuple> &tls)
@@ -117,6 +119,7 @@ class Server {
 
 }  // namespace
 
+// ---- The module -----------------------------------------------------------
 PYBIND11_MODULE(_plane, m) {
     m.doc() = "icow's native gRPC data plane: a grpc++ server on raw bytes";
     // Debian's abseil tracks lock order: a graph updated as mutexes are locked, made and

@@ -1,4 +1,4 @@
-"""icow's compiled wire codec (ext/wire.cpp)."""
+"""icow's compiled wire codec (ext/wire/wire.cpp)."""
 
 from collections.abc import Iterable
 

@@ -1,4 +1,4 @@
-// libFuzzer target for the ModelInferRequest parser (ext/parse.cpp) and the native
+// libFuzzer target for the ModelInferRequest parser (ext/core/parse.cpp) and the native
 // plane's fast-path checks (ext/plane/plan.cpp), built with AddressSanitizer and
 // UndefinedBehaviorSanitizer by scripts/fuzz.sh. The parser must either return or
 // throw ParseError, and the plan must either refuse a request or describe one whose
@@ -9,7 +9,7 @@
 #include <cstring>
 #include <memory>
 
-#include "parse.hpp"
+#include "core/parse.hpp"
 #include "plane/plan.hpp"
 
 namespace {

@@ -12,7 +12,7 @@ A client may shrink the object after registering it; touching a page past its
 new end raises SIGBUS, which would kill the server. Every use checks the
 object's size with fstat first and refuses a region that no longer covers its
 range. A shrink *between* that check and the end of the run is caught by the
-extension's SIGBUS guard (ext/sigbus.cpp): the faulting access lands on a private
+extension's SIGBUS guard (ext/wire/sigbus.cpp): the faulting access lands on a private
 zero page, the region is marked, and the request fails when its regions are
 checked again after the run (``Leases.check``). The region stays refused until
 it is registered again.

@@ -15,6 +15,7 @@
 namespace icow {
 namespace {
 
+// ---- Fields to spans: parameters, shapes, tensors -------------------------
 std::string_view view(const char *base, Span s) { return {base + s.off, s.len}; }
 
 void expect(uint32_t wire_type, uint32_t wanted, const char *field) {
@@ -114,9 +115,7 @@ OutputTensor parse_output(const char *base, Span s) {
     return out;
 }
 
-// ---------------------------------------------------------------------------
-// Checks of one input against its own declaration, and typed-contents gathering
-// ---------------------------------------------------------------------------
+// ---- Checks of one input against its own declaration ----------------------
 std::string shape_text(const std::vector<int64_t> &shape) {
     std::string s = "[";
     for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
@@ -158,6 +157,7 @@ void check_bytes_elements(const char *base, Span data, uint64_t count, const std
                          std::to_string(r.left()) + " bytes remain after the last");
 }
 
+// ---- Typed contents, gathered into the raw layout -------------------------
 template <typename T>
 void append(std::string &out, T value) {
     out.append(reinterpret_cast<const char *>(&value), sizeof(T));
@@ -251,6 +251,7 @@ void gather_typed(const char *base, InputTensor &in, const std::string &what) {
                          contents_name(t.contents));
 }
 
+// ---- One input checked ----------------------------------------------------
 bool names_region(const char *base, const std::vector<Param> &params) {
     for (const auto &p : params)
         if (view(base, p.key) == "shared_memory_region") return true;
@@ -293,6 +294,7 @@ void check_input(const char *base, InputTensor &in, const Span *raw, bool reques
                          std::to_string(in.raw.len));
 }
 
+// ---- The whole request ----------------------------------------------------
 Request parse_and_check(const char *data, size_t n) {
     Reader r(data, n);
     Request req;

@@ -1,5 +1,5 @@
 // icow._wire: the compiled part of icow's wire handling. This file is the
-// Python face: the request parser (parse.cpp) and response builder (build.cpp)
+// Python face: the request parser (core/parse.cpp) and response builder (build.cpp)
 // exposed to Python, and the BYTES tensor codec.
 //
 // In raw contents a BYTES tensor is its elements one after another, each a
@@ -9,7 +9,8 @@
 #include <pybind11/stl.h>
 
 #include "build.hpp"
-#include "parse.hpp"
+#include "core/parse.hpp"
+#include "core/release_gil.hpp"
 #include "sigbus.hpp"
 
 #include <cstdint>
@@ -23,15 +24,13 @@ using icow::Reader;
 
 namespace {
 
+// ---- BYTES tensors --------------------------------------------------------
 void write_u32le(char *dst, uint32_t v) {
     const unsigned char b[4] = {static_cast<unsigned char>(v), static_cast<unsigned char>(v >> 8),
                                 static_cast<unsigned char>(v >> 16), static_cast<unsigned char>(v >> 24)};
     std::memcpy(dst, b, 4);
 }
 
-// ---------------------------------------------------------------------------
-// BYTES tensors
-// ---------------------------------------------------------------------------
 py::list unpack_bytes(py::buffer data, py::ssize_t count) {
     py::buffer_info info = data.request();
     if (info.ndim != 1 || info.itemsize != 1 || info.strides[0] != 1)
@@ -89,9 +88,7 @@ py::bytes pack_bytes(const py::iterable &items) {
     return out;
 }
 
-// ---------------------------------------------------------------------------
-// The request parser's results as Python objects
-// ---------------------------------------------------------------------------
+// ---- The request parser's results as Python objects -----------------------
 py::str utf8(const char *base, icow::Span s, const char *field) {
     PyObject *text = PyUnicode_DecodeUTF8(base + s.off, static_cast<Py_ssize_t>(s.len), "strict");
     if (!text) {
@@ -154,6 +151,7 @@ py::tuple parse_request(const py::buffer &data) {
                           utf8(base, req.id, "id"), params_dict(base, req.params), inputs, outputs);
 }
 
+// ---- Addresses, and a request's model name without the full parse ---------
 // The address of a buffer's first byte, for IOBinding: numpy's
 // __array_interface__ builds a dict per call to say the same.
 uintptr_t address_of(const py::buffer &data) {
@@ -184,6 +182,7 @@ std::string model_name(const py::buffer &data) {
 
 }  // namespace
 
+// ---- The module -----------------------------------------------------------
 PYBIND11_MODULE(_wire, m) {
     m.doc() = "icow's compiled wire codec";
     py::register_exception_translator([](std::exception_ptr p) {

@@ -7,13 +7,9 @@
 #include <string>
 #include <vector>
 
-#include "layout.hpp"
+#include "core/layout.hpp"
 
 namespace icow {
-
-// Below this many bytes the GIL is kept: giving it up costs more than the work,
-// and taking it back can wait for another thread's whole switch interval.
-inline constexpr size_t RELEASE_GIL_BYTES = 64 * 1024;
 
 class ResponseBuffer {
   public:

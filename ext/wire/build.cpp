@@ -1,10 +1,11 @@
-// The response as one Python bytes object (layout: layout.cpp), written in place.
+// The response as one Python bytes object (layout: core/layout.cpp), written in place.
 
 #include "build.hpp"
 
 #include <cstring>
 #include <stdexcept>
 
+#include "core/release_gil.hpp"
 
 namespace py = pybind11;
 
