@@ -26,7 +26,7 @@ from .services.logs import RequestLog
 from .services.oip import SERVICE, InferenceService, method_handlers
 from .shm.registry import Limits
 
-log = logging.getLogger("icow.server")
+log = logging.getLogger(__name__)
 
 
 @dataclass

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ..runtime.model import Model
 
-log = logging.getLogger("icow.repository")
+log = logging.getLogger(__name__)
 
 
 class Drainer:

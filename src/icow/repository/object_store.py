@@ -32,7 +32,7 @@ from typing import Any
 from ..runtime.config import ConfigError, read_config
 from .versions import policy_versions
 
-log = logging.getLogger("icow.object_store")
+log = logging.getLogger(__name__)
 
 SCHEME = "s3://"
 VERSION_TAG = "model-version"  # lIteCOW's tag on an object version

@@ -22,7 +22,7 @@ from ..runtime import config as cfg
 from .repository import Repository
 from .versions import files_stamp, parse_version
 
-log = logging.getLogger("icow.poll")
+log = logging.getLogger(__name__)
 
 
 def model_stamp(model_dir: Path) -> tuple:

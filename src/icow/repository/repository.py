@@ -37,7 +37,7 @@ from .versions import files_stamp, policy_versions, versions_on_disk
 if TYPE_CHECKING:
     from .object_store import ObjectStore
 
-log = logging.getLogger("icow.repository")
+log = logging.getLogger(__name__)
 
 READY = "READY"
 UNAVAILABLE = "UNAVAILABLE"

@@ -25,7 +25,7 @@ from .binding import Binder
 from .scheduler import BatchScheduler, DirectScheduler, Job
 from .stats import VersionStats
 
-log = logging.getLogger("icow.model")
+log = logging.getLogger(__name__)
 
 PROVIDERS_PARAMETER = "execution_providers"  # in ModelConfig's parameters: what the sessions use
 

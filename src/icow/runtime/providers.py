@@ -18,7 +18,7 @@ import onnxruntime as ort
 from .._proto import model_config_pb2 as mc
 from .config import ConfigError
 
-log = logging.getLogger("icow.providers")
+log = logging.getLogger(__name__)
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"

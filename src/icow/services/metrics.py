@@ -27,7 +27,7 @@ from ..repository.repository import Repository
 from ..runtime.model import Model
 from ..runtime.stats import LATENCY_BUCKETS_US, VersionStats
 
-log = logging.getLogger("icow.metrics")
+log = logging.getLogger(__name__)
 
 LABELS = ["model", "version"]
 

@@ -27,7 +27,7 @@ from . import logs
 if TYPE_CHECKING:
     from .plane import DirectPath
 
-log = logging.getLogger("icow.v2")
+log = logging.getLogger(__name__)
 
 SERVICE = "inference.GRPCInferenceService"
 EXTENSIONS = ["model_repository", "model_configuration", "statistics"]

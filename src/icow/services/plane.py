@@ -25,7 +25,7 @@ from ..runtime.model import Model
 from ..runtime.stats import LATENCY_BUCKETS_US
 from .auth import Token
 
-log = logging.getLogger("icow.native_plane")
+log = logging.getLogger(__name__)
 
 try:
     from .. import _plane
