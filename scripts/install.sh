@@ -25,9 +25,11 @@ python -m pip install -q --upgrade pip
 args=("$@")
 [ "${#args[@]}" -gt 0 ] || args=(".[server]")
 python -m pip install -q "${args[@]}"
-python - <<'PY'
-from icow.services import plane
-
-print("install: icow serve will use the", "native data plane (icow._plane)" if plane.available()
-      else f"grpcio data plane, not the native one: {plane.UNAVAILABLE_REASON}")
+python - <<'PY'  # icow._plane alone: `install.sh .` (the client only) has no onnxruntime
+try:
+    import icow._plane  # noqa: F401
+except ImportError as e:
+    print(f"install: icow serve will use the grpcio data plane, not the native one: icow._plane cannot be imported ({e})")
+else:
+    print("install: icow serve will use the native data plane (icow._plane)")
 PY
