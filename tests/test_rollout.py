@@ -8,7 +8,6 @@ import collections
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import grpc
@@ -144,7 +143,7 @@ def test_promotion_under_load(server):
     stop = threading.Event()
     failures: list[Exception] = []
     seen: collections.Counter[tuple[str, str]] = collections.Counter()
-    lock = threading.Lock()
+    answered_calls = threading.Condition()  # notified on every answer: the test waits on counts, not time
 
     def call(version: str) -> None:
         with icow.Client(server.url, retries=0) as client:
@@ -154,8 +153,9 @@ def test_promotion_under_load(server):
                 except Exception as e:  # counted, never raised in the thread
                     failures.append(e)
                     continue
-                with lock:
+                with answered_calls:
                     seen[version, got] += 1
+                    answered_calls.notify_all()
 
     threads = [threading.Thread(target=call, args=(v,)) for v in ("stable", "stable", "", "")]
     for t in threads:
@@ -166,7 +166,9 @@ def test_promotion_under_load(server):
                      ["promote", "m", "canary"]):
             result = icow_cli(*step, *url)
             assert result.returncode == 0, result.stderr
-            time.sleep(0.3)
+            with answered_calls:  # let 60 calls run on this routing before the next move
+                target = sum(seen.values()) + 60
+                assert answered_calls.wait_for(lambda n=target: sum(seen.values()) >= n or failures, timeout=60)
         with icow.Client(server.url) as client:  # stable is now 2: every new call says so
             assert {answered(client.infer_result("m", {"x": X}, version="stable")) for _ in range(50)} == {"2"}
             assert {answered(client.infer_result("m", {"x": X})) for _ in range(50)} == {"2"}
