@@ -2,76 +2,34 @@
 
 from __future__ import annotations
 
-import threading
-import time
-
-import grpc
-import numpy as np
 import tritonclient.grpc as tc
 from tritonclient.utils import InferenceServerException
 
 from ops_helpers import json_lines, sample, scale_input, scrape, slow_inputs
-
-SIZE = 1000  # a slow call that runs long enough for calls to be in flight at any moment
+from sigterm_load import MODES, SERVER_ARGS, sigterm_under_load
 
 
 def test_sigterm_under_load_lets_every_accepted_call_finish(make_server, ops_repo):
-    srv = make_server(ops_repo, "--no-metrics", "--shutdown-grace-secs", "60", "--log-format", "json",
-                      "--log-level", "debug")
-    sigterm_at: list[float] = []
-    ok_after_sigterm = []
-    outcomes: list[tuple[str, object]] = []
-    lock = threading.Lock()
-    started = threading.Barrier(5)
+    # at debug, the access log records each call, and the native plane passes every call to grpcio
+    srv = make_server(ops_repo, *SERVER_ARGS, "--log-level", "debug")
+    outcome = sigterm_under_load(srv.proc, srv.url)
+    assert outcome.problems(srv.log()) == []
+    assert outcome.answered_after_sigterm, "no call in flight at SIGTERM finished after it"
+    assert "received SIGTERM, stopping (grace 60s)" in [r["message"] for r in json_lines(srv.log())]
 
-    def load(slow: bool) -> None:
-        client = tc.InferenceServerClient(srv.url)
-        started.wait()
-        for _ in range(100_000):  # bounded; ends at the first refusal
-            try:
-                if slow:
-                    value = client.infer("slow", slow_inputs(SIZE)).as_numpy("y").item()
-                    ok = np.isclose(value, SIZE ** 3, rtol=1e-2)
-                else:
-                    ok = client.infer("scale", scale_input()).as_numpy("y").tolist() == [0, 3, 6, 9]
-            except InferenceServerException as e:
-                with lock:
-                    outcomes.append((e.status(), e.message()))
-                return
-            with lock:
-                outcomes.append(("OK" if ok else "WRONG ANSWER", None))
-                if sigterm_at:
-                    ok_after_sigterm.append(True)
 
-    threads = [threading.Thread(target=load, args=(i % 2 == 0,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    started.wait()
-    while True:  # until the load is well under way
-        with lock:
-            if sum(1 for o in outcomes if o[0] == "OK") >= 20:
-                break
-        time.sleep(0.05)
-    with lock:
-        sigterm_at.append(time.monotonic())
-    srv.proc.terminate()
-    for t in threads:
-        t.join(timeout=120)
-    assert srv.proc.wait(timeout=120) == 0
-
-    failures = [o for o in outcomes if o[0] != "OK"]
-    # every call either was answered correctly or was refused as the server was going: grpc
-    # answers UNAVAILABLE, or CANCELLED for a call that reached the transport during the stop
-    refused = {str(grpc.StatusCode.UNAVAILABLE), str(grpc.StatusCode.CANCELLED)}
-    assert all(status in refused for status, _ in failures), failures
-    assert ok_after_sigterm, "no call in flight at SIGTERM finished after it"
-    records = json_lines(srv.log())  # every line is JSON
-    infers = [r for r in records if r.get("method") == "ModelInfer"]
-    assert [r for r in infers if r["status"] != "OK"] == []  # no accepted call failed on the server
-    assert len(infers) == sum(1 for o in outcomes if o[0] == "OK")  # and each reached its client
-    messages = [r["message"] for r in records]
-    assert "received SIGTERM, stopping (grace 60s)" in messages
-    assert messages[-1] == "stopped: every accepted call finished"
+def test_thirty_sigterms_under_load_end_cleanly(make_server, ops_repo):
+    """Across both planes and the native plane's way through to grpcio, the path that once
+    aborted 3 times in 56 (docs/native-plane.md, "Shutdown"); scripts/sigterm-stress.py runs more."""
+    bad = []
+    rounds = list(MODES.items())
+    for i in range(30):
+        mode, args = rounds[i % len(rounds)]
+        srv = make_server(ops_repo, *SERVER_ARGS, *args)
+        problems = sigterm_under_load(srv.proc, srv.url).problems(srv.log())
+        if problems:
+            bad.append((i, mode, problems[:3]))
+    assert bad == []
 
 
 def test_grace_period_cuts_calls_that_run_too_long(make_server, ops_repo):

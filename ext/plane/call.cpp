@@ -49,7 +49,8 @@ class Call::Backend final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grp
 };
 
 // ---- The call's events, and its end ---------------------------------------
-Call::Call(Service *service, grpc::GenericCallbackServerContext *context) : service_(service), context_(context) {
+Call::Call(Service *service, grpc::GenericCallbackServerContext *context)
+    : alive_(service->calls), service_(service), context_(context) {
     const size_t limit = service_->options.max_concurrent;
     if (service_->in_flight.fetch_add(1) >= limit && limit) {
         Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "Concurrent RPC limit exceeded!"));

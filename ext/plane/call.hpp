@@ -63,6 +63,7 @@ class Call final : public grpc::ServerGenericBidiReactor {
     void backend_done(const grpc::Status &status);
     void release();
 
+    Census::Member alive_;  // first: counted until the rest of the call is gone (census.hpp)
     Service *service_;
     grpc::GenericCallbackServerContext *context_;
     grpc::ByteBuffer up_, down_;  // a message from the client, to the client

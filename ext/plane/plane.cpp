@@ -86,6 +86,10 @@ class Server {
             server_->Shutdown(std::chrono::system_clock::now() +
                               std::chrono::microseconds(static_cast<int64_t>(grace_s * 1e6)));
             server_->Wait();
+            // Every client-facing call is done; a call passed to the backend may still be
+            // going (backend_done finishes this side, then lets go of its own): the
+            // backend's channel and the workers stay until it is gone (census.hpp).
+            service_->calls.wait_until_empty();
         }
         server_.reset();
         py::gil_scoped_release release;  // the workers may wait for the GIL before they can end

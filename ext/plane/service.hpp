@@ -15,6 +15,7 @@
 #include <string_view>
 #include <vector>
 
+#include "census.hpp"
 #include "expiry.hpp"
 #include "models.hpp"
 #include "workers.hpp"
@@ -60,6 +61,7 @@ class Service final : public grpc::CallbackGenericService {
     Workers workers;
     Expiry expiry;  // after workers: gone before them, as it hands them work
     std::atomic<uint64_t> served_fast{0}, handed_on{0}, in_flight{0};
+    Census calls;  // Call objects alive (in_flight counts calls until their OnDone)
 
   private:
     std::shared_ptr<const Table> table_ = std::make_shared<Table>();
