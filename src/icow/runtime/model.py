@@ -18,6 +18,7 @@ from .._proto import model_config_pb2 as mc
 from .._wire import address_of
 from ..protocol.datatypes import from_numpy
 from ..protocol.errors import InferenceServerError, invalid
+from ..protocol.names import shorten
 from ..protocol.tensors import to_raw
 from . import config as cfg
 from . import execution, providers
@@ -228,7 +229,7 @@ class Model:
                 raise invalid(f"output '{name}' of model '{self.name}' is a {self.non_tensor_outputs[name]}, "
                               "not a tensor: this protocol cannot carry it")
             if name not in self.outputs and name not in self.non_tensor_outputs:
-                raise invalid(f"model '{self.name}' has no output '{name}'; "
+                raise invalid(f"model '{self.name}' has no output '{shorten(name)}'; "
                               f"its outputs are: {', '.join(self.outputs)}")
         if len(set(requested)) != len(requested):
             raise invalid(f"output requested twice: {', '.join(requested)}")
@@ -237,7 +238,7 @@ class Model:
     def _feeds(self, inputs: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
         for name in inputs:
             if name not in self.inputs:
-                raise invalid(f"model '{self.name}' has no input '{name}'; "
+                raise invalid(f"model '{self.name}' has no input '{shorten(name)}'; "
                               f"its inputs are: {', '.join(self.inputs)}")
         missing = [n for n in self.inputs if n not in inputs]
         if missing:
