@@ -27,7 +27,7 @@ def _value(array: np.ndarray) -> ort.OrtValue:
     if array.dtype == BF16_BITS:  # the bits, told they are bfloat16
         bits = np.ascontiguousarray(array).view(np.uint16)
         return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(bits, _BF16.bind)
-    return ort.OrtValue.ortvalue_from_numpy(array)
+    return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array))
 
 
 def _array(value: ort.OrtValue):
