@@ -27,6 +27,9 @@ ALL_TYPES: dict[str, int] = {
     "FP16": TensorProto.FLOAT16, "FP32": TensorProto.FLOAT, "FP64": TensorProto.DOUBLE,
     "BYTES": TensorProto.STRING,
 }
+# Protocol types numpy has no dtype for: onnxruntime's Python API runs them only
+# through OrtValues or IOBinding (icow carries their bits; see protocol/datatypes.py).
+BITS_TYPES: dict[str, int] = {"BF16": TensorProto.BFLOAT16}
 
 
 def _model(nodes, inputs, outputs, initializers=(), name="icow") -> onnx.ModelProto:
@@ -106,8 +109,8 @@ def strings() -> onnx.ModelProto:
 
 
 def identity(datatype: str) -> onnx.ModelProto:
-    """x -> y of one type from ALL_TYPES, shape [-1, 3]."""
-    elem = ALL_TYPES[datatype]
+    """x -> y of one type from ALL_TYPES or BITS_TYPES, shape [-1, 3]."""
+    elem = {**ALL_TYPES, **BITS_TYPES}[datatype]
     return _model([helper.make_node("Identity", ["x"], ["y"])],
                   [helper.make_tensor_value_info("x", elem, ["batch", 3])],
                   [helper.make_tensor_value_info("y", elem, ["batch", 3])])

@@ -40,7 +40,8 @@ def wide_identity():
 
 
 def build_batching_repository(repo: Path) -> Path:
-    """``mlp`` (the example, batched), ``wide`` and ``lookup``, all with dynamic batching."""
+    """``mlp`` (the example, batched), ``wide``, ``lookup`` and ``identity_BF16``, all with
+    dynamic batching."""
     repo.mkdir(parents=True)
     shutil.copytree(ROOT / "examples" / "models" / "mlp", repo / "mlp")
     (repo / "mlp" / "config.pbtxt").write_text("max_batch_size: 8\n" + BATCHING)
@@ -48,4 +49,6 @@ def build_batching_repository(repo: Path) -> Path:
     (repo / "wide" / "config.pbtxt").write_text("max_batch_size: 8\n" + BATCHING)
     make_models.write(lookup_model(), repo, "lookup")
     (repo / "lookup" / "config.pbtxt").write_text("max_batch_size: 8\n" + BATCHING)
+    make_models.write(make_models.identity("BF16"), repo, "identity_BF16")
+    (repo / "identity_BF16" / "config.pbtxt").write_text("max_batch_size: 8\n" + BATCHING)
     return repo

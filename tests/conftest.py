@@ -107,7 +107,7 @@ def build_test_repository(repo: Path) -> Path:
     config, version policies."""
     shutil.copytree(ROOT / "examples" / "models", repo)
     make_models.write(make_models.identity_all_types(), repo, "dtypes")
-    for datatype in make_models.ALL_TYPES:
+    for datatype in (*make_models.ALL_TYPES, *make_models.BITS_TYPES):
         make_models.write(make_models.identity(datatype), repo, f"identity_{datatype}")
     broken = repo / "broken" / "1" / "model.onnx"
     broken.parent.mkdir(parents=True)

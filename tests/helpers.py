@@ -51,6 +51,7 @@ class _Expect:
         else:
             return False
         assert status == str(self.code), f"expected {self.code}, got {status}: {message}"
+        self.message = message  # for checks beyond the fragments
         for fragment in self.fragments:
             assert fragment in message, f"{fragment!r} not in {message!r}"
         return True

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
+import ml_dtypes
 import numpy as np
 import pytest
 import tritonclient.grpc as tc
@@ -81,6 +82,29 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_rows(batching_ser
     assert max(batch_sizes) > 4  # larger than any one request: rows of several requests
     assert sum(b.compute_infer.count for b in after.batch_stats) == after.execution_count
     assert after.inference_stats.queue.count == after.inference_stats.success.count
+
+
+def test_bf16_requests_batched_bit_for_bit(batching_server):
+    """BF16 rows of several requests share a run (stacked as bits: numpy has no bfloat16)
+    and each request gets its own bits back."""
+    url = batching_server.url
+    before = tc.InferenceServerClient(url).get_inference_statistics("identity_BF16").model_stats[0]
+    per_client = 4
+
+    def client_work(i):
+        client = tc.InferenceServerClient(url)
+        rng = np.random.default_rng(i)
+        for _ in range(per_client):
+            bits = rng.integers(0, 2**16, (int(rng.integers(1, 4)), 3), dtype=np.uint16)
+            tensor = tc.InferInput("x", list(bits.shape), "BF16")
+            tensor.set_data_from_numpy(bits.view(ml_dtypes.bfloat16))
+            got = client.infer("identity_BF16", [tensor]).as_numpy("y")
+            np.testing.assert_array_equal(got.view(np.uint16), bits)
+
+    _concurrently(client_work)
+    after = tc.InferenceServerClient(url).get_inference_statistics("identity_BF16").model_stats[0]
+    assert after.inference_stats.success.count - before.inference_stats.success.count == CLIENTS * per_client
+    assert after.execution_count - before.execution_count < CLIENTS * per_client, "no two requests shared a run"
 
 
 def test_batched_requests_with_inputs_and_outputs_in_shared_memory(batching_server, batching_repo):

@@ -11,7 +11,7 @@ import pytest
 import make_models
 from icow import _wire
 from icow._proto import inference_pb2 as pb
-from icow.protocol.datatypes import DATATYPES
+from icow.protocol.datatypes import BF16_BITS, DATATYPES
 from icow.repository.repository import Repository
 
 
@@ -40,7 +40,7 @@ def repository(test_repo: Path, tmp_path_factory) -> Repository:
     extra = tmp_path_factory.mktemp("binding")
     make_models.write(make_models.identity("FP32"), extra, "unbatched")
     (extra / "unbatched" / "config.pbtxt").write_text("max_batch_size: 0\n")
-    for name in ("mlp", "mixed", "dtypes", "strings", "identity_FP16"):
+    for name in ("mlp", "mixed", "dtypes", "strings", "identity_FP16", "identity_BF16"):
         (extra / name).symlink_to(test_repo / name, target_is_directory=True)
     repo = Repository(extra)
     repo.load_all()
@@ -87,6 +87,15 @@ def test_inputs_read_in_place_from_the_request(repository):
     data = b"\0" + np.arange(6, dtype=np.float16).tobytes()
     x = np.frombuffer(memoryview(data)[1:], np.float16).reshape(2, 3)
     assert run_both(repository.get("identity_FP16"), {"x": x}).bound == [0]
+
+
+def test_bf16_bound_and_plain_runs_agree(repository):
+    """BF16 bits bound in place (IOBinding) and run plainly (OrtValues: numpy has no
+    bfloat16) give the same bits: NaN payloads and subnormals included."""
+    x = np.array([[0x7FC1, 0xFFA5, 0x0001], [0x807F, 0x8000, 0x3F80]], np.uint16).view(BF16_BITS)
+    assert run_both(repository.get("identity_BF16"), {"x": x}).bound == [0]
+    np.testing.assert_array_equal(repository.get("identity_BF16").run({"x": x})["y"].view(np.uint16),
+                                  x.view(np.uint16))
 
 
 def test_strings_are_copied(repository):

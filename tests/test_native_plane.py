@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
+import ml_dtypes
 import numpy as np
 import pytest
 import tritonclient.grpc as tc
@@ -61,6 +62,8 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copytree(ROOT / "examples" / "models", repo)
     make_models.write(make_models.identity("FP32"), repo, "identity_FP32")
     (repo / "identity_FP32" / "config.pbtxt").write_text("max_batch_size: 0\n")
+    make_models.write(make_models.identity("BF16"), repo, "identity_BF16")
+    (repo / "identity_BF16" / "config.pbtxt").write_text("max_batch_size: 0\n")
     make_models.write(make_models.identity("FP32"), repo, "batched")
     (repo / "batched" / "config.pbtxt").write_text("max_batch_size: 8\ndynamic_batching { }\n")
     return repo
@@ -251,6 +254,23 @@ def test_requests_staged_and_bound_in_place_one_after_another(servers, plane):
         data, x = request(rows, 100 + i)
         np.testing.assert_array_equal(output(call(data, timeout=30)), x)
     assert fast_counts(servers[plane])["served_fast"] - served == len(sizes) - 1  # 0 rows: the full path's
+
+
+@needs_plane
+@pytest.mark.parametrize("plane", ["native", "grpcio"])
+def test_bf16_served_fast_bit_for_bit(servers, plane):
+    """BF16 is bound as ONNX's bfloat16 (numpy has none), staged and in place: every
+    bit pattern comes back as sent, NaN payloads and subnormals included."""
+    client = tc.InferenceServerClient(f"127.0.0.1:{servers[plane].port}")
+    served = fast_counts(servers[plane])["served_fast"]
+    every = np.arange(2**16, dtype=np.uint16)
+    for sent in (every[:3000], every):  # 6 KB in, 6 KB out: staged; 128 KiB each way: bound in place
+        x = np.resize(sent, (len(sent) // 3 + 1, 3))  # every pattern of ``sent``, as [rows, 3]
+        tensor = tc.InferInput("x", list(x.shape), "BF16")
+        tensor.set_data_from_numpy(x.view(ml_dtypes.bfloat16))
+        got = client.infer("identity_BF16", [tensor]).as_numpy("y")
+        np.testing.assert_array_equal(got.view(np.uint16), x)
+    assert fast_counts(servers[plane])["served_fast"] - served == 2
 
 
 @needs_plane

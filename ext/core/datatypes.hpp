@@ -33,6 +33,7 @@ inline constexpr Datatype DATATYPES[] = {
     {"INT16", 2, INT_CONTENTS, true},    {"INT32", 4, INT_CONTENTS, true},
     {"INT64", 8, INT64_CONTENTS, true},  {"FP16", 2, NO_CONTENTS, true},
     {"FP32", 4, FP32_CONTENTS, true},    {"FP64", 8, FP64_CONTENTS, true},
+    {"BF16", 2, NO_CONTENTS, true},  // raw contents only, as FP16; the bits pass unchanged
     {"BYTES", 0, BYTES_CONTENTS, false},
 };
 

@@ -18,6 +18,7 @@ The folders, each one concern (its docstring says what it may import):
 
 from ._version import __version__
 from .client import AsyncClient, Client
+from .protocol.datatypes import BF16_BITS
 from .protocol.errors import InferenceServerError
 
-__all__ = ["AsyncClient", "Client", "InferenceServerError", "__version__"]
+__all__ = ["AsyncClient", "BF16_BITS", "Client", "InferenceServerError", "__version__"]

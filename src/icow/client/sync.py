@@ -137,7 +137,8 @@ class Client:
             sequence of them in the order of the model's metadata (a single
             array is the model's one input). Each is
             sent with the protocol datatype of its dtype; str and bytes
-            arrays are sent as BYTES.
+            arrays are sent as BYTES, arrays of ``icow.BF16_BITS`` (uint16
+            bits) or ``ml_dtypes.bfloat16`` as BF16.
         version
             The model version; None lets the server choose.
         outputs
@@ -147,7 +148,8 @@ class Client:
         -------
         dict[str, numpy.ndarray]
             The outputs by name, as read-only arrays; BYTES outputs are
-            object arrays of ``bytes``.
+            object arrays of ``bytes``, BF16 outputs arrays of ``icow.BF16_BITS``
+            (their bits: ``.view(numpy.uint16)``).
 
         Raises
         ------

@@ -28,6 +28,8 @@ def to_raw(array: np.ndarray, datatype: Datatype) -> bytes:
     """The raw contents of ``array`` as ``datatype``."""
     if datatype.name == "BYTES":
         return _wire.pack_bytes(array.ravel().tolist())
+    if datatype.name == "BF16":  # BF16_BITS or ml_dtypes.bfloat16: the 2 bytes as they are, never cast
+        return np.ascontiguousarray(array).view(np.uint16).astype("<u2", copy=False).tobytes()
     return np.ascontiguousarray(array, dtype=datatype.numpy.newbyteorder("<")).tobytes()
 
 

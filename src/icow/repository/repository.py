@@ -27,6 +27,7 @@ import grpc
 
 from .._proto import model_config_pb2 as mc
 from ..protocol.errors import InferenceServerError, invalid, not_found, unavailable
+from ..protocol.names import check_name, shorten
 from ..runtime import config as cfg
 from ..runtime.model import Model
 from . import routing
@@ -139,9 +140,12 @@ class Repository:
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
     def _model_dir(self, name: str) -> Path:
+        """The folder of model ``name``: where every lookup of a name that is not loaded
+        ends, so the one place a request's name is checked before it meets the disk."""
+        check_name(name)
         path = self.root / name
         if "/" in name or name in ("", ".", "..") or not path.is_dir():
-            raise not_found(f"no model '{name}' in the repository {self.location}; "
+            raise not_found(f"no model '{shorten(name)}' in the repository {self.location}; "
                             f"it has: {', '.join(self.model_names()) or 'no models'}")
         return path
 
@@ -151,6 +155,7 @@ class Repository:
 
         Failures are recorded in the result, not raised: a broken version is
         UNAVAILABLE with its reason, and the others serve."""
+        check_name(name)  # before the store is asked for it
         with self._load_lock:  # the sync and the load after it, as one: no other load swaps files between
             failed = self.store.sync([name]).get(name, {}) if self.store is not None else {}
             return self._load_fetched(name, failed)
@@ -207,7 +212,7 @@ class Repository:
                     f"{expected_generation} (it is at {current.routing.generation}): read it again")
             unknown = [label for label in removed if label not in current.routing.labels]
             if unknown:
-                raise not_found(f"model '{name}' has no label {', '.join(map(repr, unknown))}")
+                raise not_found(f"model '{name}' has no label {', '.join(repr(shorten(k)) for k in unknown)}")
             try:
                 routing = current.routing.with_changes(labels, removed, split)
             except ValueError as e:
@@ -306,6 +311,7 @@ class Repository:
         Raises NOT_FOUND for an unknown model, version or label, UNAVAILABLE for a
         model or version that exists but is not ready."""
         loaded = self._loaded(name)
+        check_name(version, "version or label")  # a 5000-digit "version" must not reach int()
         model = loaded.pick(version, request_id)
         if model is not None:
             return model
@@ -321,7 +327,7 @@ class Repository:
         listed = ", ".join(map(str, ready)) or "none"
         labels = describe_labels(loaded.routing)
         what = f"version '{version}' loaded" if version.isdigit() else \
-            f"{named} loaded" if number is not None else f"version or label '{version}'"
+            f"{named} loaded" if number is not None else f"version or label '{shorten(version)}'"
         raise not_found(f"model '{name}' has no {what}; ready versions: {listed}"
                         + (f"; labels: {labels}" if labels else ""))
 

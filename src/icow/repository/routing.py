@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .._proto import model_config_pb2 as mc
+from ..protocol.names import shorten
 from ..protocol.pairs import parse_pairs
 from ..runtime import config as cfg
 
@@ -62,7 +63,7 @@ class Routing:
         for target, _ in self.split:
             version = self.version_of(target)
             if version is None:
-                found.append(f"the split names '{target}', which is neither a version nor a label")
+                found.append(f"the split names '{shorten(target)}', which is neither a version nor a label")
             elif version not in ready:
                 found.append(f"the split's '{target}' is version {version}, which is not ready")
         return found
@@ -118,14 +119,15 @@ def _parameter(config: mc.ModelConfig, key: str) -> str:
 
 def _check_label(label: str) -> str:
     if not _LABEL.match(label):
-        raise ValueError(f"'{label}' is not a label: letters, digits, '_', '.', '-', starting with a letter or '_'")
+        raise ValueError(f"'{shorten(label)}' is not a label: letters, digits, '_', '.', '-', starting with a "
+                         "letter or '_'")
     return label
 
 
 def _check_version(version: int | str, label: str) -> int:
     text = str(version)
     if not text.isdigit() or int(text) < 1:
-        raise ValueError(f"label '{label}' must name a version (a positive integer), not '{version}'")
+        raise ValueError(f"label '{shorten(label)}' must name a version (a positive integer), not '{shorten(text)}'")
     return int(text)
 
 
@@ -136,7 +138,8 @@ def _check_split(split) -> tuple[tuple[str, int], ...]:
         if not target.isdigit():
             _check_label(target)
         if not text.isdigit():
-            raise ValueError(f"the weight of '{target}' must be a whole number >= 0, not '{weight}'")
+            raise ValueError(f"the weight of '{shorten(target)}' must be a whole number >= 0, "
+                             f"not '{shorten(text)}'")
         checked.append((target, int(text)))
     if checked and not any(w for _, w in checked):
         raise ValueError("the split's weights add up to 0")

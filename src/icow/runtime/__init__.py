@@ -6,3 +6,12 @@ statistics (stats.py). Knows nothing of the wire, the repository or shared memor
 
 May import: icow.protocol (and the compiled base: icow._wire, icow._proto).
 """
+
+import os
+
+# ONNX Runtime's official builds (1.32) keep a telemetry store (a device id and an event
+# database under $HOME/.cache/Microsoft) and upload events; a server should neither keep
+# one nor fail where $HOME is read-only (deploy/: readOnlyRootFilesystem). ONNX Runtime
+# reads this once, as it is imported: so here, before any module of this package imports
+# it. setdefault: an operator may still say otherwise.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")

@@ -30,7 +30,8 @@ class Binder:
             self.fast = False
 
     def bind(self, inputs: list[tuple[str, type, tuple, int]], outputs: list[tuple[str, type, tuple, int]]):
-        """A binding of (name, numpy type, shape, address) inputs and outputs on the CPU."""
+        """A binding of (name, element type, shape, address) inputs and outputs on the CPU; the
+        element type is a numpy type, or ONNX's element type number (Datatype.bind)."""
         if not self.fast:
             return self._bind_public(inputs, outputs)
         binding = self.new_binding(self.c_session)

@@ -18,9 +18,10 @@ from .._proto import model_config_pb2 as mc
 from .._wire import address_of
 from ..protocol.datatypes import from_numpy
 from ..protocol.errors import InferenceServerError, invalid
+from ..protocol.names import shorten
 from ..protocol.tensors import to_raw
 from . import config as cfg
-from . import execution, providers
+from . import bf16, execution, providers
 from .binding import Binder
 from .scheduler import BatchScheduler, DirectScheduler, Job
 from .stats import VersionStats
@@ -90,6 +91,7 @@ class Model:
         self.output_dims = {a.name: list(a.shape or []) for a in self.session.get_outputs()}
         self.bind_outputs = all(s.datatype.name != "BYTES" and s.reshape is None
                                  for s in (*self.inputs.values(), *self.outputs.values()))
+        self.has_bf16 = any(s.datatype.name == "BF16" for s in (*self.inputs.values(), *self.outputs.values()))
         self._shape_cache: dict[tuple, dict[str, tuple] | None] = {}
         self.batching = execution.batching(self.config)
         self.queue = execution.queue_policy(self.config, default_queue_size)
@@ -228,7 +230,7 @@ class Model:
                 raise invalid(f"output '{name}' of model '{self.name}' is a {self.non_tensor_outputs[name]}, "
                               "not a tensor: this protocol cannot carry it")
             if name not in self.outputs and name not in self.non_tensor_outputs:
-                raise invalid(f"model '{self.name}' has no output '{name}'; "
+                raise invalid(f"model '{self.name}' has no output '{shorten(name)}'; "
                               f"its outputs are: {', '.join(self.outputs)}")
         if len(set(requested)) != len(requested):
             raise invalid(f"output requested twice: {', '.join(requested)}")
@@ -237,7 +239,7 @@ class Model:
     def _feeds(self, inputs: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
         for name in inputs:
             if name not in self.inputs:
-                raise invalid(f"model '{self.name}' has no input '{name}'; "
+                raise invalid(f"model '{self.name}' has no input '{shorten(name)}'; "
                               f"its inputs are: {', '.join(self.inputs)}")
         missing = [n for n in self.inputs if n not in inputs]
         if missing:
@@ -285,6 +287,8 @@ class Model:
     # -- running -----------------------------------------------------------
     def _session_run(self, instance: Instance, names: list[str], feeds: dict[str, np.ndarray]) -> list:
         try:
+            if self.has_bf16:  # numpy has no bfloat16: session.run would refuse it
+                return bf16.run(instance.session, names, feeds)
             return instance.session.run(names, feeds)
         except ort.capi.onnxruntime_pybind11_state.InvalidArgument as e:
             raise invalid(f"model '{self.name}' version {self.version} rejected the inputs: {e}") from None
@@ -334,8 +338,8 @@ class Model:
                    shapes: dict[str, tuple], response: ResponseSlots) -> bool:
         """Run with inputs bound where they lie and outputs bound into ``response``."""
         binding = instance.binder.bind(
-            [(name, a.dtype.type, a.shape, address_of(a)) for name, a in feeds.items()],
-            [(name, self.outputs[name].datatype.numpy.type, shapes[name], response.address(i))
+            [(name, self.inputs[name].datatype.bind, a.shape, address_of(a)) for name, a in feeds.items()],
+            [(name, self.outputs[name].datatype.bind, shapes[name], response.address(i))
              for i, name in enumerate(names)])
         try:
             instance.binder.run(binding)
@@ -354,6 +358,8 @@ def _copy_into(allocate: Callable[[list[OutputSpec]], ResponseSlots],
     for name, array in results.items():
         datatype = from_numpy(array.dtype)
         data = to_raw(array, datatype) if datatype.name == "BYTES" else np.ascontiguousarray(array)
+        if datatype.name == "BF16":  # written as plain 2-byte elements: its bits
+            data = data.view(np.uint16)
         datas[name] = data
         specs.append((name, datatype.name, array.shape, memoryview(data).nbytes))
     response = allocate(specs)

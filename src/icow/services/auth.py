@@ -26,6 +26,7 @@ from typing import Any
 import grpc
 
 from .._wire import model_name
+from ..protocol.names import shorten
 
 INFERENCE = "/inference.GRPCInferenceService/"
 ROLLOUT = "/icow.rollout.ModelRollout/"
@@ -145,7 +146,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
                 context.abort(grpc.StatusCode.PERMISSION_DENIED, _limited(token, "name a model"))
             if model not in token.models:
                 context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                              _limited(token, f"model '{model}' is not among them"))
+                              _limited(token, f"model '{shorten(model)}' is not among them"))
             return behavior(request, context)
 
         return grpc.unary_unary_rpc_method_handler(checked, request_deserializer=handler.request_deserializer,

@@ -18,6 +18,7 @@ from google.protobuf.message import DecodeError
 
 from .._proto import litecow_pb2 as lc
 from ..protocol.errors import invalid, not_found
+from ..protocol.names import shorten
 from ..repository.repository import Repository
 from ..runtime.model import Model
 from .oip import _rpc, deadline_ns  # the same error contract as the v2 front end
@@ -118,16 +119,16 @@ def model_name(model_key: str, store: StoreLocation | None = None) -> str:
     else:
         url = urlsplit(model_key)
         if url.scheme != "s3":
-            raise invalid(f"model_key {model_key!r} is not an s3://<bucket>/<model> URL")
+            raise invalid(f"model_key '{shorten(model_key)}' is not an s3://<bucket>/<model> URL")
         if store is not None and url.netloc != store.bucket:
-            raise not_found(f"model_key {model_key!r} names bucket '{url.netloc}', but this server's "
+            raise not_found(f"model_key '{shorten(model_key)}' names bucket '{shorten(url.netloc)}', but this server's "
                             f"repository is {store.url}")
         path = url.path.strip("/")
         if store is not None and store.prefix and path.startswith(store.prefix + "/"):
             path = path[len(store.prefix) + 1:]
     name = path.removesuffix(".onnx")
     if not name or "/" in name:
-        raise not_found(f"model_key {model_key!r} names no model: expected s3://<bucket>/<model>")
+        raise not_found(f"model_key '{shorten(model_key)}' names no model: expected s3://<bucket>/<model>")
     return name
 
 

@@ -19,6 +19,8 @@ from typing import Any
 
 import grpc
 
+from ..protocol.names import shorten
+
 access_log = logging.getLogger("icow.access")
 
 PEER_HEADER = "x-icow-peer"  # as ext/plane/service.hpp names it
@@ -126,10 +128,11 @@ class RequestLog(grpc.ServerInterceptor):
     def _log(self, level: int, method: str, request: Any, context: grpc.ServicerContext,
              code: grpc.StatusCode | None, ok: bool, start: int) -> None:
         duration_ms = round((time.perf_counter_ns() - start) / 1e6, 3)
-        model = _call.model or getattr(request, "name", "") or getattr(request, "model_name", "")
+        # shortened: a hostile name would make every line of the access log as long as itself
+        model = shorten(_call.model or getattr(request, "name", "") or getattr(request, "model_name", ""))
         status = "OK" if ok else (code.name if code is not None else "UNKNOWN")
         fields = {"method": method, "request_id": _call.request_id or f"icow-{next(self._ids)}",
-                  "model": model, "version": _call.version or getattr(request, "version", ""),
+                  "model": model, "version": shorten(_call.version or getattr(request, "version", "")),
                   "status": status, "duration_ms": duration_ms, "peer": _peer(context)}
         details = "" if ok else f": {_details(context)}"
         access_log.log(level, "%s %s %s %s %.3f ms%s", method, fields["model"] or "-", fields["version"] or "-",

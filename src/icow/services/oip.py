@@ -74,10 +74,13 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     def ServerReady(self, request, context):
         return pb.ServerReadyResponse(ready=self.ready)
 
+    @_rpc
     def ModelReady(self, request, context):
         try:
             self.repository.get(request.name, request.version)
-        except InferenceServerError:
+        except InferenceServerError as e:
+            if e.code == grpc.StatusCode.INVALID_ARGUMENT:  # a name no model can have: refused, as elsewhere
+                raise
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=True)
 

@@ -87,8 +87,7 @@ def model_entry(model: Model):
                 if isinstance(d, str) else _UNKNOWN for d in dims]
 
     def spec(s, dims: list, shape: list[int]) -> tuple:
-        numpy = s.datatype.numpy
-        return (s.name, s.datatype.name, numpy.itemsize, shape, graph(dims), numpy.type)
+        return (s.name, s.datatype.name, s.datatype.numpy.itemsize, shape, graph(dims), s.datatype.bind)
 
     inputs = [spec(s, model.input_dims[s.name], s.shape(model.max_batch_size)) for s in model.inputs.values()]
     outputs = [spec(s, model.output_dims[s.name], []) for s in model.outputs.values()]
