@@ -19,7 +19,7 @@ from batching_helpers import TABLE, build_batching_repository, lookup_model
 from helpers import expect_error, infer_input, reference, wait_for
 from icow.protocol.errors import InferenceServerError
 from icow.repository.repository import Repository
-from ops_helpers import sample, scrape, slow_inputs
+from ops_helpers import pending, slow_inputs
 
 CLIENTS = 16
 
@@ -185,22 +185,17 @@ def _stats(url: str):
     return tc.InferenceServerClient(url).get_inference_statistics("slow").model_stats[0]
 
 
-def _pending(srv) -> int:
-    """Calls of ``slow`` queued or running, as the server's metrics say."""
-    return int(sample(scrape(srv.metrics_port), "nv_inference_pending_request_count", model="slow", version="1"))
-
-
 def _running_alone(srv, stub, request: pb.ModelInferRequest) -> grpc.Future:
     """``request`` started, and in the server before anything else is sent."""
     running = stub.ModelInfer.future(request)
-    wait_for("the first call to reach the server", lambda: _pending(srv) == 1)
+    wait_for("the first call to reach the server", lambda: pending(srv, "slow") == 1)
     return running
 
 
 def _queued_behind(srv, stub, running: grpc.Future) -> grpc.Future:
     """A second call, in the server behind ``running``."""
     queued = stub.ModelInfer.future(_slow_request())
-    wait_for("the second call to reach the server", lambda: _pending(srv) == 2)
+    wait_for("the second call to reach the server", lambda: pending(srv, "slow") == 2)
     assert _stats(srv.url).execution_count == 0, "the first run ended before the second call came: too slow a SLOW"
     return queued
 
@@ -229,7 +224,7 @@ def test_a_request_whose_deadline_passes_in_the_queue_never_runs(make_server, op
     wait_for("the late call to fail in the server", lambda: _stats(srv.url).inference_stats.fail.count == 1)
     assert not running.done(), "the long run ended before the late call's deadline: the test proves nothing"
     running.result()
-    wait_for("nothing left to run", lambda: _pending(srv) == 0)
+    wait_for("nothing left to run", lambda: pending(srv, "slow") == 0)
     assert _stats(srv.url).execution_count == 1
 
 
@@ -240,7 +235,7 @@ def test_a_cancelled_call_frees_its_place_in_the_queue(make_server, ops_repo):
     cancelled = _queued_behind(srv, stub, running)
     cancelled.cancel()
     wait_for("the cancelled call to leave the queue",
-             lambda: _stats(srv.url).inference_stats.fail.count == 1 and _pending(srv) == 1)
+             lambda: _stats(srv.url).inference_stats.fail.count == 1 and pending(srv, "slow") == 1)
     after = stub.ModelInfer.future(_slow_request(2.0))  # takes the freed place
     assert running.result() and after.result()
     assert _stats(srv.url).execution_count == 2
