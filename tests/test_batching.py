@@ -192,11 +192,11 @@ def _running_alone(srv, stub, request: pb.ModelInferRequest) -> grpc.Future:
     return running
 
 
-def _queued_behind(srv, stub, running: grpc.Future) -> grpc.Future:
-    """A second call, in the server behind ``running``."""
+def _queued_behind(srv, stub) -> grpc.Future:
+    """A second call, in the server behind the first (which still runs)."""
     queued = stub.ModelInfer.future(_slow_request())
     wait_for("the second call to reach the server", lambda: pending(srv, "slow") == 2)
-    assert _stats(srv.url).execution_count == 0, "the first run ended before the second call came: too slow a SLOW"
+    assert _stats(srv.url).execution_count == 0, "the first run ended before the second call came: SLOW is too small"
     return queued
 
 
@@ -204,7 +204,7 @@ def test_a_full_queue_answers_resource_exhausted_at_once(make_server, ops_repo):
     srv = make_server(ops_repo, "--max-queue-size", "1")
     stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(srv.url))
     running = _running_alone(srv, stub, _slow_request())
-    queued = _queued_behind(srv, stub, running)
+    queued = _queued_behind(srv, stub)
     with pytest.raises(grpc.RpcError) as refused:
         stub.ModelInfer(_slow_request())
     assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -232,7 +232,7 @@ def test_a_cancelled_call_frees_its_place_in_the_queue(make_server, ops_repo):
     srv = make_server(ops_repo, "--max-queue-size", "1")
     stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(srv.url))
     running = _running_alone(srv, stub, _slow_request())
-    cancelled = _queued_behind(srv, stub, running)
+    cancelled = _queued_behind(srv, stub)
     cancelled.cancel()
     wait_for("the cancelled call to leave the queue",
              lambda: _stats(srv.url).inference_stats.fail.count == 1 and pending(srv, "slow") == 1)
