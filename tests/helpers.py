@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -28,6 +30,15 @@ def infer_input(name: str, array: np.ndarray, datatype: str) -> tc.InferInput:
     tensor = tc.InferInput(name, list(array.shape), datatype)
     tensor.set_data_from_numpy(array)
     return tensor
+
+
+def wait_for(what: str, condition: Callable[[], bool], timeout: float = 60.0) -> None:
+    """Poll ``condition`` until it holds. ``timeout`` only ends a wait for what will
+    never come (a hung server); it is no measure of speed, so it is generous."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for: {what}"
+        time.sleep(0.02)
 
 
 def expect_error(code: grpc.StatusCode, *fragments: str):

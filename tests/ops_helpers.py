@@ -87,6 +87,12 @@ def sample(text: str, name: str, **labels: str) -> float | None:
     return None
 
 
+def pending(srv, model: str, version: str = "1") -> int:
+    """Calls of a model version queued or running in a server subprocess (Triton's
+    gauge): what a test waits on to know that the server has a call it sent."""
+    return int(sample(scrape(srv.metrics_port), "nv_inference_pending_request_count", model=model, version=version))
+
+
 # -- logs ---------------------------------------------------------------------
 
 def json_lines(log: str) -> list[dict]:

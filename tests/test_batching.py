@@ -4,7 +4,6 @@ server with tritonclient, and the scheduler in process where timing must be exac
 from __future__ import annotations
 
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -18,10 +17,10 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 import make_models
 from batching_helpers import TABLE, build_batching_repository, lookup_model
-from helpers import expect_error, infer_input, reference
+from helpers import expect_error, infer_input, reference, wait_for
 from icow.protocol.errors import InferenceServerError
 from icow.repository.repository import Repository
-from ops_helpers import slow_inputs
+from ops_helpers import pending, slow_inputs
 
 CLIENTS = 16
 
@@ -189,66 +188,81 @@ def test_a_request_over_max_batch_size_is_invalid(batching_server):
 
 
 # -- the queue: limit, deadlines, cancellation ----------------------------------
+# Calls made one after another may reach the server in another order, so each step
+# waits until the server shows the last one: in its pending count (Triton's gauge,
+# queued or running) or its statistics.
 
 SLOW = 2500  # the ``slow`` model's size: about half a second of matrix product here
-ORDER = 0.1  # seconds between calls that must reach the server in order
+LONG = 4000  # about 2 s: a run that outlasts a deadline of LATE with room to spare
+LATE = 0.5  # seconds: the deadline of a call that waits behind a LONG run
 
 
-def _slow_request(x: float = 1.0) -> pb.ModelInferRequest:
+def _slow_request(x: float = 1.0, size: int = SLOW) -> pb.ModelInferRequest:
     request = pb.ModelInferRequest(model_name="slow")
-    for tensor in slow_inputs(SLOW, x):
+    for tensor in slow_inputs(size, x):
         request.inputs.append(tensor._get_tensor())
         request.raw_input_contents.append(tensor._get_content())
     return request
 
 
-def _executions(url: str) -> int:
-    return tc.InferenceServerClient(url).get_inference_statistics("slow").model_stats[0].execution_count
+def _stats(url: str):
+    return tc.InferenceServerClient(url).get_inference_statistics("slow").model_stats[0]
+
+
+def _running_alone(srv, stub, request: pb.ModelInferRequest) -> grpc.Future:
+    """``request`` started, and in the server before anything else is sent."""
+    running = stub.ModelInfer.future(request)
+    wait_for("the first call to reach the server", lambda: pending(srv, "slow") == 1)
+    return running
+
+
+def _queued_behind(srv, stub) -> grpc.Future:
+    """A second call, in the server behind the first (which still runs)."""
+    queued = stub.ModelInfer.future(_slow_request())
+    wait_for("the second call to reach the server", lambda: pending(srv, "slow") == 2)
+    assert _stats(srv.url).execution_count == 0, "the first run ended before the second call came: SLOW is too small"
+    return queued
 
 
 def test_a_full_queue_answers_resource_exhausted_at_once(make_server, ops_repo):
-    srv = make_server(ops_repo, "--no-metrics", "--max-queue-size", "1")
+    srv = make_server(ops_repo, "--max-queue-size", "1")
     stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(srv.url))
-    running = stub.ModelInfer.future(_slow_request())  # runs
-    time.sleep(ORDER)
-    queued = stub.ModelInfer.future(_slow_request())  # waits
-    time.sleep(ORDER)
+    running = _running_alone(srv, stub, _slow_request())
+    queued = _queued_behind(srv, stub)
     with pytest.raises(grpc.RpcError) as refused:
         stub.ModelInfer(_slow_request())
     assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "max_queue_size" in refused.value.details()
     assert not running.done()  # refused at once, not after waiting its turn
     assert running.result().model_name == queued.result().model_name == "slow"
-    assert _executions(srv.url) == 2
+    assert _stats(srv.url).execution_count == 2
 
 
 def test_a_request_whose_deadline_passes_in_the_queue_never_runs(make_server, ops_repo):
-    srv = make_server(ops_repo, "--no-metrics")
+    srv = make_server(ops_repo)
     stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(srv.url))
-    running = stub.ModelInfer.future(_slow_request())
-    time.sleep(ORDER)
+    running = _running_alone(srv, stub, _slow_request(size=LONG))
     with pytest.raises(grpc.RpcError) as late:
-        stub.ModelInfer(_slow_request(), timeout=0.05)
+        stub.ModelInfer(_slow_request(), timeout=LATE)
     assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    wait_for("the late call to fail in the server", lambda: _stats(srv.url).inference_stats.fail.count == 1)
+    assert not running.done(), "the long run ended before the late call's deadline: the test proves nothing"
     running.result()
-    time.sleep(0.3)
-    assert _executions(srv.url) == 1
-    stats = tc.InferenceServerClient(srv.url).get_inference_statistics("slow").model_stats[0]
-    assert stats.inference_stats.fail.count == 1
+    wait_for("nothing left to run", lambda: pending(srv, "slow") == 0)
+    assert _stats(srv.url).execution_count == 1
 
 
 def test_a_cancelled_call_frees_its_place_in_the_queue(make_server, ops_repo):
-    srv = make_server(ops_repo, "--no-metrics", "--max-queue-size", "1")
+    srv = make_server(ops_repo, "--max-queue-size", "1")
     stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(srv.url))
-    running = stub.ModelInfer.future(_slow_request())
-    time.sleep(ORDER)
-    cancelled = stub.ModelInfer.future(_slow_request())
-    time.sleep(ORDER)
+    running = _running_alone(srv, stub, _slow_request())
+    cancelled = _queued_behind(srv, stub)
     cancelled.cancel()
-    time.sleep(ORDER + 0.05)  # the server notices within its poll interval (50 ms)
+    wait_for("the cancelled call to leave the queue",
+             lambda: _stats(srv.url).inference_stats.fail.count == 1 and pending(srv, "slow") == 1)
     after = stub.ModelInfer.future(_slow_request(2.0))  # takes the freed place
     assert running.result() and after.result()
-    assert _executions(srv.url) == 2
+    assert _stats(srv.url).execution_count == 2
 
 
 # -- in process: instances and queue policy from config.pbtxt -------------------
@@ -261,23 +275,27 @@ def _repository(tmp_path: Path, config: str, model=None) -> Repository:
     return repository
 
 
-def _slowed(model, seconds: float) -> dict:
-    """Make each run of ``model`` take ``seconds`` and count how many overlap."""
-    seen = {"now": 0, "max": 0}
-    lock = threading.Lock()
-    run = model._session_run
+class _Held:
+    """Holds every run of ``model`` until ``release`` is set, counting the runs under
+    way: the scheduler's decisions can then be seen while they stand."""
 
-    def slow_run(instance, names, feeds):
-        with lock:
-            seen["now"] += 1
-            seen["max"] = max(seen["max"], seen["now"])
-        time.sleep(seconds)
-        with lock:
-            seen["now"] -= 1
-        return run(instance, names, feeds)
+    def __init__(self, model) -> None:
+        self.now = self.max = 0
+        self.release = threading.Event()
+        self._lock = threading.Lock()
+        self._run = model._session_run
+        model._session_run = self._held_run
 
-    model._session_run = slow_run
-    return seen
+    def _held_run(self, instance, names, feeds):
+        with self._lock:
+            self.now += 1
+            self.max = max(self.max, self.now)
+        try:
+            assert self.release.wait(60), "the test never released the run"
+        finally:
+            with self._lock:
+                self.now -= 1
+        return self._run(instance, names, feeds)
 
 
 @pytest.mark.parametrize("count", [1, 3])
@@ -285,10 +303,15 @@ def test_instances_run_in_parallel_up_to_their_count(tmp_path, count):
     config = f"max_batch_size: 8\ninstance_group {{ count: {count} kind: KIND_CPU }}\n"
     model = _repository(tmp_path, config).get("m")
     assert len(model.instances) == count
-    seen = _slowed(model, 0.1)
-    results = _concurrently(lambda i: model.run({"i": np.array([[i % 10]], np.int64)})["y"][0, 0], 6)
+    held = _Held(model)
+    with ThreadPoolExecutor(6) as pool:
+        calls = [pool.submit(model.run, {"i": np.array([[i % 10]], np.int64)}) for i in range(6)]
+        wait_for(f"{count} runs under way, the other calls queued",
+                 lambda: held.now == count and model.scheduler.queued == 6 - count)
+        held.release.set()
+        results = [call.result()["y"][0, 0] for call in calls]
     assert results == [TABLE[i % 10] for i in range(6)]
-    assert seen["max"] == count
+    assert held.max == count
 
 
 def test_thread_counts_come_from_parameters_or_a_share_of_the_cpus(tmp_path):
@@ -309,7 +332,7 @@ def test_config_queue_policy_bounds_the_queue(tmp_path):
     config = ("max_batch_size: 8\ndynamic_batching { max_queue_delay_microseconds: 0 "
               "default_queue_policy { max_queue_size: 2 } }\n")
     model = _repository(tmp_path, config).get("m")
-    _slowed(model, 0.3)
+    held = _Held(model)
 
     def call(i):
         try:
@@ -317,10 +340,14 @@ def test_config_queue_policy_bounds_the_queue(tmp_path):
         except InferenceServerError as e:
             return e.code
 
-    with ThreadPoolExecutor(1) as pool:
+    with ThreadPoolExecutor(6) as pool:
         first = pool.submit(call, 1)
-        time.sleep(0.1)  # running, out of the queue
-        results = _concurrently(call, 5)
+        wait_for("the first call to run (out of the queue)", lambda: held.now == 1)
+        rest = [pool.submit(call, i) for i in range(5)]
+        wait_for("two calls queued, three answered",
+                 lambda: model.scheduler.queued == 2 and sum(f.done() for f in rest) == 3)
+        held.release.set()
+        results = [f.result() for f in rest]
         assert first.result() == TABLE[1]
     answered = [(i, r) for i, r in enumerate(results) if not isinstance(r, grpc.StatusCode)]
     assert len(answered) == 2  # two waited in the queue, three were refused
@@ -353,7 +380,7 @@ def test_closing_a_batching_model_stops_its_threads(tmp_path):
     assert threads
     model.close()
     for thread in threads:
-        thread.join(timeout=2)
+        thread.join(timeout=60)  # a limit for a hang, not a measure of speed
     assert not any(t.is_alive() for t in threads)
     with pytest.raises(InferenceServerError, match="being unloaded"):
         model.run({"i": np.array([[1]], np.int64)})
@@ -370,5 +397,5 @@ def test_a_dropped_batching_model_stops_its_threads(tmp_path):
     del model  # its repository went with the expression that made it
     gc.collect()
     for thread in threads:
-        thread.join(timeout=2)
+        thread.join(timeout=60)  # a limit for a hang, not a measure of speed
     assert not any(t.is_alive() for t in threads)

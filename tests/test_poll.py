@@ -6,9 +6,7 @@ from __future__ import annotations
 import gc
 import shutil
 import threading
-import time
 import weakref
-from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -21,7 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import icow
 import make_models
-from helpers import expect_error, infer_input
+from helpers import expect_error, infer_input, wait_for
 from icow.runtime.model import Model
 from icow.server import InferenceServer, ServerOptions
 
@@ -51,13 +49,6 @@ def publish(repo: Path, version: int, model: onnx.ModelProto | bytes) -> None:
         staging.rmdir()
     else:
         staging.rename(target)
-
-
-def wait_for(what: str, condition: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for: {what}"
-        time.sleep(0.05)
 
 
 def live(kind: type) -> int:
@@ -120,7 +111,7 @@ def test_hot_reload_under_load(tmp_path):
 
         def settled(version: str) -> None:
             wait_for(f"version {version} serving everyone", lambda: load.serving(version))
-            assert repository.drainer.wait(10), "a retired version did not drain"
+            assert repository.drainer.wait(60), "a retired version did not drain"
             assert live(Model) == baseline_models and live(ort.InferenceSession) == baseline_sessions
 
         publish(repo, 2, weighty(2))  # reload 1: a new version
@@ -142,7 +133,7 @@ def test_hot_reload_under_load(tmp_path):
         settled("5")
         shutil.rmtree(repo / "hot" / "5")  # reload 5: a removed version drains; 3 is the latest again
         settled("3")
-        assert load.count > 100
+        wait_for("100 answers in all", lambda: load.count > 100)  # a load, however slow the machine
     finally:
         load.stop()
         server.stop(0)

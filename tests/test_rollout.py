@@ -223,4 +223,4 @@ def test_unload_drains_in_flight_requests(rollout_repo):
     assert not repository.drainer.wait(0.6) and not closed.is_set()
     np.testing.assert_array_equal(model.run({"x": X})["y"], X * 2)  # it still answers
     model.stats.record_failure(0)  # the request in flight ends
-    assert repository.drainer.wait(5) and closed.is_set()
+    assert repository.drainer.wait(60) and closed.is_set()  # a limit for a hang, not a measure of speed

@@ -4,6 +4,7 @@ server on loopback, once per codec, and every security and lifetime case."""
 from __future__ import annotations
 
 import os
+import queue
 import secrets
 import signal
 import subprocess
@@ -21,7 +22,7 @@ import tritonclient.utils.shared_memory as shm
 
 import icow
 from conftest import ServerProcess, start_server
-from helpers import expect_error, infer_input
+from helpers import expect_error, infer_input, wait_for
 from icow.shm.registry import Limits, Registry, SystemRegion
 
 FLAG = "--allow-client-shm"
@@ -249,9 +250,9 @@ def test_shrunk_object_is_an_error_not_sigbus(client, regions, shm_server):
 def test_an_object_shrunk_during_the_run_fails_the_request_not_the_server(make_server, ops_repo, codec, plane):
     """The race after the fstat check: the client truncates its object while the model
     runs, and the run then writes its output there. The SIGBUS guard absorbs the fault."""
-    from ops_helpers import slow_inputs
+    from ops_helpers import pending, slow_inputs
 
-    srv = make_server(ops_repo, "--codec", codec, "--data-plane", plane, FLAG, "--no-metrics")
+    srv = make_server(ops_repo, "--codec", codec, "--data-plane", plane, FLAG)
     client = tc.InferenceServerClient(srv.url)
     key = f"/icow-test-{secrets.token_hex(4)}"
     handle = shm.create_shared_memory_region("out", key, 4096)
@@ -259,11 +260,15 @@ def test_an_object_shrunk_during_the_run_fails_the_request_not_the_server(make_s
         client.register_system_shared_memory("out", key, 4096)
         output = tc.InferRequestedOutput("y")
         output.set_shared_memory("out", 4)
-        shrink = threading.Timer(0.15, os.ftruncate, (handle._mpsm_handle._fd, 0))
-        shrink.start()  # the run takes about half a second: the output is written after this
+        answers: queue.Queue = queue.Queue()
+        client.async_infer("slow", slow_inputs(4000), lambda result, error: answers.put(error), outputs=[output])
+        # Counted as pending: checked, and running (about 2 s); the output is written after the shrink.
+        wait_for("the run to start", lambda: pending(srv, "slow") == 1)
+        os.ftruncate(handle._mpsm_handle._fd, 0)
         with expect_error(grpc.StatusCode.INVALID_ARGUMENT, "shrank while a request used it", "register it again"):
-            client.infer("slow", slow_inputs(2500), outputs=[output])
-        shrink.join()
+            error = answers.get(timeout=60)
+            if error is not None:
+                raise error
         assert srv.proc.poll() is None and client.is_server_live()
         os.ftruncate(handle._mpsm_handle._fd, 4096)  # grown back: still refused until registered again
         with expect_error(grpc.StatusCode.INVALID_ARGUMENT, "register it again"):

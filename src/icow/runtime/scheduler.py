@@ -68,6 +68,11 @@ class Scheduler:
         self._free = list(instances)
         self.closed = False
 
+    @property
+    def queued(self) -> int:
+        """Requests waiting for an instance now (not those running)."""
+        return self._waiting
+
     def run(self, job: Job) -> Any:
         """Run ``job``, blocking the caller until it is done; its result, or its error raised."""
         raise NotImplementedError
