@@ -199,6 +199,10 @@ def mutate_wire(data: bytes, rng: random.Random) -> bytes:
 
 # -- protobuf fields ------------------------------------------------------------
 
+_NOT_INTS = (FieldDescriptor.CPPTYPE_STRING, FieldDescriptor.CPPTYPE_BOOL, FieldDescriptor.CPPTYPE_FLOAT,
+              FieldDescriptor.CPPTYPE_DOUBLE, FieldDescriptor.CPPTYPE_MESSAGE, FieldDescriptor.CPPTYPE_ENUM)
+
+
 def _is_map(field: FieldDescriptor) -> bool:
     return field.message_type is not None and field.message_type.GetOptions().map_entry
 
@@ -269,6 +273,8 @@ def mutate_fields(message: Message, rng: random.Random, words: Sequence[str]) ->
                 mutate_fields(value.add(), rng, words)
         elif len(value) and roll < 0.6:
             value[rng.randrange(len(value))] = _scalar(field, rng, words)
+        elif roll < 0.7 and field.cpp_type not in _NOT_INTS:  # a rank no tensor has: dims of 1
+            value.extend([1] * rng.choice([63, 64, 65, 100]))
         else:
             value.extend(_scalar(field, rng, words) for _ in range(rng.choice([1, 2, 7])))
     elif field.message_type is not None:

@@ -14,6 +14,7 @@ import numpy as np
 from .. import _wire
 from ..protocol.datatypes import DATATYPES
 from ..protocol.errors import invalid
+from ..protocol.tensors import check_rank
 from ..runtime.model import Model
 from ..shm.registry import Leases
 from ..shm.tensors import input_array, shm_allocate, shm_range
@@ -33,6 +34,7 @@ def decode_request(data: bytes, leases: Leases | None = None) -> InferRequest:
     request = InferRequest(model_name, model_version, request_id)
     for name, datatype, shape, parameters, contents in inputs:
         what = f"input '{name}'"
+        check_rank(shape, what)  # the parser took any rank; numpy takes 64
         where = shm_range(parameters, leases, what)
         if where is None and contents is None:  # the parser saw a region name the checks refused
             raise invalid(f"{what}: shared_memory_region must name a registered region")
