@@ -213,3 +213,12 @@ def test_more_dimensions_than_a_tensor_may_have(stub, kind):
         request = scale_request(inputs=[fp32_input(shape=shape)], raw_input_contents=[b"\0" * 4])
     with expect_error(INVALID, "shape has 65 dimensions, more than the 64"):
         stub.ModelInfer(request)
+
+
+def test_bytes_shape_far_larger_than_its_contents(stub):
+    """The protobuf codec made a list of 2**31 - 1 entries before reading the contents:
+    gigabytes allocated and freed (a call of many seconds), or INTERNAL where that failed."""
+    text = pb.ModelInferRequest.InferInputTensor(name="text", datatype="BYTES", shape=[2**31 - 1])
+    request = pb.ModelInferRequest(model_name="strings", inputs=[text], raw_input_contents=[b"\1\0\0\0a"])
+    with expect_error(INVALID, "input 'text'"):
+        stub.ModelInfer(request, timeout=10)

@@ -4,6 +4,7 @@ encodings and as fields (mutations.py), sent raw with generic calls (no
 serializers), on either data plane.
 
     python tests/fuzz/live.py [--seconds 60 | --count N] [--seed 0] [--plane both|native|grpcio]
+                              [--codec native|protobuf]
 
 Deterministic given the seed (the requests; the server's answers may depend on
 timing). It passes when no answer is UNKNOWN or INTERNAL (each is a request the
@@ -64,6 +65,7 @@ class Finding:
 @dataclass
 class Report:
     plane: str
+    seed: int
     sent: int = 0
     histogram: Counter = field(default_factory=Counter)  # "method STATUS" -> calls
     findings: list[Finding] = field(default_factory=list)
@@ -74,7 +76,7 @@ class Report:
         return not self.findings and not self.problems
 
     def summary(self) -> str:
-        lines = [f"live fuzz, {self.plane} plane: {self.sent} requests, "
+        lines = [f"live fuzz, {self.plane} plane, seed {self.seed}: {self.sent} requests, "
                  f"{len(self.findings)} unclassified or hung, {len(self.problems)} other problems"]
         lines += [f"  {n:6d}  {key}" for key, n in sorted(self.histogram.items())]
         lines += [f"FINDING {f}" for f in self.findings[:20]]
@@ -200,7 +202,7 @@ def _around(log: str, marker: str) -> str:
 def run(server, repo: Path, plane: str, *, seed: int = 0, count: int | None = None,
         seconds: float | None = None) -> Report:
     """Fuzz ``server`` (a conftest.ServerProcess serving ``repo`` with SERVER_ARGS)."""
-    report = Report(plane)
+    report = Report(plane, seed)
     region = shared_memory.SharedMemory(create=True, size=4096)
     caller = Caller(server.url)
     try:
@@ -230,13 +232,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--count", type=int, help="requests per plane (instead of --seconds)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--plane", choices=["both", "native", "grpcio"], default="both")
+    parser.add_argument("--codec", choices=["native", "protobuf"], default="native",
+                        help="how the server reads ModelInfer (protobuf: the baseline)")
     args = parser.parse_args(argv)
     planes = ["native", "grpcio"] if args.plane == "both" else [args.plane]
     failed = False
     with tempfile.TemporaryDirectory(prefix="icow-live-fuzz-") as tmp:
         repo = live_seeds.build_repository(Path(tmp) / "models")
         for plane in planes:
-            server = start_server(repo, *SERVER_ARGS, "--data-plane", plane, "--no-metrics",
+            server = start_server(repo, *SERVER_ARGS, "--data-plane", plane, "--codec", args.codec, "--no-metrics",
                                   log_dir=Path(tmp) / "logs")
             try:
                 seconds = None if args.count else args.seconds / len(planes)

@@ -60,6 +60,7 @@ def infer(model: Model, request: InferRequest) -> bytes:
 def _array(datatype: str, shape: tuple[int, ...], contents) -> np.ndarray:
     if datatype != "BYTES":  # sizes were checked by the parser
         return np.frombuffer(contents, dtype=_LITTLE[datatype]).reshape(shape)
-    array = np.empty(math.prod(shape), dtype=object)
-    array[:] = _wire.unpack_bytes(contents, array.size)
+    items = _wire.unpack_bytes(contents, math.prod(shape))  # first: it refuses a count the bytes cannot hold
+    array = np.empty(len(items), dtype=object)
+    array[:] = items
     return array.reshape(shape)
