@@ -36,10 +36,10 @@ for _path in (HERE, HERE.parent, HERE.parents[1] / "examples"):  # run as a scri
         sys.path.insert(0, str(_path))
 
 import live_seeds  # noqa: E402
-from helpers import reference  # noqa: E402
 from live_seeds import OIP, Seed  # noqa: E402
 from mutations import mutate_bytes, mutate_fields, mutate_wire  # noqa: E402
 
+from helpers import reference  # noqa: E402
 from icow import _wire  # noqa: E402
 from icow._proto import inference_pb2 as pb  # noqa: E402
 

@@ -16,7 +16,6 @@ from .. import _wire
 from .datatypes import Datatype
 from .errors import invalid
 
-
 MAX_RANK = 64  # numpy's limit (NPY_MAXDIMS); reshape to more is a ValueError, not the client's error
 
 
