@@ -215,10 +215,12 @@ def test_more_dimensions_than_a_tensor_may_have(stub, kind):
         stub.ModelInfer(request)
 
 
-def test_bytes_shape_far_larger_than_its_contents(stub):
+@pytest.mark.parametrize("shape", [[2**31 - 1], [2**62, 4]])
+def test_bytes_shape_far_larger_than_its_contents(stub, shape):
     """The protobuf codec made a list of 2**31 - 1 entries before reading the contents:
-    gigabytes allocated and freed (a call of many seconds), or INTERNAL where that failed."""
-    text = pb.ModelInferRequest.InferInputTensor(name="text", datatype="BYTES", shape=[2**31 - 1])
+    gigabytes allocated and freed (a call of many seconds), or INTERNAL where that failed;
+    a count past 2**63 was a TypeError (INTERNAL) in the call that splits the contents."""
+    text = pb.ModelInferRequest.InferInputTensor(name="text", datatype="BYTES", shape=shape)
     request = pb.ModelInferRequest(model_name="strings", inputs=[text], raw_input_contents=[b"\1\0\0\0a"])
     with expect_error(INVALID, "input 'text'"):
         stub.ModelInfer(request, timeout=10)

@@ -46,6 +46,9 @@ def from_raw(data: bytes, datatype: Datatype, shape: Sequence[int], what: str) -
     """A read-only array viewing ``data`` (BYTES: an object array of bytes)."""
     count = element_count(shape, what)
     if datatype.name == "BYTES":
+        if count > len(data) // 4:  # a 4-byte length prefix each; also keeps count within a C ssize_t
+            raise invalid(f"{what}: shape {list(shape)} counts {count} BYTES elements, more than "
+                          f"{len(data)} bytes of contents can hold (each has a 4-byte length prefix)")
         try:
             items = _wire.unpack_bytes(data, count)
         except ValueError as e:
