@@ -190,14 +190,6 @@ def test_unparsable_request_in_a_stream(channel, server):
     assert "Exception deserializing" not in server.log()
 
 
-def test_model_name_longer_than_a_file_name(client):
-    """Looking for its folder failed with ENAMETOOLONG, reported as INTERNAL."""
-    with expect_error(grpc.StatusCode.NOT_FOUND, "no model 'xxxx"):
-        client.get_model_metadata("x" * 300)
-    with expect_error(grpc.StatusCode.NOT_FOUND, "no model 'xxxx"):
-        client.infer("x" * 300, [infer_input("x", np.zeros(4, np.float32), "FP32")])
-
-
 @pytest.mark.parametrize("kind", ["raw", "typed", "BYTES"])
 def test_more_dimensions_than_a_tensor_may_have(stub, kind):
     """numpy arrays have at most 64 dimensions: reshaping to more raised ValueError (INTERNAL)."""
