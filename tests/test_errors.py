@@ -167,3 +167,52 @@ def test_malformed_message(channel):
 def test_load_refused_without_explicit_control(client):
     with expect_error(grpc.StatusCode.FAILED_PRECONDITION, "--model-control-mode explicit"):
         client.load_model("mlp")
+
+
+# Found by the live fuzzer (tests/fuzz/live.py): each was INTERNAL before.
+@pytest.mark.parametrize("method", ["ModelMetadata", "ModelConfig", "ServerReady", "RepositoryModelLoad",
+                                    "SystemSharedMemoryRegister", "/grpc.health.v1.Health/Check",
+                                    "/icow.rollout.ModelRollout/GetRouting"])
+def test_unparsable_request_of_any_method(channel, server, method):
+    """grpcio's own parsing answered INTERNAL ("Exception deserializing request!") with a
+    traceback in the log: the server takes the parsing over, on every method."""
+    path = method if method.startswith("/") else f"/inference.GRPCInferenceService/{method}"
+    with expect_error(INVALID, f"malformed {path.rsplit('/', 1)[-1]} request"):
+        channel.unary_unary(path)(b"\x0a\xff", timeout=10)  # field 1, a length past the end
+    assert "Exception deserializing" not in server.log()
+
+
+def test_unparsable_request_in_a_stream(channel, server):
+    """The same for a method with a request stream (reflection)."""
+    call = channel.stream_stream("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo")
+    with expect_error(INVALID, "malformed ServerReflectionInfo request"):
+        list(call(iter([b"\x0a\xff"]), timeout=10))
+    assert "Exception deserializing" not in server.log()
+
+
+@pytest.mark.parametrize("kind", ["raw", "typed", "BYTES"])
+def test_more_dimensions_than_a_tensor_may_have(stub, kind):
+    """numpy arrays have at most 64 dimensions: reshaping to more raised ValueError (INTERNAL)."""
+    shape = [1] * 65
+    if kind == "BYTES":
+        text = pb.ModelInferRequest.InferInputTensor(name="text", datatype="BYTES", shape=shape)
+        request = pb.ModelInferRequest(model_name="strings", inputs=[text], raw_input_contents=[b"\1\0\0\0a"])
+    elif kind == "typed":
+        tensor = fp32_input(shape=shape)
+        tensor.contents.fp32_contents.append(1.0)
+        request = scale_request(inputs=[tensor])
+    else:
+        request = scale_request(inputs=[fp32_input(shape=shape)], raw_input_contents=[b"\0" * 4])
+    with expect_error(INVALID, "shape has 65 dimensions, more than the 64"):
+        stub.ModelInfer(request)
+
+
+@pytest.mark.parametrize("shape", [[2**31 - 1], [2**62, 4]])
+def test_bytes_shape_far_larger_than_its_contents(stub, shape):
+    """The protobuf codec made a list of 2**31 - 1 entries before reading the contents:
+    gigabytes allocated and freed (a call of many seconds), or INTERNAL where that failed;
+    a count past 2**63 was a TypeError (INTERNAL) in the call that splits the contents."""
+    text = pb.ModelInferRequest.InferInputTensor(name="text", datatype="BYTES", shape=shape)
+    request = pb.ModelInferRequest(model_name="strings", inputs=[text], raw_input_contents=[b"\1\0\0\0a"])
+    with expect_error(INVALID, "input 'text'"):
+        stub.ModelInfer(request, timeout=10)

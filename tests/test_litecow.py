@@ -257,6 +257,18 @@ def test_malformed_request_is_invalid_argument(server):
             get(b"\x0a\xff\xff\xff")  # field 1, a length that runs past the end
 
 
+def test_more_dimensions_than_a_tensor_may_have(server):
+    """Found by the live fuzzer: numpy's reshape to 65 dimensions raised ValueError (INTERNAL)."""
+    request = ours.InferenceRequest(model_key="s3://models/scale")
+    array = request.named_inputs.name_to_array["x"]
+    array.shape.extend([1] * 65)
+    array.float_array.values.append(1.0)
+    with grpc.insecure_channel(server.url) as channel:
+        get = channel.unary_unary("/ICOW/get_inference")
+        with expect_error(grpc.StatusCode.INVALID_ARGUMENT, "input 'x'", "65 dimensions"):
+            get(request.SerializeToString())
+
+
 def test_dictionary_output_is_an_error_for_the_010_client(server, repo, litecow):
     x = np.array([[5.1, 3.5], [1.4, 0.2], [6.0, 3.0]], np.float32)
     everything, label_only = litecow(server.url, [

@@ -300,3 +300,11 @@ def test_an_input_named_twice_is_refused(count):
     assert len(_wire.parse_request(request(names))[4]) == count
     with pytest.raises(ValueError, match="input 'in0' appears twice in the request"):
         _wire.parse_request(request(names[:-1] + ["in0"]))
+
+
+def test_unpack_bytes_refuses_a_count_the_contents_cannot_hold():
+    """Every element has a 4-byte length prefix: a larger count is refused before any
+    list is made (found by the live fuzzer: a shape of 2**31 - 1 allocated gigabytes)."""
+    with pytest.raises(ValueError, match="2147483647 BYTES elements need at least 8589934588 bytes, got 5"):
+        _wire.unpack_bytes(b"\1\0\0\0a", 2**31 - 1)
+    assert _wire.unpack_bytes(b"\1\0\0\0a", 1) == [b"a"]

@@ -36,6 +36,12 @@ py::list unpack_bytes(py::buffer data, py::ssize_t count) {
     if (info.ndim != 1 || info.itemsize != 1 || info.strides[0] != 1)
         throw py::value_error("unpack_bytes expects a contiguous byte buffer");
     if (count < 0) throw py::value_error("element count must not be negative");
+    // Each element has a 4-byte length prefix: a count the data cannot hold is refused before
+    // the list is made (a shape's count of billions would allocate, and free, gigabytes).
+    if (static_cast<size_t>(count) > static_cast<size_t>(info.size) / 4)
+        throw py::value_error(std::to_string(count) + " BYTES elements need at least " +
+                              std::to_string(static_cast<unsigned long long>(count) * 4) + " bytes, got " +
+                              std::to_string(info.size));
     Reader r(static_cast<const char *>(info.ptr), static_cast<size_t>(info.size));
     py::list items(count);
     for (py::ssize_t i = 0; i < count; ++i) {

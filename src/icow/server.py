@@ -23,6 +23,7 @@ from .services.auth import HEALTH_AND_METADATA, AuthInterceptor, Token
 from .services.health import SERVICE_NAME as HEALTH_SERVICE
 from .services.health import Health
 from .services.logs import RequestLog
+from .services.malformed import MalformedRequests
 from .services.oip import SERVICE, InferenceService, method_handlers
 from .shm.registry import Limits
 
@@ -81,7 +82,8 @@ class InferenceServer:
         self.health = Health(self.repository, SERVICE)
         self.repository.listeners.append(self.health.refresh)
         self.requests = RequestLog()
-        interceptors: list[grpc.ServerInterceptor] = [self.requests]
+        # Parsing first: a request that does not parse is INVALID_ARGUMENT, not grpcio's INTERNAL.
+        interceptors: list[grpc.ServerInterceptor] = [MalformedRequests(), self.requests]
         if options.auth_tokens:
             interceptors.append(AuthInterceptor(options.auth_tokens,
                                                 HEALTH_AND_METADATA if options.auth_open_health else ()))

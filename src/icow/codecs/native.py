@@ -14,6 +14,7 @@ import numpy as np
 from .. import _wire
 from ..protocol.datatypes import DATATYPES
 from ..protocol.errors import invalid
+from ..protocol.tensors import check_rank
 from ..runtime.model import Model
 from ..shm.registry import Leases
 from ..shm.tensors import input_array, shm_allocate, shm_range
@@ -33,6 +34,7 @@ def decode_request(data: bytes, leases: Leases | None = None) -> InferRequest:
     request = InferRequest(model_name, model_version, request_id)
     for name, datatype, shape, parameters, contents in inputs:
         what = f"input '{name}'"
+        check_rank(shape, what)  # the parser took any rank; numpy takes 64
         where = shm_range(parameters, leases, what)
         if where is None and contents is None:  # the parser saw a region name the checks refused
             raise invalid(f"{what}: shared_memory_region must name a registered region")
@@ -58,6 +60,7 @@ def infer(model: Model, request: InferRequest) -> bytes:
 def _array(datatype: str, shape: tuple[int, ...], contents) -> np.ndarray:
     if datatype != "BYTES":  # sizes were checked by the parser
         return np.frombuffer(contents, dtype=_LITTLE[datatype]).reshape(shape)
-    array = np.empty(math.prod(shape), dtype=object)
-    array[:] = _wire.unpack_bytes(contents, array.size)
+    items = _wire.unpack_bytes(contents, math.prod(shape))  # first: it refuses a count the bytes cannot hold
+    array = np.empty(len(items), dtype=object)
+    array[:] = items
     return array.reshape(shape)

@@ -16,9 +16,18 @@ from .. import _wire
 from .datatypes import Datatype
 from .errors import invalid
 
+MAX_RANK = 64  # numpy's limit (NPY_MAXDIMS); reshape to more is a ValueError, not the client's error
+
+
+def check_rank(shape: Sequence[int], what: str) -> None:
+    """A shape of more dimensions than an array may have is INVALID_ARGUMENT."""
+    if len(shape) > MAX_RANK:
+        raise invalid(f"{what}: shape has {len(shape)} dimensions, more than the {MAX_RANK} a tensor may have")
+
 
 def element_count(shape: Sequence[int], what: str) -> int:
-    """Number of elements of ``shape``; negative dims are an error."""
+    """Number of elements of ``shape``; negative dims, or too many, are an error."""
+    check_rank(shape, what)
     if any(d < 0 for d in shape):
         raise invalid(f"{what}: shape {list(shape)} has a negative dimension")
     return math.prod(shape)
@@ -37,6 +46,9 @@ def from_raw(data: bytes, datatype: Datatype, shape: Sequence[int], what: str) -
     """A read-only array viewing ``data`` (BYTES: an object array of bytes)."""
     count = element_count(shape, what)
     if datatype.name == "BYTES":
+        if count > len(data) // 4:  # a 4-byte length prefix each; also keeps count within a C ssize_t
+            raise invalid(f"{what}: shape {list(shape)} counts {count} BYTES elements, more than "
+                          f"{len(data)} bytes of contents can hold (each has a 4-byte length prefix)")
         try:
             items = _wire.unpack_bytes(data, count)
         except ValueError as e:
