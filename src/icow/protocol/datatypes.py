@@ -16,7 +16,6 @@ from typing import NamedTuple
 
 import numpy as np
 
-
 BF16_BITS = np.dtype([("bf16", "<u2")])
 _ONNX_BFLOAT16 = 16  # TensorProto.BFLOAT16
 

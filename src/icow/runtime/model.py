@@ -20,8 +20,8 @@ from ..protocol.datatypes import from_numpy
 from ..protocol.errors import InferenceServerError, invalid
 from ..protocol.names import shorten
 from ..protocol.tensors import to_raw
-from . import config as cfg
 from . import bf16, execution, providers
+from . import config as cfg
 from .binding import Binder
 from .scheduler import BatchScheduler, DirectScheduler, Job
 from .stats import VersionStats
