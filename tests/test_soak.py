@@ -56,6 +56,16 @@ def thread_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/task"))
 
 
+def thread_names(pid: int) -> dict[str, int]:
+    names = collections.Counter()
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            names[Path(f"/proc/{pid}/task/{task}/comm").read_text().strip()] += 1
+        except OSError:  # ended meanwhile
+            pass
+    return dict(names)
+
+
 def malformed_requests() -> list[tuple[str, bytes]]:
     """Bad ModelInfer requests, for models that stay loaded throughout."""
     tensor = pb.ModelInferRequest.InferInputTensor
@@ -277,21 +287,28 @@ def test_memory_comes_back(make_server, ops_repo, tmp_path, data_plane):
     request.write_bytes(pb.ModelInferRequest(model_name="big", inputs=[tensor],
                                              raw_input_contents=[bytes(12 << 20)]).SerializeToString())
 
-    # warm: every way a call can take, and every thread it can start, before "before"
+    # warm: every way a call can take, and the threads gRPC starts for them (its event engine's
+    # pool grows with the connections held at once), before "before"
     for _ in range(3):
         infer(request.read_bytes(), timeout=60)
+    kill_mid_upload(srv.url, request, 10)
     send_mutated(infer, 1000, seed=1)
-    before = {"rss": settled_rss(pid), "fds": fd_count(pid), "threads": thread_count(pid)}
+    before = {"rss": settled_rss(pid), "fds": fd_count(pid), "threads": thread_count(pid), "names": thread_names(pid)}
 
     start = time.monotonic()
     kill_mid_upload(srv.url, request, 50)
     peak = rss_mib(pid)
     codes = send_mutated(infer, 20_000, seed=2)
     faults_s = time.monotonic() - start
-    until(lambda: fd_count(pid) <= before["fds"] and thread_count(pid) <= before["threads"])
-    after = {"rss": settled_rss(pid), "fds": fd_count(pid), "threads": thread_count(pid)}
+    # gRPC core's event engine adds a thread to its pool when work backs up, and keeps it (seen on
+    # grpcio: 4 -> 5 "event_engine" threads, not back 45 s later): flat is a few, not one per fault
+    spare_threads = 2
+    settle = time.monotonic()
+    until(lambda: fd_count(pid) <= before["fds"] and thread_count(pid) <= before["threads"] + spare_threads)
+    settle_s = time.monotonic() - settle
+    after = {"rss": settled_rss(pid), "fds": fd_count(pid), "threads": thread_count(pid), "names": thread_names(pid)}
     report = {"plane": data_plane, "before": before, "after": after, "rss_after_kills_mib": peak,
-              "faults_seconds": round(faults_s, 1), "codes": dict(codes)}
+              "faults_seconds": round(faults_s, 1), "settle_seconds": round(settle_s, 1), "codes": dict(codes)}
     (tmp_path / "memory.json").write_text(json.dumps(report, indent=1))
     print(f"\nmemory ({data_plane}): {report}")
 
@@ -303,5 +320,5 @@ def test_memory_comes_back(make_server, ops_repo, tmp_path, data_plane):
     assert srv.proc.poll() is None
     assert after["rss"] <= 1.2 * before["rss"], f"RSS {after['rss']:.0f} MiB after the faults, {before['rss']:.0f} before"
     assert after["fds"] <= before["fds"], (before, after)
-    assert after["threads"] <= before["threads"], (before, after)
+    assert after["threads"] <= before["threads"] + spare_threads, (before, after)
     channel.close()
