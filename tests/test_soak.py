@@ -322,3 +322,10 @@ def test_memory_comes_back(make_server, ops_repo, tmp_path, data_plane):
     assert after["fds"] <= before["fds"], (before, after)
     assert after["threads"] <= before["threads"] + spare_threads, (before, after)
     channel.close()
+
+
+def test_memory_flags_are_checked(tmp_path):
+    for flag in ("--buffer-pool-mb", "--memory-trim-secs"):
+        result = subprocess.run([sys.executable, "-m", "icow", "serve", "--model-repository", str(tmp_path), flag, "-1"],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2 and "must be >= 0" in result.stderr, (flag, result.stderr)
