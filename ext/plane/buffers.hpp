@@ -24,7 +24,7 @@ namespace icow::plane {
 class BufferPool {
   public:
     static constexpr size_t MIN_SIZE = 256 << 10;           // smaller ones: malloc is cheap there
-    static constexpr size_t DEFAULT_LIMIT = 64ull << 20;    // bytes kept idle at most
+    static constexpr size_t DEFAULT_LIMIT = 256ull << 20;   // bytes kept idle at most
 
     // A block of at least `size` bytes (size >= MIN_SIZE), to give back with put().
     char *take(size_t size, size_t *capacity) {

@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="calls handled at once; more get RESOURCE_EXHAUSTED (0: no limit)")
     ops.add_argument("--max-loaded-models", type=int, default=0,
                      help="models loaded at once; loading one more gets RESOURCE_EXHAUSTED (0: no limit)")
-    ops.add_argument("--buffer-pool-mb", type=int, default=64,
+    ops.add_argument("--buffer-pool-mb", type=int, default=256,
                      help="native plane: MiB of large request/response blocks kept for reuse between calls "
                           "(blocks idle for --memory-trim-secs go back to the system)")
     ops.add_argument("--memory-trim-secs", type=float, default=10.0,

@@ -55,7 +55,7 @@ class ServerOptions:
     auth_open_health: bool = False  # health, readiness and metadata calls need no token
     max_concurrent_requests: int = 0  # calls handled at once, beyond that RESOURCE_EXHAUSTED; 0: no limit
     max_loaded_models: int = 0  # 0: no limit
-    buffer_pool_bytes: int = 64 << 20  # the native plane's large blocks kept idle for reuse, at most
+    buffer_pool_bytes: int = 256 << 20  # the native plane's large blocks kept idle for reuse, at most
     memory_trim_secs: float = 10.0  # how often memory left by large calls goes back (services/memory.py); 0: never
     store: str | None = None  # s3://bucket/prefix: the repository then is its local cache folder
     s3_endpoint: str | None = None
