@@ -33,6 +33,10 @@ using icow::plane::Options;
 using icow::plane::Service;
 using icow::plane::Tally;
 
+namespace icow::plane {
+void bind_buffer_pool(py::module_ &m);  // buffers.cpp
+}
+
 namespace {
 
 // ---- From Python's arguments: TLS credentials, the model table ------------
@@ -131,6 +135,7 @@ PYBIND11_MODULE(_plane, m) {
     absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
     m.attr("GRPC_VERSION") = grpc::Version();
     m.attr("MODEL_INFER") = icow::plane::MODEL_INFER;
+    icow::plane::bind_buffer_pool(m);
 
     py::class_<Tally, std::shared_ptr<Tally>>(m, "Tally")
         .def(py::init<std::vector<int64_t>>(), py::arg("bounds_us"))

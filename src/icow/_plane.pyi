@@ -103,3 +103,16 @@ class Server:
     def in_flight(self) -> int: ...
     def stop(self, grace: float = 0.0) -> None:
         """Stop serving; calls in flight get ``grace`` seconds to finish. Idempotent."""
+
+def set_buffer_pool_limit(bytes: int) -> None:
+    """Keep at most ``bytes`` of idle large request/response blocks (ext/plane/buffers.hpp);
+    what is over it is unmapped now."""
+
+def trim_buffer_pool(idle_seconds: float) -> int:
+    """Unmap the pooled blocks no call has taken for ``idle_seconds``; the bytes given back."""
+
+def buffer_pool_bytes() -> int:
+    """Bytes of blocks the pool keeps idle now."""
+
+def buffer_pool_limit() -> int:
+    """The most bytes the pool keeps idle."""

@@ -99,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="calls handled at once; more get RESOURCE_EXHAUSTED (0: no limit)")
     ops.add_argument("--max-loaded-models", type=int, default=0,
                      help="models loaded at once; loading one more gets RESOURCE_EXHAUSTED (0: no limit)")
+    ops.add_argument("--buffer-pool-mb", type=int, default=256,
+                     help="native plane: MiB of large request/response blocks kept for reuse between calls "
+                          "(blocks idle for --memory-trim-secs go back to the system)")
+    ops.add_argument("--memory-trim-secs", type=float, default=10.0,
+                     help="how often memory that large calls left behind goes back to the system: pooled blocks "
+                          "idle that long, and free heap (0: never)")
     shm = serve.add_argument_group("shared memory (Triton's system and CUDA shared-memory extensions)")
     shm.add_argument("--allow-client-shm", action="store_true",
                      help="let clients register shared-memory regions for tensors (same host only). Off by default: "
@@ -162,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.repository_poll_secs <= 0:
         print("icow serve: --repository-poll-secs must be > 0", file=sys.stderr)
         return 2
+    if args.buffer_pool_mb < 0 or args.memory_trim_secs < 0:
+        print("icow serve: --buffer-pool-mb and --memory-trim-secs must be >= 0", file=sys.stderr)
+        return 2
     from .services.auth import AuthError, load_tokens
     from .shm.registry import Limits
 
@@ -184,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         grace_seconds=args.shutdown_grace_secs, metrics_port=None if args.no_metrics else args.metrics_port,
         tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca, auth_tokens=tokens,
         auth_open_health=args.auth_open_health, max_concurrent_requests=args.max_concurrent_requests,
-        max_loaded_models=args.max_loaded_models, store=store, s3_endpoint=args.s3_endpoint,
+        max_loaded_models=args.max_loaded_models, buffer_pool_bytes=args.buffer_pool_mb << 20,
+        memory_trim_secs=args.memory_trim_secs, store=store, s3_endpoint=args.s3_endpoint,
         shm=Limits(args.allow_client_shm, args.shm_max_regions, args.shm_max_mapped_mb << 20),
     )
     try:

@@ -24,6 +24,7 @@ from .services.health import SERVICE_NAME as HEALTH_SERVICE
 from .services.health import Health
 from .services.logs import RequestLog
 from .services.malformed import MalformedRequests
+from .services.memory import MemoryKeeper
 from .services.oip import SERVICE, InferenceService, method_handlers
 from .shm.registry import Limits
 
@@ -55,6 +56,8 @@ class ServerOptions:
     auth_open_health: bool = False  # health, readiness and metadata calls need no token
     max_concurrent_requests: int = 0  # calls handled at once, beyond that RESOURCE_EXHAUSTED; 0: no limit
     max_loaded_models: int = 0  # 0: no limit
+    buffer_pool_bytes: int = 256 << 20  # the native plane's large blocks kept idle for reuse, at most
+    memory_trim_secs: float = 10.0  # how often memory left by large calls goes back (services/memory.py); 0: never
     store: str | None = None  # s3://bucket/prefix: the repository then is its local cache folder
     s3_endpoint: str | None = None
     shm: Limits = field(default_factory=Limits)  # client shared memory: off unless --allow-client-shm
@@ -115,6 +118,7 @@ class InferenceServer:
             self.port = _listen(self._server, address, tls)
         self.address = f"{options.host}:{self.port}"
         self.metrics = None
+        self.memory: MemoryKeeper | None = None
         if options.metrics_port is not None:
             from .services.metrics import MetricsServer  # prometheus-client is needed only with metrics on
 
@@ -137,6 +141,7 @@ class InferenceServer:
             shutil.rmtree(self._backend_dir, ignore_errors=True)
             raise OSError(f"cannot listen on {address}: {e}") from None
         self.port = self.plane.port
+        native_plane.cap_buffer_pool(self.options.buffer_pool_bytes)
 
     def start(self) -> None:
         """Listen (live at once), then load the models (ready when done)."""
@@ -160,6 +165,9 @@ class InferenceServer:
             self.service.fast.refresh()
         if self.poller is not None:
             self.poller.start()
+        if self.options.memory_trim_secs > 0:
+            self.memory = MemoryKeeper(self.options.memory_trim_secs, native_plane.buffer_pool(self.plane is not None))
+            self.memory.start()
 
     def _startup_models(self) -> list[str] | None:
         names = self.options.load_models
@@ -173,6 +181,8 @@ class InferenceServer:
         self.health.shutdown()  # first, so that health watchers hear NOT_SERVING
         if self.poller is not None:
             self.poller.stop()
+        if self.memory is not None:
+            self.memory.stop()
         if self.metrics is not None:
             self.metrics.stop()
         grace = self.options.grace_seconds if grace is None else grace

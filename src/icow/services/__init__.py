@@ -2,8 +2,9 @@
 and its models, and decide nothing themselves. The Open Inference Protocol (oip.py),
 lIteCOW's ICOW service (litecow.py), the rollout admin service (rollout.py), health
 (health.py), reflection (reflection.py), requests that do not parse (malformed.py),
-bearer tokens (auth.py), the access log (logs.py), Prometheus metrics (metrics.py), and
-the native data plane's wiring to icow._plane (plane.py).
+bearer tokens (auth.py), the access log (logs.py), Prometheus metrics (metrics.py), the
+native data plane's wiring to icow._plane (plane.py), and memory given back after bursts
+(memory.py).
 
 May import: icow.protocol, icow.runtime, icow.repository, icow.shm, icow.codecs
 (and the compiled base: icow._wire, icow._plane, icow._proto).

@@ -47,6 +47,17 @@ def grpc_version() -> str:
     return _plane.GRPC_VERSION if _plane is not None else ""
 
 
+def cap_buffer_pool(limit: int) -> None:
+    """Keep at most ``limit`` bytes of the plane's idle request/response blocks (ext/plane/buffers.hpp)."""
+    if _plane is not None:
+        _plane.set_buffer_pool_limit(limit)
+
+
+def buffer_pool(used: bool):
+    """The pool for icow.services.memory to trim (icow._plane itself), or None where no plane uses it."""
+    return _plane if used and _plane is not None else None
+
+
 class ModelTable:
     """The entries of the fast path, made once per model version."""
 
