@@ -318,7 +318,8 @@ def test_memory_comes_back(make_server, ops_repo, tmp_path, data_plane):
     client = tc.InferenceServerClient(srv.url)
     assert client.infer("scale", scale_input(), model_version="1").as_numpy("y").tolist() == [0, 2, 4, 6]
     assert srv.proc.poll() is None
-    assert after["rss"] <= 1.2 * before["rss"], f"RSS {after['rss']:.0f} MiB after the faults, {before['rss']:.0f} before"
+    assert after["rss"] <= 1.2 * before["rss"], \
+        f"RSS {after['rss']:.0f} MiB after the faults, {before['rss']:.0f} before"
     assert after["fds"] <= before["fds"], (before, after)
     assert after["threads"] <= before["threads"] + spare_threads, (before, after)
     channel.close()
@@ -326,6 +327,6 @@ def test_memory_comes_back(make_server, ops_repo, tmp_path, data_plane):
 
 def test_memory_flags_are_checked(tmp_path):
     for flag in ("--buffer-pool-mb", "--memory-trim-secs"):
-        result = subprocess.run([sys.executable, "-m", "icow", "serve", "--model-repository", str(tmp_path), flag, "-1"],
-                                capture_output=True, text=True, timeout=60)
+        command = [sys.executable, "-m", "icow", "serve", "--model-repository", str(tmp_path), flag, "-1"]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60)
         assert result.returncode == 2 and "must be >= 0" in result.stderr, (flag, result.stderr)
