@@ -28,7 +28,8 @@ def test_wire_bytes_round_trip():
 
 
 @pytest.mark.parametrize("data, count, message", [
-    (b"\x01\x00", 1, "inside the length prefix of element 0"),
+    (b"\x01\x00", 1, "1 BYTES elements need at least 4 bytes, got 2"),  # refused before any list is made
+    (b"\x02\x00\x00\x00ab\x00\x00", 2, "inside the length prefix of element 1"),
     (b"\x05\x00\x00\x00abc", 1, "declares 5 bytes but only 3 remain"),
     (b"\x01\x00\x00\x00ab", 1, "1 bytes after the last of 1 elements"),
     (b"", -1, "negative"),
