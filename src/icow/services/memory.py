@@ -15,6 +15,12 @@ unmap what it gives back (measured on a busy 2-core VM: 3-65 ms for 50-150 MiB,
 up to 285 ms on grpcio), during which threads that allocate in the arena being
 trimmed wait. Under steady large traffic a trim costs the pages the next calls
 fault in again: one period's worth, not one call's.
+
+Not taken: glibc's mmap threshold fixed at 1 MiB (mallopt M_MMAP_THRESHOLD), so that
+every large message is a mapping of its own. It brought the grpcio plane back within
+2 % after the faults (16 % without), but made its 12 MiB calls cost 2.3x the server
+CPU (33 ms against 11 ms per call, python -m bench --scenarios icow_native --workloads
+identity-12MiB-c1, with and without, in turns): each call faulted in fresh pages.
 """
 
 from __future__ import annotations
