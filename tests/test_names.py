@@ -14,10 +14,12 @@ import tritonclient.grpc as tc
 
 from conftest import ServerProcess, start_server
 from helpers import expect_error, infer_input
+from icow._proto import inference_pb2 as pb
 from icow._proto import litecow_pb2 as lc
 from icow._proto import litecow_pb2_grpc as lc_grpc
 from icow._proto import rollout_pb2 as rp
 from icow._proto import rollout_pb2_grpc as rp_grpc
+from icow.protocol.errors import MAX_MESSAGE_CHARS
 from icow.protocol.names import MAX_NAME_BYTES
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -115,3 +117,20 @@ def test_hostile_rollout_names(channel: grpc.Channel) -> None:
     with expect_error(INVALID, "is not a label") as refused:  # a known model, a hostile label
         stub.SetRouting(rp.SetRoutingRequest(model_name="scale", labels={HOSTILE: 1}))
     assert len(refused.message) < SHORT_MESSAGE, refused.message
+
+
+@pytest.mark.parametrize("field", ["an input name twice", "a datatype"])
+def test_any_message_fits_the_clients_metadata_limit(channel: grpc.Channel, field: str) -> None:
+    """Messages that echo what the request said (here 100 000 characters) are bounded
+    (protocol/errors.py): the client sees the refusal, not RESOURCE_EXHAUSTED."""
+    hostile, tensor = "t" * 100_000, pb.ModelInferRequest.InferInputTensor
+    if field == "a datatype":
+        inputs = [tensor(name="x", datatype=hostile, shape=[4])]
+    else:
+        inputs = [tensor(name=hostile, datatype="FP32", shape=[4])] * 2
+    request = pb.ModelInferRequest(model_name="scale", inputs=inputs, raw_input_contents=[bytes(16)] * len(inputs))
+    infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+    with pytest.raises(grpc.RpcError) as raised:
+        infer(request.SerializeToString(), timeout=60)
+    assert raised.value.code() == INVALID, raised.value.details()
+    assert len(raised.value.details()) <= MAX_MESSAGE_CHARS + len("... (100000 characters)")

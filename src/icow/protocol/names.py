@@ -9,7 +9,7 @@ default) and the client would see RESOURCE_EXHAUSTED instead of the refusal.
 
 from __future__ import annotations
 
-from .errors import invalid
+from .errors import invalid, shortened
 
 # A model is the folder of its name (in the repository, or the object store's local
 # cache): one path component, which Linux file systems bound at 255 bytes (NAME_MAX).
@@ -22,9 +22,7 @@ SHOWN_CHARS = 64  # what a message shows of a long name: enough to recognise it
 def shorten(name: str) -> str:
     """``name`` as messages and logs show it: whole when short, else its first
     characters and its length, e.g. ``mmmm... (100000 characters)``."""
-    if len(name) <= SHOWN_CHARS:
-        return name
-    return f"{name[:SHOWN_CHARS]}... ({len(name)} characters)"
+    return shortened(name, SHOWN_CHARS)
 
 
 def check_name(name: str, what: str = "model name") -> str:
