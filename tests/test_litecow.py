@@ -377,6 +377,7 @@ def test_model_key_names_a_model(key, store, name):
      "names bucket 'other', but this server's repository is s3://models/team"),
     ("s3://models/a/b", None, grpc.StatusCode.NOT_FOUND, "names no model"),
     ("gs://models/mlp", None, grpc.StatusCode.INVALID_ARGUMENT, "not an s3://"),
+    ("s3://[models/mlp", None, grpc.StatusCode.INVALID_ARGUMENT, "not an s3://"),  # the live fuzzer's find
 ])
 def test_model_key_errors(key, store, code, fragment):
     with pytest.raises(InferenceServerError) as error:

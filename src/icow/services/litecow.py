@@ -118,8 +118,11 @@ def model_name(model_key: str, store: StoreLocation | None = None) -> str:
     if "://" not in model_key:
         path = model_key
     else:
-        url = urlsplit(model_key)
-        if url.scheme != "s3":
+        try:
+            url = urlsplit(model_key)
+        except ValueError:  # e.g. "s3://[x/m": a bracket opens an IPv6 host that never closes
+            url = None
+        if url is None or url.scheme != "s3":
             raise invalid(f"model_key '{shorten(model_key)}' is not an s3://<bucket>/<model> URL")
         if store is not None and url.netloc != store.bucket:
             raise not_found(f"model_key '{shorten(model_key)}' names bucket '{shorten(url.netloc)}', but this server's "
