@@ -27,6 +27,7 @@ import grpc
 
 from .._wire import model_name
 from ..protocol.names import shorten
+from .handlers import like
 
 INFERENCE = "/inference.GRPCInferenceService/"
 ROLLOUT = "/icow.rollout.ModelRollout/"
@@ -149,8 +150,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
                               _limited(token, f"model '{shorten(model)}' is not among them"))
             return behavior(request, context)
 
-        return grpc.unary_unary_rpc_method_handler(checked, request_deserializer=handler.request_deserializer,
-                                                   response_serializer=handler.response_serializer)
+        return like(handler, checked)
 
 
 def _limited(token: Token, why: str) -> str:
@@ -164,7 +164,4 @@ def _refusing(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: st
     def refuse(request, context: grpc.ServicerContext):
         context.abort(code, message)
 
-    kind = {(False, False): grpc.unary_unary_rpc_method_handler, (False, True): grpc.unary_stream_rpc_method_handler,
-            (True, False): grpc.stream_unary_rpc_method_handler, (True, True): grpc.stream_stream_rpc_method_handler}
-    return kind[handler.request_streaming, handler.response_streaming](
-        refuse, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
+    return like(handler, refuse)

@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 
 from ..protocol.names import shorten
+from .handlers import Wrapped
 
 access_log = logging.getLogger("icow.access")
 
@@ -88,17 +89,16 @@ class RequestLog(grpc.ServerInterceptor):
         self._lock = threading.Lock()
         self.in_flight = 0
         self._ids = itertools.count(1)
-        self._wrapped: dict[int, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        self._wrapped = Wrapped(self._wrap)
 
     def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails):
         handler = continuation(details)
         if handler is None or handler.unary_unary is None:
             return handler  # streams (health Watch) are long-lived: not counted as requests
-        # This runs on every call: wrap each method's handler once, not per call.
-        entry = self._wrapped.get(id(handler))
-        if entry is None or entry[0] is not handler:  # the handler is kept in the entry: its id stays its own
-            entry = self._wrapped[id(handler)] = (handler, self._wrap(handler, details.method.rsplit("/", 1)[-1]))
-        return entry[1]
+        return self._wrapped(handler, details.method)  # this runs on every call: wrapped once per method
+
+    def wrapped_count(self) -> int:
+        return len(self._wrapped)
 
     def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         behavior = handler.unary_unary

@@ -14,8 +14,7 @@ from typing import Any
 
 import grpc
 
-_KINDS = {(False, False): grpc.unary_unary_rpc_method_handler, (False, True): grpc.unary_stream_rpc_method_handler,
-          (True, False): grpc.stream_unary_rpc_method_handler, (True, True): grpc.stream_stream_rpc_method_handler}
+from .handlers import Wrapped, like
 
 
 class MalformedRequests(grpc.ServerInterceptor):
@@ -23,16 +22,16 @@ class MalformedRequests(grpc.ServerInterceptor):
     method. First among the interceptors, so that those after it see parsed requests."""
 
     def __init__(self) -> None:
-        self._wrapped: dict[int, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        self._wrapped = Wrapped(_parsing)
 
     def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails):
         handler = continuation(details)
         if handler is None or handler.request_deserializer is None:
             return handler  # unknown method (UNIMPLEMENTED), or one that reads the bytes itself
-        entry = self._wrapped.get(id(handler))  # the handler is kept in the entry: its id stays its own
-        if entry is None or entry[0] is not handler:
-            entry = self._wrapped[id(handler)] = (handler, _parsing(handler, details.method.rsplit("/", 1)[-1]))
-        return entry[1]
+        return self._wrapped(handler, details.method)
+
+    def wrapped_count(self) -> int:
+        return len(self._wrapped)
 
 
 def _parsing(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
@@ -53,5 +52,4 @@ def _parsing(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandl
         def parsed(data: bytes, context: grpc.ServicerContext):
             return behavior(parse(data, context), context)
 
-    return _KINDS[handler.request_streaming, handler.response_streaming](
-        parsed, request_deserializer=None, response_serializer=handler.response_serializer)
+    return like(handler, parsed, parsed=False)
