@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "(default: under $XDG_CACHE_HOME/icow or ~/.cache/icow)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 for every interface")
     serve.add_argument("--port", type=int, default=8001, help="gRPC port (Triton's is 8001)")
+    serve.add_argument("--http-port", type=int, default=8000,
+                       help="HTTP/REST port of the same protocol (KServe v2 REST, Triton's binary tensors; "
+                            "Triton's is 8000); 0: no HTTP")
     serve.add_argument("--model-control-mode", choices=["none", "explicit", "poll"], default="none",
                        help="none: load every model at start, no load/unload requests; "
                             "explicit: load the --load-model ones, then on request; "
@@ -191,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         codec=args.codec,
         data_plane=args.data_plane, fast_path=not args.no_fast_path,
         grace_seconds=args.shutdown_grace_secs, metrics_port=None if args.no_metrics else args.metrics_port,
+        http_port=args.http_port or None,
         tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca, auth_tokens=tokens,
         auth_open_health=args.auth_open_health, max_concurrent_requests=args.max_concurrent_requests,
         max_loaded_models=args.max_loaded_models, buffer_pool_bytes=args.buffer_pool_mb << 20,

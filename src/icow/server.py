@@ -49,6 +49,7 @@ class ServerOptions:
     data_plane: str = "native"  # native (grpc++, where icow._plane loads; else grpcio, with a warning) or grpcio
     fast_path: bool = True  # ModelInfer in C++ where it can be (icow._plane); False: always the Python path
     metrics_port: int | None = 8002  # Prometheus endpoint over HTTP; None: off
+    http_port: int | None = None  # the REST binding (icow.http); 0: any free port; None: off (the CLI's default: 8000)
     tls_cert: Path | None = None  # PEM server certificate (chain) and key: TLS on the gRPC port
     tls_key: Path | None = None
     tls_client_ca: Path | None = None  # PEM CA bundle: clients must present a certificate it signed
@@ -123,6 +124,19 @@ class InferenceServer:
             from .services.metrics import MetricsServer  # prometheus-client is needed only with metrics on
 
             self.metrics = MetricsServer(self.repository, options.host, options.metrics_port)
+        self.http = self._http_listener(tls is not None) if options.http_port is not None else None
+        self.http_port = self.http.port if self.http is not None else None
+
+    def _http_listener(self, tls: bool):
+        from .http.app import HttpApp, HttpLimits  # uvicorn and orjson only when HTTP is served
+        from .http.listener import HttpListener
+
+        o = self.options
+        app = HttpApp(self.service, HttpLimits(max_body_bytes=o.max_message_bytes,
+                                               max_concurrent=o.max_concurrent_requests, tokens=o.auth_tokens,
+                                               open_health=o.auth_open_health), workers=o.workers)
+        files = (o.tls_cert, o.tls_key, o.tls_client_ca) if tls else None
+        return HttpListener(app, o.host, o.http_port, tls=files)
 
     def _listen_native(self, address: str, tls: tuple[bytes, bytes, bytes | None] | None) -> None:
         """The plane on ``address``; the grpcio server behind it on a Unix socket of a private
@@ -151,6 +165,10 @@ class InferenceServer:
                  ", TLS" + (" with client certificates" if self.options.tls_client_ca else "")
                  if self.options.tls_cert else "")
         log.info("data plane: %s", self._describe_plane())
+        if self.http is not None:
+            self.http.start()
+            log.info("icow listening on %s:%d (HTTP/REST%s, Open Inference Protocol)", self.options.host,
+                     self.http_port, ", TLS" if self.options.tls_cert else "")
         self.repository.load_all(self._startup_models())
         ready = [f"{e.name}:{e.version}" for e in self.repository.index() if e.state == "READY"]
         log.info("ready: %d model version(s): %s; serving on the %s", len(ready), ", ".join(ready) or "none",
@@ -186,7 +204,10 @@ class InferenceServer:
         if self.metrics is not None:
             self.metrics.stop()
         grace = self.options.grace_seconds if grace is None else grace
+        http_done = self.http.stop(grace) if self.http is not None else None
         stopped = self._stop_native(grace) if self.plane is not None else self._server.stop(grace)
+        if http_done is not None:
+            stopped = _both(stopped, http_done)
         # Regions still held by running calls stay mapped until those calls end.
         threading.Thread(target=lambda: (stopped.wait(), self.service.shm.close()), daemon=True).start()
         return stopped
@@ -224,6 +245,9 @@ class InferenceServer:
                 pass
         else:
             self._server.wait_for_termination()
+        if self.http is not None:
+            while not self.http.stopped.wait(1.0):
+                pass
 
     def _describe_plane(self) -> str:
         if self.plane is not None:
@@ -269,6 +293,13 @@ def serve(options: ServerOptions) -> None:
                     "(--shutdown-grace-secs)", cut, options.grace_seconds)
     else:
         log.info("stopped: every accepted call finished")
+
+
+def _both(first: threading.Event, second: threading.Event) -> threading.Event:
+    """An event set once both are."""
+    both = threading.Event()
+    threading.Thread(target=lambda: (first.wait(), second.wait(), both.set()), daemon=True).start()
+    return both
 
 
 def _use_native_plane(choice: str) -> bool:
