@@ -52,7 +52,7 @@ PLANE_SERVERS = ["plane-echo", "plane-icow"]  # the native data plane (icow._pla
 
 def server_args(name: str, port: int, repo: Path) -> list[str]:
     if name == "echo":
-        return ["-m", "bench.baselines.echo_server", "--port", str(port), "--model-repository", str(repo)]
+        return ["-m", "bench.baselines.echo_server", "--port", str(port), "--http-port", "0", "--model-repository", str(repo)]
     if name == "plane-echo":
         return ["-m", "bench.baselines.plane_server", "--port", str(port), "--model-repository", str(repo)]
     codec, plane = ("native", "native") if name == "plane-icow" else (name.removeprefix("icow-"), "grpcio")

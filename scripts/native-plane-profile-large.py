@@ -46,7 +46,7 @@ def main() -> None:
     workload = {w.name: w for w in all_workloads()}[args.workload]
     repo = build_repository(pathlib.Path(tempfile.mkdtemp()) / "models")
     port = free_port()
-    server = ["-m", "icow", "serve", "--no-metrics", "--host", "127.0.0.1", "--port", str(port),
+    server = ["-m", "icow", "serve", "--no-metrics", "--http-port", "0", "--host", "127.0.0.1", "--port", str(port),
               "--model-repository", str(repo), "--data-plane", "native" if args.plane == "plane" else "grpcio"]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     if args.reuse_pages:

@@ -105,7 +105,7 @@ PY
 serve_and_infer() {
   local port
   port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-  "$work/env/bin/icow" serve --port "$port" --metrics-port 0 >"$work/server.log" 2>&1 &
+  "$work/env/bin/icow" serve --port "$port" --metrics-port 0 --http-port 0 >"$work/server.log" 2>&1 &
   server_pid=$!
   "$py" "$work/client.py" "$port" || { cat "$work/server.log" >&2; fail "inference through the installed wheel"; }
 }

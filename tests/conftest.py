@@ -39,6 +39,11 @@ class ServerProcess:
     port: int
     log_path: Path
     metrics_port: int = 0  # 0: metrics off
+    http_port: int = 0  # 0: HTTP off
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
 
     @property
     def url(self) -> str:
@@ -86,6 +91,10 @@ def start_server(repo: Path | str | None, *args: str, log_dir: Path, env: dict[s
     elif "--no-metrics" not in args:
         metrics_port = free_port()
         args = (*args, "--metrics-port", str(metrics_port))
+    # HTTP on a free port unless ``args`` say (the CLI's default, 8000, may be taken)
+    http_port = int(args[args.index("--http-port") + 1]) if "--http-port" in args else free_port()
+    if "--http-port" not in args:
+        args = (*args, "--http-port", str(http_port))
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"server-{port}.log"
     cmd = [sys.executable, "-m", "icow", "serve", "--host", "127.0.0.1", "--port", str(port), *args]
@@ -93,7 +102,7 @@ def start_server(repo: Path | str | None, *args: str, log_dir: Path, env: dict[s
         cmd += ["--model-repository", str(repo)]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
-    server = ServerProcess(proc, port, log_path, metrics_port)
+    server = ServerProcess(proc, port, log_path, metrics_port, http_port)
     try:
         _wait_ready(server, **wait)
     except BaseException:

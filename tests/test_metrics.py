@@ -96,7 +96,7 @@ def test_metrics_port_taken_is_an_error(ops_repo):
         taken.listen()
         port = taken.getsockname()[1]
         result = subprocess.run([sys.executable, "-m", "icow", "serve", "--model-repository", str(ops_repo),
-                                 "--port", "0", "--metrics-port", str(port)],
+                                 "--port", "0", "--http-port", "0", "--metrics-port", str(port)],
                                 capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert f"cannot listen for metrics on 127.0.0.1:{port}" in result.stderr and "--no-metrics" in result.stderr
