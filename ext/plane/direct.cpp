@@ -1,10 +1,14 @@
 #include "direct.hpp"
 
+#include <pybind11/stl.h>
+
 #include <algorithm>
+#include <cstring>
 #include <string>
 
 #include "call.hpp"
 #include "core/clock.hpp"
+#include "core/http_layout.hpp"
 #include "core/release_gil.hpp"
 
 namespace icow::plane {
@@ -13,7 +17,7 @@ namespace {
 // ---- Waiting in line for an instance --------------------------------------
 constexpr int64_t POLL_NS = 50'000'000;  // how soon a cancelled caller in line is noticed (as scheduler.py)
 
-enum class Wait { TOOK, QUEUE_FULL, EXPIRED, CANCELLED };
+enum class Wait { TOOK, BUSY, QUEUE_FULL, EXPIRED, CANCELLED };  // BUSY: none idle, and the caller may not wait
 
 // Hand `instance` to the first caller in line, or leave it idle.
 void give_back(ModelEntry &entry, size_t instance) {
@@ -49,7 +53,7 @@ bool leave_line(ModelEntry &entry, ModelEntry::Waiter *me) {
 // waited for in line without the GIL (called with it held; whoever holds
 // entry.mu never waits for the GIL, so taking it here cannot deadlock).
 Wait take_instance(ModelEntry &entry, int64_t deadline_ns, const py::object &alive, size_t *instance,
-                   size_t *in_line) {
+                   size_t *in_line, bool may_wait) {
     ModelEntry::Waiter me;
     {
         std::lock_guard<std::mutex> lock(entry.mu);
@@ -58,6 +62,7 @@ Wait take_instance(ModelEntry &entry, int64_t deadline_ns, const py::object &ali
             entry.idle.pop_back();
             return Wait::TOOK;
         }
+        if (!may_wait) return Wait::BUSY;
         *in_line = entry.direct_waiting.size();
         if (entry.max_queue && *in_line >= entry.max_queue) return Wait::QUEUE_FULL;
         entry.direct_waiting.push_back(&me);
@@ -97,6 +102,14 @@ class Reserved {
     const size_t instance_;
 };
 
+// A new bytes object of `size` bytes, not yet written; `*data` is where they go.
+py::object new_bytes(size_t size, char **data) {
+    auto bytes = py::reinterpret_steal<py::object>(PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(size)));
+    if (!bytes) throw py::error_already_set();
+    *data = PyBytes_AS_STRING(bytes.ptr());
+    return bytes;
+}
+
 // A request that leaves without running, counted as a failure (as the scheduler counts it).
 py::tuple refused(const ModelEntry &entry, int64_t arrived_ns, const Refusal &refusal) {
     entry.record_failure(now_ns() - arrived_ns, false);
@@ -135,7 +148,74 @@ py::object Direct::run(const py::bytes &data, int64_t deadline_ns, const py::obj
         entry = this->plan(base, static_cast<size_t>(size), &request, &plan);
     }
     if (!entry) return py::none();
+    return execute(entry, plan, std::string(base + request.id.off, request.id.len), deadline_ns, alive, Layout::GRPC,
+                   true);
+}
 
+// ---- HTTP: a request Python parsed ----------------------------------------
+namespace {
+
+// `text` appended to `names`; its span there.
+Span keep(std::string *names, const std::string &text) {
+    const Span span{names->size(), text.size()};
+    *names += text;
+    return span;
+}
+
+// One input of serve_http's list into `in`; false where the full path must answer
+// (an unknown datatype, a size that does not match the shape: it says why).
+bool http_input(const py::handle &item, size_t body_size, std::string *names, InputTensor *in) {
+    const auto t = item.cast<py::tuple>();
+    const auto datatype = t[1].cast<std::string>();
+    in->name = keep(names, t[0].cast<std::string>());
+    in->datatype = keep(names, datatype);
+    in->type = find_datatype(datatype);
+    in->shape = t[2].cast<std::vector<int64_t>>();
+    const auto offset = t[3].cast<size_t>(), size = t[4].cast<size_t>();
+    if (!in->type || in->type->size == 0 || offset > body_size || size > body_size - offset) return false;
+    uint64_t count = 1;
+    for (const int64_t d : in->shape)
+        if (d < 0 || __builtin_mul_overflow(count, static_cast<uint64_t>(d), &count)) return false;
+    uint64_t bytes = 0;
+    if (__builtin_mul_overflow(count, in->type->size, &bytes) || bytes != size) return false;
+    in->count = count;
+    in->raw = Span{offset, size};
+    in->has_raw = true;
+    return true;
+}
+
+}  // namespace
+
+py::object Direct::serve_http(const std::string &model, const std::string &version, const std::string &id,
+                              const py::list &inputs, const py::list &outputs, const py::buffer &body,
+                              int64_t deadline_ns, const py::object &alive, bool may_wait) {
+    const py::buffer_info info = body.request();
+    const char *base = static_cast<const char *>(info.ptr);
+    const auto size = static_cast<size_t>(info.size);
+    auto entry = find_entry(*std::atomic_load(&table_), model, version);
+    // Dynamic batching on the HTTP path is the Python scheduler's, as on the grpcio plane.
+    if (!entry || entry->batching.max_rows > 0 || (!may_wait && !entry->runs_briefly())) return py::none();
+    std::string names;
+    Request request;
+    request.inputs.resize(inputs.size());
+    for (size_t i = 0; i < inputs.size(); ++i)
+        if (!http_input(inputs[i], size, &names, &request.inputs[i])) return py::none();
+    request.outputs.resize(outputs.size());
+    for (size_t i = 0; i < outputs.size(); ++i) request.outputs[i].name = keep(&names, outputs[i].cast<std::string>());
+    Plan plan;
+    if (!entry->plan(request, base, max_message_, &plan, names.data())) return py::none();
+    if (!may_wait) {  // the event loop runs it only on an instance that is idle now
+        std::lock_guard<std::mutex> lock(entry->mu);
+        if (entry->idle.empty()) return py::none();
+    }
+    py::object answer = execute(entry, plan, id, deadline_ns, alive, Layout::HTTP, may_wait);
+    (answer.is_none() ? handed_on : served_fast).fetch_add(1, std::memory_order_relaxed);
+    return answer;
+}
+
+// ---- Running a planned request ---------------------------------------------
+py::object Direct::execute(const std::shared_ptr<ModelEntry> &entry, const Plan &plan, const std::string &id,
+                           int64_t deadline_ns, const py::object &alive, Layout layout, bool may_wait) {
     const int64_t arrived = now_ns();
     entry->pending.fetch_add(1);  // VersionStats.pending adds it: a drain waits for this call
     struct Pending {
@@ -145,9 +225,11 @@ py::object Direct::run(const py::bytes &data, int64_t deadline_ns, const py::obj
     bool by_queue = false;  // the deadline is the model's queue timeout
     deadline_ns = entry->queue_deadline(arrived, deadline_ns, &by_queue);
     size_t instance = 0, in_line = 0;
-    switch (take_instance(*entry, deadline_ns, alive, &instance, &in_line)) {
+    switch (take_instance(*entry, deadline_ns, alive, &instance, &in_line, may_wait)) {
         case Wait::TOOK:
             break;
+        case Wait::BUSY:
+            return py::none();
         case Wait::QUEUE_FULL:
             return refused(*entry, arrived, entry->queue_full(in_line));
         case Wait::EXPIRED:
@@ -159,15 +241,26 @@ py::object Direct::run(const py::bytes &data, int64_t deadline_ns, const py::obj
     const int64_t start = now_ns();
     int64_t fed = 0, ran = 0;
     py::object response;
+    size_t header_length = 0;
     {
         const Reserved reserved(*entry, instance);
-        const std::string id(base + request.id.off, request.id.len);
-        const size_t out_size = response_size(entry->spec.name, entry->spec.version, id, plan.response);
-        response = py::reinterpret_steal<py::object>(
-            PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(out_size)));
-        if (!response) throw py::error_already_set();
-        char *out = PyBytes_AS_STRING(response.ptr());
-        const auto offsets = write_response(out, out_size, entry->spec.name, entry->spec.version, id, plan.response);
+        std::vector<size_t> offsets;
+        char *out = nullptr;
+        if (layout == Layout::GRPC) {
+            const size_t out_size = response_size(entry->spec.name, entry->spec.version, id, plan.response);
+            response = new_bytes(out_size, &out);
+            offsets = write_response(out, out_size, entry->spec.name, entry->spec.version, id, plan.response);
+        } else {
+            const std::string header = http_header(entry->spec.name, entry->spec.version, id, plan.response);
+            size_t out_size = header.size();
+            for (const auto &o : plan.response) {
+                offsets.push_back(out_size);
+                out_size += o.nbytes;
+            }
+            response = new_bytes(out_size, &out);
+            std::memcpy(out, header.data(), header.size());
+            header_length = header.size();
+        }
         try {
             fed = bind_and_run(*entry, entry->instances[instance], plan.inputs, plan.input_shapes, plan.outputs,
                                plan.response, out, offsets);
@@ -178,6 +271,7 @@ py::object Direct::run(const py::bytes &data, int64_t deadline_ns, const py::obj
     }  // the instance goes to the next caller before the statistics are written
     entry->ran(ran - fed);
     entry->tally->request(plan.rows, ran - arrived, start - arrived, fed - start, ran - fed, 0, true);
+    if (layout == Layout::HTTP) return py::make_tuple(response, header_length);
     return response;
 }
 

@@ -27,10 +27,23 @@ class Direct {
     // `deadline_ns`: steady clock, 0 none; `alive`: False once the call is cancelled.
     py::object serve(const py::bytes &data, int64_t deadline_ns, const py::object &alive);
 
+    // An HTTP inference request (icow.http) whose JSON header Python parsed: every input
+    // binary, `inputs` as (name, datatype, shape, offset, size) of its bytes in `body`,
+    // `outputs` the names asked for (empty: all), all binary. The answer: (bytes, length
+    // of its JSON header), a refusal as serve's, or None. `may_wait` false (the HTTP
+    // event loop): None also when no instance is idle or the model's runs are not brief.
+    py::object serve_http(const std::string &model, const std::string &version, const std::string &id,
+                          const py::list &inputs, const py::list &outputs, const py::buffer &body,
+                          int64_t deadline_ns, const py::object &alive, bool may_wait);
+
     std::atomic<uint64_t> served_fast{0}, handed_on{0};  // answered here, left to the full path
 
   private:
+    enum class Layout { GRPC, HTTP };
     py::object run(const py::bytes &data, int64_t deadline_ns, const py::object &alive);
+    // `plan` run on an instance of `entry`, answered in `layout`.
+    py::object execute(const std::shared_ptr<ModelEntry> &entry, const Plan &plan, const std::string &id,
+                       int64_t deadline_ns, const py::object &alive, Layout layout, bool may_wait);
     std::shared_ptr<ModelEntry> plan(const char *base, size_t size, Request *request, Plan *plan) const;
 
     const size_t max_message_;

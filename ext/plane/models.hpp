@@ -12,6 +12,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <vector>
 
@@ -67,8 +68,9 @@ class ModelEntry {
     Refusal expired(bool by_queue) const;
     static Refusal cancelled();
 
-    bool plan(const Request &request, const char *base, size_t max_response, Plan *plan) const {
-        return !disabled.load(std::memory_order_relaxed) && plan_request(spec, request, base, max_response, plan);
+    bool plan(const Request &request, const char *base, size_t max_response, Plan *plan,
+              const char *text = nullptr) const {
+        return !disabled.load(std::memory_order_relaxed) && plan_request(spec, request, base, max_response, plan, text);
     }
 
     ModelSpec spec;
@@ -115,15 +117,21 @@ class ModelEntry {
 // Key: model name, '\n', version number or label ("" for the default version).
 using Table = std::unordered_map<std::string, std::shared_ptr<ModelEntry>>;
 
+// The entry of `name` and `version` (a number, a label or "" for the default), or nullptr.
+inline std::shared_ptr<ModelEntry> find_entry(const Table &table, std::string_view name, std::string_view version) {
+    thread_local std::string key;
+    key.assign(name);
+    key += '\n';
+    key.append(version);
+    const auto found = table.find(key);
+    return found == table.end() ? nullptr : found->second;
+}
+
 // The entry `request` (parsed from `base`) names, or nullptr. The key is built in a
 // buffer of the calling thread's, so a lookup allocates nothing once it has grown.
 inline std::shared_ptr<ModelEntry> find_entry(const Table &table, const Request &request, const char *base) {
-    thread_local std::string key;
-    key.assign(base + request.model_name.off, request.model_name.len);
-    key += '\n';
-    key.append(base + request.model_version.off, request.model_version.len);
-    const auto found = table.find(key);
-    return found == table.end() ? nullptr : found->second;
+    return find_entry(table, {base + request.model_name.off, request.model_name.len},
+                      {base + request.model_version.off, request.model_version.len});
 }
 
 }  // namespace icow::plane

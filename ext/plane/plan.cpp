@@ -21,7 +21,8 @@ bool parse_for_plan(const char *base, size_t size, Request *request) {
 }
 
 bool plan_request(const ModelSpec &model, const Request &request, const char *base, size_t max_response,
-                  Plan *plan) {
+                  Plan *plan, const char *text) {
+    const char *names = text ? text : base;
     const auto &inputs = model.inputs;
     const auto &outputs = model.outputs;
     const int64_t max_batch_size = model.max_batch_size;
@@ -32,12 +33,12 @@ bool plan_request(const ModelSpec &model, const Request &request, const char *ba
     int64_t batch = -1;
     for (const auto &in : request.inputs) {
         if (in.shared_memory || !in.type) return false;
-        const std::string_view in_name = view(base, in.name);
+        const std::string_view in_name = view(names, in.name);
         size_t k = 0;
         while (k < inputs.size() && inputs[k].name != in_name) ++k;
         if (k == inputs.size() || plan->inputs[k] != nullptr) return false;  // unknown or repeated: full path says why
         const TensorSpec &spec = inputs[k];
-        if (view(base, in.datatype) != spec.datatype || in.shape.size() != spec.shape.size() || in.count == 0)
+        if (view(names, in.datatype) != spec.datatype || in.shape.size() != spec.shape.size() || in.count == 0)
             return false;
         for (size_t d = 0; d < in.shape.size(); ++d)
             if (spec.shape[d] != -1 && spec.shape[d] != in.shape[d]) return false;
@@ -67,7 +68,7 @@ bool plan_request(const ModelSpec &model, const Request &request, const char *ba
         for (const auto &out : request.outputs) {
             for (const auto &p : out.params)  // shared memory (or anything else asked of an output): full path
                 if (p.key.len) return false;
-            const std::string_view out_name = view(base, out.name);
+            const std::string_view out_name = view(names, out.name);
             size_t k = 0;
             while (k < outputs.size() && outputs[k].name != out_name) ++k;
             if (k == outputs.size()) return false;

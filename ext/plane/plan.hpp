@@ -41,7 +41,9 @@ bool parse_for_plan(const char *base, size_t size, Request *request);
 // Fills `plan` and returns true where the fast path can serve `request` (parsed
 // from `base`) exactly as icow's full path would; false: hand it to the full
 // path (it has the errors, shared memory, strings, shapes known only after the run).
+// `text`: where the names' spans point, when not into `base` (HTTP: the tensors lie in
+// the body, the names come from its parsed JSON header).
 bool plan_request(const ModelSpec &model, const Request &request, const char *base, size_t max_response,
-                  Plan *plan);
+                  Plan *plan, const char *text = nullptr);
 
 }  // namespace icow::plane

@@ -158,6 +158,9 @@ PYBIND11_MODULE(_plane, m) {
         .def(py::init<size_t>(), py::arg("max_message_bytes"))
         .def("publish", [](Direct &d, const py::dict &entries) { d.publish(table_of(entries)); }, py::arg("entries"))
         .def("serve", &Direct::serve, py::arg("data"), py::arg("deadline_ns"), py::arg("alive"))
+        .def("serve_http", &Direct::serve_http, py::arg("model"), py::arg("version"), py::arg("id"),
+             py::arg("inputs"), py::arg("outputs"), py::arg("body"), py::arg("deadline_ns"), py::arg("alive"),
+             py::arg("may_wait"))
         .def_property_readonly("served_fast", [](Direct &d) { return d.served_fast.load(); })
         .def_property_readonly("handed_on", [](Direct &d) { return d.handed_on.load(); });
 

@@ -9,6 +9,8 @@ answered in C++; every other call goes through to the ``backend`` server."""
 
 from collections.abc import Callable, Sequence
 
+from typing_extensions import Buffer
+
 GRPC_VERSION: str
 """The version of the gRPC C++ library the module runs on."""
 
@@ -68,6 +70,15 @@ class Direct:
         version) when the request left the model's line without running (full, timed
         out, past ``deadline_ns`` on time.monotonic_ns()'s clock, 0 none, or ``alive()``
         false); None where the full path must serve the request."""
+    def serve_http(self, model: str, version: str, id: str, inputs: Sequence[tuple[str, str, Sequence[int], int, int]],
+                   outputs: Sequence[str], body: Buffer, deadline_ns: int, alive: Callable[[], bool],
+                   may_wait: bool) -> tuple[bytes, int] | tuple[int, str, str, str] | None:
+        """An HTTP inference request (icow.http) whose JSON header was parsed in Python,
+        every input binary: ``inputs`` as (name, datatype, shape, offset, size) of their
+        bytes in ``body``, ``outputs`` the names asked for (empty: all), all binary. The
+        answer and the length of its JSON header; a refusal as ``serve``'s; None where
+        the full path must serve it. ``may_wait`` False (the HTTP event loop): None also
+        when no instance is idle now or the model's runs are not brief."""
     @property
     def served_fast(self) -> int:
         """Calls answered or refused here."""

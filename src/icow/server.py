@@ -129,12 +129,16 @@ class InferenceServer:
 
     def _http_listener(self, tls: bool):
         from .http.app import HttpApp, HttpLimits  # uvicorn and orjson only when HTTP is served
+        from .http.fast import FastLane
         from .http.listener import HttpListener
 
         o = self.options
+        self.http_fast = native_plane.DirectPath(self.repository, o.max_message_bytes) \
+            if o.fast_path and native_plane.available() else None
         app = HttpApp(self.service, HttpLimits(max_body_bytes=o.max_message_bytes,
                                                max_concurrent=o.max_concurrent_requests, tokens=o.auth_tokens,
-                                               open_health=o.auth_open_health), workers=o.workers)
+                                               open_health=o.auth_open_health), workers=o.workers,
+                      fast=FastLane(self.http_fast.serve_http) if self.http_fast is not None else None)
         files = (o.tls_cert, o.tls_key, o.tls_client_ca) if tls else None
         return HttpListener(app, o.host, o.http_port, tls=files)
 
@@ -175,6 +179,8 @@ class InferenceServer:
                  self._plane_in_a_word())
         self.service.ready = True
         self.health.set_ready()
+        if self.http is not None and self.http_fast is not None:
+            self.http_fast.refresh()
         if self.plane is not None:
             self.plane.refresh()
             self.plane.serve_fast(self._fast_path_matches())

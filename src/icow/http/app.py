@@ -20,6 +20,7 @@ from ..services.logs import access_log
 from ..services.oip import InferenceService
 from . import body as bodies
 from .dispatch import Dispatcher, Reply
+from .fast import FastLane
 from .routes import Route, match
 from .status import HttpError
 
@@ -41,8 +42,9 @@ class HttpLimits:
 
 
 class HttpApp:
-    def __init__(self, service: InferenceService, limits: HttpLimits, workers: int) -> None:
-        self.dispatcher = Dispatcher(service, limits.max_body_bytes)
+    def __init__(self, service: InferenceService, limits: HttpLimits, workers: int,
+                 fast: FastLane | None = None) -> None:
+        self.dispatcher = Dispatcher(service, limits.max_body_bytes, fast)
         self.limits = limits
         self.auth = AuthInterceptor(limits.tokens) if limits.tokens else None
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="icow-http")
@@ -70,6 +72,10 @@ class HttpApp:
             reply = Reply(e.status, e.body(), e.headers, e.message)
         except InferenceServerError as e:
             error = HttpError.of(e)
+            reply = Reply(error.status, error.body(), (), error.message)
+        except Exception as e:  # a bug: the client still gets JSON, and the log the trace
+            log.exception("HTTP %s %s failed", scope["method"], scope["path"][:128])
+            error = HttpError(500, f"{route.endpoint if route else 'the request'} failed: {type(e).__name__}: {e}")
             reply = Reply(error.status, error.body(), (), error.message)
         finally:
             with self._lock:
@@ -130,6 +136,11 @@ class HttpApp:
         if route.endpoint in ("ServerLive", "ServerReady"):  # probes: never behind the pool's queue
             return self.dispatcher.health(route.endpoint)
         loop = asyncio.get_running_loop()
+        if route.endpoint == "ModelInfer":  # a brief run on an idle instance costs less than the hand-off
+            now = self.dispatcher.infer_now(route, data, headers)
+            if isinstance(now, Reply):
+                return now
+            return await loop.run_in_executor(self.pool, self.dispatcher.infer, route, data, headers, now)
         return await loop.run_in_executor(self.pool, self.dispatcher.answer, route, data, headers)
 
     def close(self) -> None:

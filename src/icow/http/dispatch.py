@@ -13,11 +13,17 @@ from ..shm.registry import Leases
 from ..shm.tensors import shm_allocate
 from . import body as bodies
 from . import endpoints, infer
+from .fast import FastLane
 from .routes import Route
 from .status import HttpError
 
 _JSON = (b"content-type", b"application/json")
 _BINARY = (b"content-type", b"application/octet-stream")
+
+
+class Parsed(NamedTuple):
+    header: dict  # the JSON header
+    binary: memoryview  # the binary tensors after it
 
 
 class Reply(NamedTuple):
@@ -33,9 +39,10 @@ def _ok(value: Any = None) -> Reply:
 
 
 class Dispatcher:
-    def __init__(self, service: InferenceService, max_response_bytes: int) -> None:
+    def __init__(self, service: InferenceService, max_response_bytes: int, fast: FastLane | None = None) -> None:
         self.service = service
         self.max_response_bytes = max_response_bytes
+        self.fast = fast  # binary requests answered in C++, where icow._plane is built
 
     def health(self, endpoint: str) -> Reply:
         if endpoint == "ServerLive":
@@ -77,8 +84,33 @@ class Dispatcher:
             return endpoints.shm_register(s, kind, route.region, body)
         return endpoints.shm_unregister(s, kind, route.region)
 
-    def infer(self, route: Route, data: bytes, headers: dict[bytes, bytes]) -> Reply:
-        header, binary = bodies.split(data, headers.get(bodies.HEADER_LENGTH))
+    def infer_now(self, route: Route, data: bytes, headers: dict[bytes, bytes]) -> Reply | Parsed:
+        """On the event loop: the fast lane's answer where it has one without waiting
+        (an idle instance, a brief model), else the parsed request for ``infer``."""
+        parsed = Parsed(*bodies.split(data, headers.get(bodies.HEADER_LENGTH)))
+        if self.fast is not None:
+            reply = self._fast(route, data, parsed, may_wait=False)
+            if reply is not None:
+                return reply
+        return parsed
+
+    def _fast(self, route: Route, data: bytes, parsed: Parsed, may_wait: bool) -> Reply | None:
+        header, binary = parsed
+        answer = self.fast.answer(route.model, route.version, header, data, len(data) - len(binary),
+                                  _deadline(header), may_wait)
+        if answer is None:
+            return None
+        body, header_length = answer
+        return Reply(200, body, (_BINARY, (bodies.HEADER_LENGTH, str(header_length).encode())),
+                     request_id=header.get("id", ""))
+
+    def infer(self, route: Route, data: bytes, headers: dict[bytes, bytes], parsed: Parsed | None = None) -> Reply:
+        parsed = parsed or Parsed(*bodies.split(data, headers.get(bodies.HEADER_LENGTH)))
+        if self.fast is not None:
+            reply = self._fast(route, data, parsed, may_wait=True)
+            if reply is not None:
+                return reply
+        header, binary = parsed
         deadline = _deadline(header)
         with Leases(self.service.shm) as held:  # regions the request names stay mapped until it is answered
             request, outputs = infer.decode(header, binary, held)

@@ -26,6 +26,14 @@ HTTP_STATUS = {
 }
 
 
+_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def grpc_status(number: int) -> grpc.StatusCode:
+    """The status code of its number (as icow._plane reports a refusal)."""
+    return _BY_NUMBER.get(number, grpc.StatusCode.UNKNOWN)
+
+
 class HttpError(Exception):
     """An answer other than 200, with its message."""
 

@@ -160,6 +160,7 @@ class DirectPath:
         self.table = ModelTable(repository)
         self._direct = _plane.Direct(max_message_bytes)
         self.serve = self._direct.serve
+        self.serve_http = self._direct.serve_http  # icow.http's fast lane
         repository.listeners.append(lambda name: self.refresh())
 
     def refresh(self) -> None:
