@@ -1,5 +1,5 @@
 # icow on CPU (onnxruntime). Build: docker build -t icow .
-# Run:   docker run -p 8001:8001 -p 8002:8002 -v "$PWD/models:/models:ro" icow --model-repository /models
+# Run:   docker run -p 8000:8000 -p 8001:8001 -p 8002:8002 -v "$PWD/models:/models:ro" icow --model-repository /models
 # Without arguments it serves the bundled example models.
 
 # Debian 12 named: the gRPC C++ runtime below must be the one icow._plane was built against.
@@ -20,6 +20,6 @@ RUN groupadd --gid 10001 icow && useradd --uid 10001 --gid 10001 --no-create-hom
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir "$(ls /wheels/icow-*.whl)[server]" && rm -rf /wheels
 USER 10001:10001
-EXPOSE 8001 8002
+EXPOSE 8000 8001 8002
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["icow", "serve", "--host", "0.0.0.0"]

@@ -16,6 +16,7 @@ from icow.cli import build_parser
 ROOT = Path(__file__).resolve().parent.parent
 K8S_VERSION = "1.30.0"  # the oldest Kubernetes these manifests target (gRPC probes are GA since 1.27)
 MANIFESTS = sorted((ROOT / "deploy" / "kubernetes").glob("*.yaml"))
+KSERVE_HTTP_PORT = 8080  # where KServe and Knative route when a runtime declares no port
 
 
 def documents(path: Path) -> list[dict]:
@@ -62,7 +63,33 @@ def test_deployment_probes_health_and_runs_as_non_root():
     pause = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
     assert pod["terminationGracePeriodSeconds"] > args.shutdown_grace_secs + pause
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"grpc": args.port, "metrics": args.metrics_port}
+    assert ports == {"http": args.http_port, "grpc": args.port, "metrics": args.metrics_port}
+
+
+def test_every_port_is_served_and_exposed_alike():
+    """HTTP (8000), gRPC (8001) and metrics (8002), as Triton numbers them: the CLI's defaults,
+    the container's ports, both Services and both images' EXPOSE agree."""
+    defaults = icow_args([])
+    assert (defaults.http_port, defaults.port, defaults.metrics_port) == (8000, 8001, 8002)
+    (deployment,) = documents(ROOT / "deploy" / "kubernetes" / "deployment.yaml")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    args = icow_args(container["args"])
+    served = {"http": args.http_port, "grpc": args.port, "metrics": args.metrics_port}
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == served
+    services = {d["metadata"]["name"]: d for d in documents(ROOT / "deploy" / "kubernetes" / "service.yaml")}
+    for name, wanted in (("icow", {"http", "grpc", "metrics"}), ("icow-headless", {"http", "grpc"})):
+        ports = {p["name"]: p for p in services[name]["spec"]["ports"]}
+        assert set(ports) == wanted, name
+        for port_name, port in ports.items():
+            assert port["port"] == served[port_name] and port["targetPort"] == port_name, (name, port_name)
+        assert ports["http"]["appProtocol"] == "http" and ports["grpc"]["appProtocol"] == "kubernetes.io/h2c"
+    for image in ("Dockerfile", "Dockerfile.gpu"):
+        text = (ROOT / image).read_text()
+        final = text[text.rindex("\nFROM "):]
+        (exposed,) = re.findall(r"^EXPOSE (.+)$", final, flags=re.M)
+        assert sorted(int(p) for p in exposed.split()) == sorted(served.values()), image
+        run = re.search(r"^# Run: .*$", text, flags=re.M).group(0)
+        assert all(f"-p {p}:{p}" in run for p in served.values()), image
 
 
 def test_selectors_match_the_pods():
@@ -81,7 +108,7 @@ def test_kserve_serving_runtime():
     assert (runtime["apiVersion"], runtime["kind"]) == ("serving.kserve.io/v1alpha1", "ServingRuntime")
     spec = runtime["spec"]
     assert {"name": "onnx", "version": "1"}.items() <= spec["supportedModelFormats"][0].items()
-    assert spec["protocolVersions"] == ["grpc-v2"]  # icow has no HTTP front end
+    assert spec["protocolVersions"] == ["v2", "grpc-v2"]  # REST and gRPC
     assert set(spec) <= {"annotations", "supportedModelFormats", "protocolVersions", "containers",
                          "multiModel", "disabled", "nodeSelector", "tolerations", "affinity", "volumes",
                          "imagePullSecrets", "labels", "builtInAdapter", "grpcEndpoint", "grpcDataEndpoint",
@@ -92,7 +119,13 @@ def test_kserve_serving_runtime():
     kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
     args = icow_args(container["args"])
     assert Path(args.model_repository) == Path("/mnt/models")  # where KServe's storage initializer puts models
-    assert container["ports"][0] == {"name": "h2c", "containerPort": args.port, "protocol": "TCP"}
+    # No ports: Knative routes one port per pod, and an InferenceService's ports are merged into
+    # these; REST goes to KServe's default 8080, gRPC to the h2c port an InferenceService names.
+    assert "ports" not in container
+    assert args.http_port == KSERVE_HTTP_PORT and args.port == 8001
+    probe = container["readinessProbe"]["httpGet"]
+    assert probe == {"path": "/v2/health/ready", "port": args.http_port}
+    assert f"containerPort: {args.port}" in (ROOT / "deploy" / "kserve" / "servingruntime.yaml").read_text()
 
 
 @pytest.mark.parametrize("name", ["Dockerfile", "Dockerfile.gpu"])
@@ -102,7 +135,7 @@ def test_dockerfile_runs_icow_as_non_root(name):
     user = re.findall(r"^USER (\S+)", final, flags=re.M)
     assert user and user[-1].split(":")[0] not in ("0", "root")
     assert re.search(r'^ENTRYPOINT \["icow", "serve"', final, flags=re.M)
-    assert "EXPOSE 8001 8002" in final
+    assert re.search(r"^EXPOSE 8000 8001 8002$", final, flags=re.M)
 
 
 def test_gpu_image_installs_only_onnxruntime_gpu():
@@ -111,3 +144,5 @@ def test_gpu_image_installs_only_onnxruntime_gpu():
     text = "\n".join(line for line in (ROOT / "Dockerfile.gpu").read_text().splitlines()
                      if not line.lstrip().startswith("#"))
     assert "onnxruntime-gpu" in text and "[server]" not in text and not re.search(r"onnxruntime(?!-gpu)[\s=<>]", text)
+    # the rest of what the server needs (health, reflection, metrics, HTTP: uvicorn, orjson, ...)
+    assert '.whl)[server-common]"' in text
