@@ -34,7 +34,7 @@ class HttpListener:
         cert, key, ca = tls or (None, None, None)
         config = uvicorn.Config(
             app, log_config=None, access_log=False, lifespan="off", http="httptools", loop="none",
-            server_header=False, timeout_keep_alive=keep_alive_s, backlog=2048,
+            server_header=False, proxy_headers=False, timeout_keep_alive=keep_alive_s, backlog=2048,
             ssl_certfile=cert, ssl_keyfile=key, ssl_ca_certs=ca,
             ssl_cert_reqs=ssl.CERT_REQUIRED if ca else ssl.CERT_NONE)
         self._server = uvicorn.Server(config)
