@@ -169,8 +169,8 @@ def test_tls_and_token_together(make_server, ops_repo, pki, token_file):
 def serve_fails(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     import os
 
-    return subprocess.run([sys.executable, "-m", "icow", "serve", "--port", "0", "--no-metrics", "--http-port", "0", *args],
-                          capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})})
+    return subprocess.run([sys.executable, "-m", "icow", "serve", "--port", "0", "--no-metrics", "--http-port", "0",
+                           *args], capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})})
 
 
 @pytest.mark.parametrize("content, message", [
