@@ -67,10 +67,10 @@ class HttpApp:
             data = await self._body(receive, headers)
             reply = await self._answer(route, data, headers)
         except HttpError as e:
-            reply = Reply(e.status, e.body(), e.headers, e.message)
+            reply = Reply(e.status, e.body(), e.headers, e.message, getattr(e, "request_id", ""))
         except InferenceServerError as e:
             error = HttpError.of(e)
-            reply = Reply(error.status, error.body(), (), error.message)
+            reply = Reply(error.status, error.body(), (), error.message, getattr(e, "request_id", ""))
         finally:
             with self._lock:
                 self.in_flight -= 1

@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from ..protocol.errors import invalid
+from ..protocol.errors import InferenceServerError, invalid
 from ..services.oip import InferenceService
 from ..shm.registry import Leases
 from ..shm.tensors import shm_allocate
@@ -79,6 +79,14 @@ class Dispatcher:
 
     def infer(self, route: Route, data: bytes, headers: dict[bytes, bytes]) -> Reply:
         header, binary = bodies.split(data, headers.get(bodies.HEADER_LENGTH))
+        try:
+            return self._infer(route, header, binary)
+        except (HttpError, InferenceServerError) as e:
+            request_id = header.get("id")  # the access log names a failed call's id, as gRPC's does
+            e.request_id = request_id if isinstance(request_id, str) else ""
+            raise
+
+    def _infer(self, route: Route, header: dict, binary: memoryview) -> Reply:
         deadline = _deadline(header)
         with Leases(self.service.shm) as held:  # regions the request names stay mapped until it is answered
             request, outputs = infer.decode(header, binary, held)
