@@ -13,6 +13,9 @@ import onnxruntime as ort
 import tritonclient.grpc as tc
 from tritonclient.utils import InferenceServerException
 
+NUMERIC = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
+           "FP16", "FP32", "FP64"]
+
 
 @functools.lru_cache
 def _session(path: Path) -> ort.InferenceSession:
@@ -86,3 +89,22 @@ class _Expect:
         if status is not None and status.isdigit():  # tritonclient.http: the HTTP status
             return str(self.code if isinstance(self.code, int) else HTTP_STATUS[self.code])
         return str(self.code)
+
+
+def dtype_feeds() -> dict[str, np.ndarray]:
+    """One [2, 3] array per input of the dtypes model, extremes of each type included."""
+    rng = np.random.default_rng(3)
+    feeds = {}
+    for datatype in NUMERIC:
+        dtype = np.dtype(tc.triton_to_np_dtype(datatype))
+        if datatype == "BOOL":
+            value = rng.integers(0, 2, (2, 3)).astype(bool)
+        elif dtype.kind == "f":
+            value = rng.standard_normal((2, 3)).astype(dtype)
+        else:
+            info = np.iinfo(dtype)
+            value = rng.integers(info.min, info.max, (2, 3), dtype=dtype, endpoint=True)
+            value[0, 0], value[0, 1] = info.min, info.max
+        feeds[f"in_{datatype}"] = value
+    feeds["in_BYTES"] = np.array([[b"a", b"\x00bc", b""], [b"xyz", b"12", "\u00fc".encode()]], dtype=object)
+    return feeds

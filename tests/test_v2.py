@@ -8,17 +8,13 @@ from __future__ import annotations
 import grpc
 import numpy as np
 import pytest
-import tritonclient.grpc as tc
 
-from helpers import expect_error, reference
+from helpers import NUMERIC, dtype_feeds, expect_error, reference
 from icow._proto import inference_pb2 as pb
 from icow._proto import inference_pb2_grpc as pb_grpc
 from icow.protocol import tensors
 from icow.protocol.datatypes import DATATYPES
 from transports import TRANSPORTS, Transport
-
-NUMERIC = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
-           "FP16", "FP32", "FP64"]
 
 
 @pytest.fixture(scope="module", params=TRANSPORTS)
@@ -149,25 +145,6 @@ def test_bytes_model(client, transport):
     text = np.array([b"hello", b"icow", "\u00fcber".encode(), b""], dtype=object)
     result = client.infer("strings", [transport.input("text", text, "BYTES")])
     assert result.as_numpy("upper").tolist() == [b"HELLO", b"ICOW", "\u00fcBER".encode(), b""]
-
-
-def dtype_feeds() -> dict[str, np.ndarray]:
-    """One [2, 3] array per input of the dtypes model, extremes of each type included."""
-    rng = np.random.default_rng(3)
-    feeds = {}
-    for datatype in NUMERIC:
-        dtype = np.dtype(tc.triton_to_np_dtype(datatype))
-        if datatype == "BOOL":
-            value = rng.integers(0, 2, (2, 3)).astype(bool)
-        elif dtype.kind == "f":
-            value = rng.standard_normal((2, 3)).astype(dtype)
-        else:
-            info = np.iinfo(dtype)
-            value = rng.integers(info.min, info.max, (2, 3), dtype=dtype, endpoint=True)
-            value[0, 0], value[0, 1] = info.min, info.max
-        feeds[f"in_{datatype}"] = value
-    feeds["in_BYTES"] = np.array([[b"a", b"\x00bc", b""], [b"xyz", b"12", "\u00fc".encode()]], dtype=object)
-    return feeds
 
 
 @pytest.mark.parametrize("datatype", NUMERIC + ["BYTES"])
