@@ -179,3 +179,14 @@ def test_fp16_has_no_typed_contents(stub):
     request.inputs.add(name="x", datatype="FP16", shape=[1, 3]).contents.fp32_contents.extend([1, 2, 3])
     with expect_error(grpc.StatusCode.INVALID_ARGUMENT, "input 'x'", "FP16 has no typed contents"):
         stub.ModelInfer(request)
+
+
+def test_trace_and_log_settings_are_unimplemented(client):
+    with expect_error(grpc.StatusCode.UNIMPLEMENTED, "tracing is not supported"):
+        client.get_trace_settings()
+    with expect_error(grpc.StatusCode.UNIMPLEMENTED, "tracing is not supported"):
+        client.update_trace_settings(settings={"trace_level": ["TIMESTAMPS"]})
+    with expect_error(grpc.StatusCode.UNIMPLEMENTED, "use --log-level"):
+        client.get_log_settings()
+    with expect_error(grpc.StatusCode.UNIMPLEMENTED, "use --log-level"):
+        client.update_log_settings(settings={"log_verbose_level": 1})
