@@ -69,10 +69,10 @@ class HttpApp:
             data = await self._body(receive, headers)
             reply = await self._answer(route, data, headers)
         except HttpError as e:
-            reply = Reply(e.status, e.body(), e.headers, e.message)
+            reply = Reply(e.status, e.body(), e.headers, e.message, getattr(e, "request_id", ""))
         except InferenceServerError as e:
             error = HttpError.of(e)
-            reply = Reply(error.status, error.body(), (), error.message)
+            reply = Reply(error.status, error.body(), (), error.message, getattr(e, "request_id", ""))
         except Exception as e:  # a bug: the client still gets JSON, and the log the trace
             log.exception("HTTP %s %s failed", scope["method"], scope["path"][:128])
             error = HttpError(500, f"{route.endpoint if route else 'the request'} failed: {type(e).__name__}: {e}")

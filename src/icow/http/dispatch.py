@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import orjson
 
-from ..protocol.errors import invalid
+from ..protocol.errors import InferenceServerError, invalid
 from ..services.oip import InferenceService
 from ..shm.registry import Leases
 from ..shm.tensors import shm_allocate
@@ -89,7 +91,8 @@ class Dispatcher:
         (an idle instance, a brief model), else the parsed request for ``infer``."""
         parsed = Parsed(*bodies.split(data, headers.get(bodies.HEADER_LENGTH)))
         if self.fast is not None:
-            reply = self._fast(route, data, parsed, may_wait=False)
+            with _naming(parsed.header):
+                reply = self._fast(route, data, parsed, may_wait=False)
             if reply is not None:
                 return reply
         return parsed
@@ -106,11 +109,14 @@ class Dispatcher:
 
     def infer(self, route: Route, data: bytes, headers: dict[bytes, bytes], parsed: Parsed | None = None) -> Reply:
         parsed = parsed or Parsed(*bodies.split(data, headers.get(bodies.HEADER_LENGTH)))
-        if self.fast is not None:
-            reply = self._fast(route, data, parsed, may_wait=True)
-            if reply is not None:
-                return reply
-        header, binary = parsed
+        with _naming(parsed.header):
+            if self.fast is not None:
+                reply = self._fast(route, data, parsed, may_wait=True)
+                if reply is not None:
+                    return reply
+            return self._infer(route, *parsed)
+
+    def _infer(self, route: Route, header: dict, binary: memoryview) -> Reply:
         deadline = _deadline(header)
         with Leases(self.service.shm) as held:  # regions the request names stay mapped until it is answered
             request, outputs = infer.decode(header, binary, held)
@@ -129,6 +135,17 @@ class Dispatcher:
             return Reply(200, body, (_JSON,), request_id=request.id)
         return Reply(200, body, (_BINARY, (bodies.HEADER_LENGTH, str(header_length).encode())),
                      request_id=request.id)
+
+
+@contextlib.contextmanager
+def _naming(header: dict) -> Iterator[None]:
+    """A failed request's error carries its id: the access log names it, as gRPC's does."""
+    try:
+        yield
+    except (HttpError, InferenceServerError) as e:
+        request_id = header.get("id")
+        e.request_id = request_id if isinstance(request_id, str) else ""
+        raise
 
 
 def _json_body(data: bytes) -> dict:

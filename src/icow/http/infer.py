@@ -134,10 +134,23 @@ def _from_json(data: Any, datatype: Datatype, shape: tuple[int, ...], what: str)
     except (ValueError, OverflowError):  # ragged nesting, or an integer beyond 64 bits
         raise invalid(f"{what}: data must be a list of {datatype.name} values, flat or nested as the shape "
                       f"{list(shape)}") from None
+    if values.dtype.kind == "f" and datatype.name == "UINT64":
+        values = _exact_uint64(data, values, what)
     if values.shape != shape and values.shape != (count,):
         raise invalid(f"{what}: data has shape {list(values.shape)}, but the shape is {list(shape)} "
                       f"({count} elements, flat or nested)")
     return _typed(values, datatype, what).reshape(shape)
+
+
+def _exact_uint64(data: list, values: np.ndarray, what: str) -> np.ndarray:
+    """numpy reads integers above 2**63 - 1 beside others as float64, which loses their
+    low bits (and is then refused as not integers): read them again one by one."""
+    exact = np.asarray(data, dtype=object)
+    if exact.shape != values.shape or not all(type(v) is int for v in exact.flat):
+        return values  # floats indeed: refused by _typed
+    if not all(0 <= v < 2**64 for v in exact.flat):
+        raise invalid(f"{what}: a value does not fit UINT64 (0 to {2**64 - 1})")
+    return exact.astype(np.uint64)
 
 
 def _typed(values: np.ndarray, datatype: Datatype, what: str) -> np.ndarray:
