@@ -6,8 +6,9 @@ One MLServer, started once from bench/.mlserver-venv (``bash
 bench/setup_mlserver.sh``), serves every model of the bench's repository on both
 protocols. Its settings are MLServer's defaults except where the bench must
 differ: free ports instead of 8080/8081/8082 (its metrics server stays on, as by
-default: the bench reads its request count there), 127.0.0.1, and gRPC messages
-up to 256 MiB (4 MiB by default: the 12 MiB workloads need more). So
+default: the bench reads its request count there), 127.0.0.1, gRPC messages up
+to 256 MiB (4 MiB by default: the 12 MiB workloads need more) and the metrics'
+multiprocess folder in the run's temporary folder. So
 ``parallel_workers`` is its default, 1: the model runs in one worker process
 beside the server's (both are measured), and ``debug`` is on (access logs).
 
@@ -71,7 +72,8 @@ def _command(folder: Path, grpc_port: int) -> list[str]:
     """Writes settings.json with ``grpc_port`` (the port the bench probes) and
     free ones for REST and metrics; the command line that starts MLServer on it."""
     settings = {"host": "127.0.0.1", "grpc_port": grpc_port, "http_port": free_port(),
-                "metrics_port": free_port(), "grpc_max_message_length": MAX_MESSAGE}
+                "metrics_port": free_port(), "grpc_max_message_length": MAX_MESSAGE,
+                "metrics_dir": str(folder / ".metrics")}  # by default ./.metrics: the repository's root
     (folder / "settings.json").write_text(json.dumps(settings, indent=2))
     return [str(VENV / "bin" / "mlserver"), "start", str(folder)]
 
