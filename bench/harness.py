@@ -112,13 +112,15 @@ def free_port() -> int:
 
 @dataclass
 class Server:
-    """A server subprocess (``python <args>``), pinned when ``cpu`` is given."""
+    """A server subprocess (``python <args>``), pinned when ``cpu`` is given;
+    ``python`` is another venv's interpreter for a server that cannot share ours (MLServer)."""
 
     name: str
     args: Callable[[int], list[str]]  # the command line for a port
     probe: Callable[[grpc.Channel], bool]  # True once the server answers as ready
     log_path: Path
     cpu: int | None
+    python: str = sys.executable
     port: int = 0
     proc: subprocess.Popen | None = None
     affinity: list[int] = field(default_factory=list)  # CPUs its threads may use, once started
@@ -138,7 +140,7 @@ class Server:
         pin = [] if self.cpu is None else ["-c", _PIN_EXEC, str(self.cpu)]
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen([sys.executable, *pin, *self.args(self.port)], cwd=ROOT, env=env,
+            self.proc = subprocess.Popen([self.python, *pin, *self.args(self.port)], cwd=ROOT, env=env,
                                          stdout=log, stderr=subprocess.STDOUT)
         try:
             self._wait_ready(timeout)
@@ -222,13 +224,14 @@ class Env:
     def model_path(self, model: str) -> Path:
         return self.repo / model / "1" / "model.onnx"
 
-    def server(self, name: str, args: Callable[[int], list[str]], probe: Callable[[grpc.Channel], bool]) -> Server:
+    def server(self, name: str, args: Callable[[int], list[str]], probe: Callable[[grpc.Channel], bool],
+               python: str = sys.executable) -> Server:
         """The running server ``name``, started on first use; one that failed to
         start fails every later row at once (it would fail the same way)."""
         if name in self._failed:
             raise self._failed[name]
         if name not in self.servers:
-            server = Server(name, args, probe, self.dir / f"{name}.log", self.pinning.server_cpu)
+            server = Server(name, args, probe, self.dir / f"{name}.log", self.pinning.server_cpu, python)
             try:
                 server.start()
             except BenchError as e:

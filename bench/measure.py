@@ -36,11 +36,27 @@ TARGETS = {
     # the native data plane (icow._plane; fails its rows where it was not built) and its floor
     "plane_echo": "bench.baselines.plane_server:PlaneEcho",
     "icow_plane": "bench.scenarios.icow_grpc:IcowPlane",
+    # the peer: MLServer 1.7 (bench/setup_mlserver.sh), REST and gRPC
+    "mlserver_rest": "bench.scenarios.mlserver:MLServerRest",
+    "mlserver_grpc": "bench.scenarios.mlserver:MLServerGrpc",
+    # "icow_http": icow's own REST server (`python -m icow serve --http-port N`, perf_analyzer -i http) goes here
+    # once it exists: a scenario like mlserver.MLServerRest whose pa_endpoint() says "-i http".
 }
 # The native plane and its floor join the defaults where icow._plane was built: it is
 # what `icow serve` runs by default.
 DEFAULT_TARGETS = ["ort_inprocess", "echo_server", "icow_protobuf", "icow_native",
                    *(["plane_echo", "icow_plane"] if native_plane.available() else [])]
+PEERS = ["mlserver_rest", "mlserver_grpc"]
+
+
+def default_targets(client: str) -> list[str]:
+    """The set run without --scenarios: DEFAULT_TARGETS, and with perf_analyzer the
+    MLServer peer too where bench/setup_mlserver.sh has made its venv."""
+    from .scenarios import mlserver
+
+    return DEFAULT_TARGETS + (PEERS if client == "perf_analyzer" and mlserver.installed() else [])
+
+
 FLOORS = ("echo_server", "echo_server_aio", "plane_echo")  # transport floors: no ratio of their own
 
 
@@ -89,30 +105,33 @@ def describe_error(e: BaseException) -> str:
 # -- the server's side of a window ------------------------------------------
 
 class ServerWindow:
-    """CPU time and peak RSS of a server process across a timed window."""
+    """CPU time and peak RSS of a server process, and of its child processes
+    (found at ``start``), across a timed window."""
 
     def __init__(self, server: Server | None) -> None:
-        self.pid = server.pid if server is not None else None
+        self.pids = [server.pid] if server is not None else []
         self.cpu_start: float | None = None
         self.cpu_seconds: float | None = None
         self.peak_rss: int | None = None
         self.scope = "window"
 
     def start(self) -> None:
-        if self.pid is None:
+        if not self.pids:
             return
+        self.pids = [self.pids[0], *procstat.descendants(self.pids[0])]
         # Reset first: the one server saw every earlier workload (12 MiB ones too),
         # and VmHWM would otherwise be the peak of its whole life.
-        if not procstat.reset_peak_rss(self.pid):
+        if not all([procstat.reset_peak_rss(pid) for pid in self.pids]):
             self.scope = "lifetime"
-        self.cpu_start = procstat.cpu_seconds(self.pid)
+        self.cpu_start = _sum(procstat.cpu_seconds(pid) for pid in self.pids)
 
     def stop(self) -> None:
-        if self.pid is None or self.cpu_start is None:
+        if not self.pids or self.cpu_start is None:
             return
-        end = procstat.cpu_seconds(self.pid)
+        end = _sum(procstat.cpu_seconds(pid) for pid in self.pids)
         self.cpu_seconds = None if end is None else end - self.cpu_start
-        self.peak_rss = procstat.peak_rss_bytes(self.pid)
+        # With children: the sum of each process's peak, at least the peak of their sum (peaks may not coincide).
+        self.peak_rss = _sum(procstat.peak_rss_bytes(pid) for pid in self.pids)
 
     def fill(self, result: Result, requests: int) -> None:
         if self.cpu_seconds is not None and requests > 0:
@@ -120,6 +139,12 @@ class ServerWindow:
         if self.peak_rss is not None:
             result.server_peak_rss_mib = self.peak_rss / (1 << 20)
             result.peak_rss_scope = self.scope
+
+
+def _sum(values) -> float | None:
+    """The sum, or None where any reading failed (a process gone: no figure beats a wrong one)."""
+    values = list(values)
+    return None if None in values else sum(values)
 
 
 # -- the Python load generator ------------------------------------------------

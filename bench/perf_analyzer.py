@@ -23,7 +23,7 @@ import grpc
 from icow._proto import inference_pb2 as pb
 from icow._proto import inference_pb2_grpc
 
-from .harness import CHANNEL_OPTIONS, Env, Server
+from .harness import CHANNEL_OPTIONS, Env, Server, Target
 from .measure import Result, ServerWindow, run_phase, setup_target
 from .models import ROOT
 from .workloads import Workload
@@ -65,14 +65,28 @@ def served(server: Server, model: str) -> int:
     return sum(s.inference_stats.success.count for s in stats.model_stats)
 
 
-def arguments(workload: Workload, server: Server, csv_path: Path, duration: float, quick: bool,
+def endpoint(target: Target) -> list[str]:
+    """perf_analyzer's protocol and URL for ``target``: Triton's gRPC on its server's
+    port, unless the target says otherwise (``pa_endpoint``: MLServer's REST)."""
+    own = getattr(target, "pa_endpoint", None)
+    return own() if own is not None else ["-i", "grpc", "-u", target.server.address]
+
+
+def count(target: Target, model: str) -> int:
+    """Requests the target's server has answered for ``model``: its own ``served``
+    where it has one (MLServer has no ModelStatistics), else Triton's statistics."""
+    own = getattr(target, "served", None)
+    return own(model) if own is not None else served(target.server, model)
+
+
+def arguments(workload: Workload, endpoint: list[str], csv_path: Path, duration: float, quick: bool,
               stability: float | None) -> list[str]:
     # Three windows of duration/3: perf_analyzer needs three stable windows and
     # reports them merged, so the figure covers about ``duration`` seconds. A 12 MiB
     # request takes tens of ms: a window of a few requests has an infinite latency
     # deviation and never counts as stable, so those windows last 1 s at least.
     window_ms = max(1000 if workload.bulk else 100, int(duration * 1000 / 3))
-    args = ["-m", workload.model, "-i", "grpc", "-u", server.address,
+    args = ["-m", workload.model, *endpoint,
             "--concurrency-range", str(workload.concurrency),
             "--shape", f"{workload.input}:{','.join(map(str, workload.shape))}",
             "--input-data", "random", "-p", str(window_ms), "-f", str(csv_path)]
@@ -120,14 +134,14 @@ def measure(name: str, workload: Workload, env: Env, duration: float, warmup: fl
     csv_path = env.dir / f"pa-{name}-{workload.name}.csv"
     window = ServerWindow(server)
     try:
-        before = served(server, workload.model)
+        before = count(target, workload.model)
         window.start()
         cpu0, t0 = _children_cpu(), time.perf_counter()
-        run = subprocess.run([*cmd, *arguments(workload, server, csv_path, duration, quick, stability)], env=pa_env,
-                             capture_output=True, text=True, timeout=max(120.0, 40 * duration))
+        run = subprocess.run([*cmd, *arguments(workload, endpoint(target), csv_path, duration, quick, stability)],
+                             env=pa_env, capture_output=True, text=True, timeout=max(120.0, 40 * duration))
         wall, cpu = time.perf_counter() - t0, _children_cpu() - cpu0
         window.stop()
-        requests = served(server, workload.model) - before
+        requests = count(target, workload.model) - before
     except (grpc.RpcError, subprocess.TimeoutExpired, OSError) as e:
         result.error = f"perf_analyzer: {type(e).__name__}: {e}"
         return result

@@ -28,6 +28,22 @@ def cpu_seconds(pid: int) -> float | None:
     return (utime + stime) / CLOCK_TICKS
 
 
+def descendants(pid: int) -> list[int]:
+    """The process's children, their children and so on (Linux ≥ 3.5's
+    /proc/<pid>/task/<tid>/children; [] where it is missing). A server that runs
+    its models in worker processes (MLServer's parallel_workers) spends its CPU
+    and memory there as well."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            children = [int(c) for c in task.read_text().split()]
+        except OSError:  # a thread that ended meanwhile
+            continue
+        for child in children:
+            found += [child, *descendants(child)]
+    return found
+
+
 def _status_kib(pid: int, key: str) -> int | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():

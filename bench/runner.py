@@ -14,7 +14,7 @@ from pathlib import Path
 
 from . import machine, report, rounds
 from .harness import Env, Pinning, pin_client
-from .measure import DEFAULT_TARGETS, TARGETS, Result, compare, load_target, measure
+from .measure import DEFAULT_TARGETS, PEERS, TARGETS, Result, compare, default_targets, load_target, measure
 from .models import ROOT
 from .workloads import Workload, all_workloads
 
@@ -103,11 +103,17 @@ def select(names: str | None, known: list[str], default: list[str], what: str) -
     return [n for n in known if n in chosen]
 
 
+def _set_of(target: str) -> str:
+    if target in DEFAULT_TARGETS:
+        return ""
+    return " (--client perf_analyzer, once bench/setup_mlserver.sh ran)" if target in PEERS else " (extra)"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     workloads = all_workloads()
     if args.list:
-        print("targets:  ", ", ".join(f"{t}{'' if t in DEFAULT_TARGETS else ' (extra)'}" for t in TARGETS))
+        print("targets:  ", ", ".join(f"{t}{_set_of(t)}" for t in TARGETS))
         print("workloads:", ", ".join(f"{w.name}{'' if w.default else ' (extra)'}" for w in workloads))
         return 0
     started = dt.datetime.now(dt.timezone.utc)
@@ -124,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.shm:
         from . import shm
         return shm.main(args, prefix)
-    targets = select(args.scenarios, list(TARGETS), DEFAULT_TARGETS, "scenario")
+    targets = select(args.scenarios, list(TARGETS), default_targets(args.client), "scenario")
     chosen = select(args.workloads, [w.name for w in workloads], [w.name for w in workloads if w.default],
                     "workload")
     return run(targets, [w for w in workloads if w.name in chosen], args, started, prefix)
@@ -214,6 +220,11 @@ def measure_one(name: str, workload: Workload, env: Env, args: argparse.Namespac
     if args.client == "perf_analyzer" and name != "ort_inprocess":
         if name == "icow_tritonclient":  # a client library: perf_analyzer would replace what it measures
             return None
+        if name == "mlserver_grpc":  # perf_analyzer needs Triton's ModelConfig RPC, which MLServer lacks
+            if not any("mlserver_grpc" in n for n in env.notes):
+                env.notes.append("mlserver_grpc: measured by the bench's Python client, not perf_analyzer, which "
+                                 "calls Triton's ModelConfig RPC first and MLServer has none ('Method not found')")
+            return measure(name, workload, env, args.duration, args.warmup)
         from . import perf_analyzer
         return perf_analyzer.measure(name, workload, env, args.duration, args.warmup, args.quick, args.stability)
     return measure(name, workload, env, args.duration, args.warmup)
