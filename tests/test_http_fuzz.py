@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fuzz.mutations import FLOATS, INTS, mutate_bytes
+from fuzz.mutations import mutate_bytes, mutate_json
 from icow.http import body as bodies
 from icow.http import dispatch, infer, routes
 from icow.http.status import HttpError
@@ -94,38 +94,6 @@ def test_the_seeds_parse():
 
 # -- mutated ----------------------------------------------------------------------
 
-HOSTILE = [*INTS, *FLOATS[:4], 10**30, -(10**30), None, True, False, "", "x" * 5000, "\0", "FP32", "BYTES", "BF16",
-           [], [[]], [None], [[1, 2], [3]], {}, {"binary_data_size": 4}, [1] * 65, [-1], [2**62, 2**62]]
-
-
-def mutate_tree(value, rng: random.Random, depth: int = 0):
-    """The JSON tree with one node somewhere replaced, dropped or doubled."""
-    if isinstance(value, dict) and value and rng.random() < 0.8:
-        key = rng.choice(list(value))
-        value = dict(value)
-        roll = rng.random()
-        if roll < 0.15:
-            del value[key]
-        elif roll < 0.25:
-            value[rng.choice(["parameters", "binary_data_size", "data", "shape", "datatype", "name"])] = \
-                rng.choice(HOSTILE)
-        else:
-            value[key] = mutate_tree(value[key], rng, depth + 1)
-        return value
-    if isinstance(value, list) and value and rng.random() < 0.8:
-        value = list(value)
-        i = rng.randrange(len(value))
-        roll = rng.random()
-        if roll < 0.15:
-            value.append(value[i])
-        elif roll < 0.25:
-            del value[i]
-        else:
-            value[i] = mutate_tree(value[i], rng, depth + 1)
-        return value
-    return rng.choice(HOSTILE)
-
-
 @pytest.mark.parametrize("seed", range(4))
 def test_mutated_requests(seed):
     rng = random.Random(seed)
@@ -136,7 +104,7 @@ def test_mutated_requests(seed):
         if roll < 0.4:
             tree = rng.choice(trees)
             for _ in range(rng.randint(1, 3)):
-                tree = mutate_tree(tree, rng)
+                tree = mutate_json(tree, rng)
             checked(parse, json.dumps(tree).encode(), None)  # json: integers of any size
         elif roll < 0.7:
             checked(parse, mutate_bytes(rng.choice(others), rng, others), None)
