@@ -2,7 +2,8 @@
 every method per data plane, fixed seed, against a real server. None may be
 answered UNKNOWN or INTERNAL or hang; the server stays alive with a clean log
 and afterwards answers as in-process ONNX Runtime does. CI runs it for longer
-(scripts/fuzz-live.sh)."""
+(scripts/fuzz-live.sh). The same over HTTP: mutated REST requests, none answered
+with a 5xx other than 503 or an error body that is not JSON, none hung."""
 
 from __future__ import annotations
 
@@ -33,6 +34,18 @@ def test_mutated_requests_of_every_method(make_server, fuzz_repo, plane):
     assert any(key.endswith(" OK") for key in report.histogram if key.startswith("ModelInfer"))
 
 
+def test_mutated_http_requests(make_server, fuzz_repo):
+    """The REST seeds mutated: no 5xx but 503, every error a JSON body, no hang, the server unharmed."""
+    server = make_server(fuzz_repo, *live.SERVER_ARGS)
+    report = live.run(server, fuzz_repo, "native", seed=20, count=300, protocol="http")
+    assert report.ok, report.summary()
+    assert report.sent == 300, report.summary()
+    endpoints = {key.split()[2] for key in report.histogram}
+    assert len(endpoints) >= 12, report.summary()  # it reached most endpoints
+    assert any(key.startswith("HTTP POST infer 200") for key in report.histogram), report.summary()
+    assert any(key.split()[-1].startswith("4") for key in report.histogram), report.summary()
+
+
 def test_the_requests_follow_from_the_seed(fuzz_repo):
     """A finding can be replayed: the same seed, the same requests."""
     region = shared_memory.SharedMemory(create=True, size=4096)
@@ -45,6 +58,9 @@ def test_the_requests_follow_from_the_seed(fuzz_repo):
             return [live.mutant(seeds, words, rng)[1] for _ in range(200)]
 
         assert cases(3) == cases(3) != cases(4)
+        rest = live_seeds.http_seeds(region)
+        assert [live.http_mutant(rest, random.Random(5))[1] for _ in range(3)] == \
+            [live.http_mutant(rest, random.Random(5))[1] for _ in range(3)]
     finally:
         region.close()
         region.unlink()

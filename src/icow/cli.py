@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--http-port", type=int, default=8000,
                        help="HTTP/REST port of the same protocol (KServe v2 REST, Triton's binary tensors; "
                             "Triton's is 8000); 0: no HTTP")
+    serve.add_argument("--http-read-timeout-secs", type=float, default=60.0, metavar="SECONDS",
+                       help="an HTTP request's head (request line and headers) must arrive within this time of "
+                            "the connection or the request starting, and its body may not pause longer; "
+                            "else 408 and the connection is closed (slow or stalled clients hold no resources)")
     serve.add_argument("--model-control-mode", choices=["none", "explicit", "poll"], default="none",
                        help="none: load every model at start, no load/unload requests; "
                             "explicit: load the --load-model ones, then on request; "
@@ -171,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.repository_poll_secs <= 0:
         print("icow serve: --repository-poll-secs must be > 0", file=sys.stderr)
         return 2
+    if not 0 < args.http_read_timeout_secs < 86400:
+        print("icow serve: --http-read-timeout-secs must be > 0 and under a day", file=sys.stderr)
+        return 2
     if args.buffer_pool_mb < 0 or args.memory_trim_secs < 0:
         print("icow serve: --buffer-pool-mb and --memory-trim-secs must be >= 0", file=sys.stderr)
         return 2
@@ -194,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         codec=args.codec,
         data_plane=args.data_plane, fast_path=not args.no_fast_path,
         grace_seconds=args.shutdown_grace_secs, metrics_port=None if args.no_metrics else args.metrics_port,
-        http_port=args.http_port or None,
+        http_port=args.http_port or None, http_read_timeout_s=args.http_read_timeout_secs,
         tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca, auth_tokens=tokens,
         auth_open_health=args.auth_open_health, max_concurrent_requests=args.max_concurrent_requests,
         max_loaded_models=args.max_loaded_models, buffer_pool_bytes=args.buffer_pool_mb << 20,

@@ -50,6 +50,7 @@ class ServerOptions:
     fast_path: bool = True  # ModelInfer in C++ where it can be (icow._plane); False: always the Python path
     metrics_port: int | None = 8002  # Prometheus endpoint over HTTP; None: off
     http_port: int | None = None  # the REST binding (icow.http); 0: any free port; None: off (the CLI's default: 8000)
+    http_read_timeout_s: float = 60.0  # a request's head must come within it, and its body not pause longer
     tls_cert: Path | None = None  # PEM server certificate (chain) and key: TLS on the gRPC port
     tls_key: Path | None = None
     tls_client_ca: Path | None = None  # PEM CA bundle: clients must present a certificate it signed
@@ -140,7 +141,7 @@ class InferenceServer:
                                                open_health=o.auth_open_health), workers=o.workers,
                       fast=FastLane(self.http_fast.serve_http) if self.http_fast is not None else None)
         files = (o.tls_cert, o.tls_key, o.tls_client_ca) if tls else None
-        return HttpListener(app, o.host, o.http_port, tls=files)
+        return HttpListener(app, o.host, o.http_port, tls=files, read_timeout_s=o.http_read_timeout_s)
 
     def _listen_native(self, address: str, tls: tuple[bytes, bytes, bytes | None] | None) -> None:
         """The plane on ``address``; the grpcio server behind it on a Unix socket of a private

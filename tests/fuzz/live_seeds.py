@@ -2,7 +2,7 @@
 method a client can call: inference of every datatype (raw and typed contents,
 strings, a batching model, shared memory), metadata, configuration, the
 repository, shared-memory registration, lIteCOW's ICOW service, rollout,
-health and reflection. Each inference seed knows its model file and inputs,
+health and reflection; and the same over HTTP/REST (http_seeds). Each inference seed knows its model file and inputs,
 so its answer can be compared with in-process ONNX Runtime."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from multiprocessing import shared_memory
 from pathlib import Path
 
 import numpy as np
+import orjson
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
@@ -178,3 +179,72 @@ def control_seeds() -> list[Seed]:
 
 def seeds(repo: Path, region: shared_memory.SharedMemory) -> list[Seed]:
     return [*infer_seeds(repo), *shm_seeds(repo, region), *control_seeds()]
+
+
+# -- HTTP/REST --------------------------------------------------------------------
+
+@dataclass
+class HttpSeed:
+    method: str
+    path: str
+    body: bytes = b""
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+    def raw(self) -> bytes:
+        """The request as bytes on the wire, Content-Length counted."""
+        lines = [f"{self.method} {self.path} HTTP/1.1", "Host: fuzz", *(f"{k}: {v}" for k, v in self.headers)]
+        if self.body or self.method == "POST":
+            lines.append(f"Content-Length: {len(self.body)}")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + self.body
+
+
+def _json_infer(model: str, inputs: dict[str, np.ndarray], **parameters) -> bytes:
+    tensors = [{"name": n, "datatype": "BYTES" if a.dtype == object else next(
+        d.name for d in DATATYPES.values() if d.numpy == a.dtype), "shape": list(a.shape),
+        "data": [v.decode() for v in a.ravel()] if a.dtype == object else a.tolist()} for n, a in inputs.items()]
+    request = {"id": f"http-{model}", "inputs": tensors}
+    if parameters:
+        request["parameters"] = parameters
+    return orjson.dumps(request)
+
+
+def http_seeds(region: shared_memory.SharedMemory) -> list[HttpSeed]:
+    """Valid REST requests: JSON and binary inference, metadata, the index, the
+    repository, shared-memory registration and inference from it."""
+    key = "/" + region.name
+    x = np.arange(4, dtype=np.float32)
+    head = orjson.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [4],
+                                     "parameters": {"binary_data_size": 16}}],
+                         "outputs": [{"name": "y", "parameters": {"binary_data": True}}]})
+    shm = orjson.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [4], "parameters": {
+        "shared_memory_region": "region", "shared_memory_byte_size": 16}}], "outputs": [{"name": "y", "parameters": {
+            "shared_memory_region": "region", "shared_memory_offset": 16, "shared_memory_byte_size": 16}}]})
+    json_type = [("Content-Type", "application/json")]
+    return [
+        HttpSeed("POST", "/v2/models/scale/versions/1/infer", _json_infer("scale", {"x": x}), json_type),
+        HttpSeed("POST", "/v2/models/mixed/infer", _json_infer(
+            "mixed", {"a": np.ones((1, 4), np.float32), "b": np.arange(4, dtype=np.int64)[None],
+                      "c": np.array([[True, False, True, False]])}, binary_data_output=True)),
+        HttpSeed("POST", "/v2/models/strings/infer", _json_infer("strings", {"text": np.array([b"ab", b""], object)})),
+        HttpSeed("POST", "/v2/models/dtypes/infer", _json_infer("dtypes", _dtype_inputs())),
+        HttpSeed("POST", "/v2/models/scale/versions/2/infer", head + x.tobytes(),
+                 [("Inference-Header-Content-Length", str(len(head))), ("Content-Type", "application/octet-stream")]),
+        HttpSeed("POST", "/v2/models/batched/infer", _json_infer("batched", {"x": np.ones((2, 3), np.float32)},
+                                                                 timeout=1000000)),
+        HttpSeed("GET", "/v2"),
+        HttpSeed("GET", "/v2/health/ready"),
+        HttpSeed("GET", "/v2/models/dtypes"),
+        HttpSeed("GET", "/v2/models/scale/versions/2/ready"),
+        HttpSeed("GET", "/v2/models/scale/config"),
+        HttpSeed("GET", "/v2/models/batched/stats"),
+        HttpSeed("POST", "/v2/repository/index", b'{"ready": true}', json_type),
+        HttpSeed("POST", "/v2/repository/models/spare/load", b"{}"),
+        HttpSeed("POST", "/v2/repository/models/spare/unload", b'{"parameters": {"unload_dependents": false}}'),
+        HttpSeed("POST", "/v2/systemsharedmemory/region/region/register",
+                 orjson.dumps({"key": key, "offset": 0, "byte_size": 64}), json_type),
+        HttpSeed("GET", "/v2/systemsharedmemory/status"),
+        HttpSeed("POST", "/v2/models/scale/versions/1/infer", shm, json_type),
+        HttpSeed("POST", "/v2/systemsharedmemory/region/region/unregister"),
+        HttpSeed("POST", "/v2/cudasharedmemory/region/gpu/register",
+                 b'{"raw_handle": {"b64": "AAAA"}, "device_id": 0, "byte_size": 64}'),
+    ]

@@ -7,7 +7,8 @@ hostile three ways, each deterministic given the ``random.Random`` it is handed.
   fields repeated, dropped, reordered, unknown ones added, deep nesting);
 - fields: a parsed message with one field, at any depth, set to a value a
   hostile client would pick (dims negative or huge, wrong datatypes, names of
-  other models, parameters of the wrong type, repeated entries doubled).
+  other models, parameters of the wrong type, repeated entries doubled);
+- json: an HTTP request's JSON, a node at any depth replaced, dropped or doubled.
 """
 
 from __future__ import annotations
@@ -284,3 +285,39 @@ def mutate_fields(message: Message, rng: random.Random, words: Sequence[str]) ->
             mutate_fields(value, rng, words)  # sets it, and with it a oneof's choice
     else:
         setattr(target, field.name, _scalar(field, rng, words))
+
+
+# -- JSON (HTTP) -------------------------------------------------------------------
+
+JSON_VALUES = [*INTS, *FLOATS[:4], 10**30, -(10**30), None, True, False, "", "x" * 5000, "\0", "FP32", "BYTES", "BF16",
+           [], [[]], [None], [[1, 2], [3]], {}, {"binary_data_size": 4}, [1] * 65, [-1], [2**62, 2**62]]
+
+
+def mutate_json(value, rng: random.Random, depth: int = 0):
+    """A parsed JSON request (HTTP) with one node somewhere replaced, dropped or doubled
+    (or a key of the protocol's set to a hostile value); serialize it with ``json``:
+    its integers may pass 64 bits."""
+    if isinstance(value, dict) and value and rng.random() < 0.8:
+        key = rng.choice(list(value))
+        value = dict(value)
+        roll = rng.random()
+        if roll < 0.15:
+            del value[key]
+        elif roll < 0.25:
+            value[rng.choice(["parameters", "binary_data_size", "data", "shape", "datatype", "name"])] = \
+                rng.choice(JSON_VALUES)
+        else:
+            value[key] = mutate_json(value[key], rng, depth + 1)
+        return value
+    if isinstance(value, list) and value and rng.random() < 0.8:
+        value = list(value)
+        i = rng.randrange(len(value))
+        roll = rng.random()
+        if roll < 0.15:
+            value.append(value[i])
+        elif roll < 0.25:
+            del value[i]
+        else:
+            value[i] = mutate_json(value[i], rng, depth + 1)
+        return value
+    return rng.choice(JSON_VALUES)

@@ -30,13 +30,13 @@ log = logging.getLogger(__name__)
 OPEN_ENDPOINTS = frozenset({"ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata"})
 _ALL_MODELS = frozenset({"RepositoryIndex", "ModelStatistics"})  # without a model: about every model
 _JSON = (b"content-type", b"application/json")
+_CLOSE = (b"connection", b"close")
 
 
 @dataclass
 class HttpLimits:
     max_body_bytes: int = 2**31 - 1  # --max-message-mb, as on gRPC
-    max_concurrent: int = 0  # --max-concurrent-requests; 0: none
-    body_timeout_s: float = 60.0  # between two parts of a body: a client that stalls is cut
+    max_concurrent: int = 0  # --max-concurrent-requests, counted once a body is in (as gRPC counts calls); 0: none
     tokens: list[Token] = field(default_factory=list)
     open_health: bool = False
 
@@ -56,18 +56,15 @@ class HttpApp:
             return  # lifespan and websocket: nothing to do
         start = time.perf_counter_ns()
         route: Route | None = None
-        with self._lock:
-            self.in_flight += 1
-            busy = self.limits.max_concurrent and self.in_flight > self.limits.max_concurrent
+        headers = dict(scope["headers"])
+        # the body read to its end: else the connection closes after the answer (the rest would be garbage)
+        read = headers.get(b"content-length", b"0") == b"0" and b"transfer-encoding" not in headers
         try:
-            if busy:
-                raise HttpError(429, "Concurrent request limit exceeded: the server is at "
-                                     f"--max-concurrent-requests {self.limits.max_concurrent}")
             route = match(scope["method"], scope["path"])
-            headers = dict(scope["headers"])
             self._check_token(route, headers)
             data = await self._body(receive, headers)
-            reply = await self._answer(route, data, headers)
+            read = True
+            reply = await self._counted(route, data, headers)
         except HttpError as e:
             reply = Reply(e.status, e.body(), e.headers, e.message, getattr(e, "request_id", ""))
         except InferenceServerError as e:
@@ -77,11 +74,25 @@ class HttpApp:
             log.exception("HTTP %s %s failed", scope["method"], scope["path"][:128])
             error = HttpError(500, f"{route.endpoint if route else 'the request'} failed: {type(e).__name__}: {e}")
             reply = Reply(error.status, error.body(), (), error.message)
+        if not read:
+            reply = reply._replace(headers=(*reply.headers, _CLOSE))
+        await _send(send, reply)
+        _log(scope, route, reply, start)
+
+    async def _counted(self, route: Route, data: bytes, headers: dict[bytes, bytes]) -> Reply:
+        """The answer, under --max-concurrent-requests: a request counts from its body's
+        end, so that clients slow to send theirs (or stalled) take no one's place."""
+        with self._lock:
+            self.in_flight += 1
+            busy = self.limits.max_concurrent and self.in_flight > self.limits.max_concurrent
+        try:
+            if busy:
+                raise HttpError(429, "Concurrent request limit exceeded: the server is at "
+                                     f"--max-concurrent-requests {self.limits.max_concurrent}")
+            return await self._answer(route, data, headers)
         finally:
             with self._lock:
                 self.in_flight -= 1
-        await _send(send, reply)
-        _log(scope, route, reply, start)
 
     def _check_token(self, route: Route, headers: dict[bytes, bytes]) -> None:
         if self.auth is None or (self.limits.open_health and route.endpoint in OPEN_ENDPOINTS):
@@ -106,6 +117,8 @@ class HttpApp:
             raise HttpError(413, f"the body is {length[:20].decode(errors='replace')} bytes, over the server's "
                                  f"limit of {limit} bytes (--max-message-mb)")
         message = await receive()
+        if message["type"] == "http.disconnect":
+            raise HttpError(400, "the client went away before its body was complete")
         data = message.get("body", b"")
         if message.get("more_body"):
             data = await self._rest_of_body(receive, data, limit)
@@ -115,13 +128,11 @@ class HttpApp:
         return data
 
     async def _rest_of_body(self, receive: Callable, first: bytes, limit: int) -> bytes:
+        """The body's other parts. A client that stalls is cut by the listener
+        (GuardedProtocol, --http-read-timeout-secs): receive then answers a disconnect."""
         parts, size = [first], len(first)
         while True:
-            try:
-                message = await asyncio.wait_for(receive(), self.limits.body_timeout_s)
-            except asyncio.TimeoutError:
-                raise HttpError(408, f"the body stalled: nothing came for {self.limits.body_timeout_s:.0f} s") \
-                    from None
+            message = await receive()
             if message["type"] == "http.disconnect":
                 raise HttpError(400, "the client went away before its body was complete")
             part = message.get("body", b"")
