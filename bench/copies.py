@@ -52,13 +52,13 @@ PLANE_SERVERS = ["plane-echo", "plane-icow"]  # the native data plane (icow._pla
 
 def server_args(name: str, port: int, repo: Path) -> list[str]:
     if name == "echo":
-        return ["-m", "bench.baselines.echo_server", "--port", str(port), "--http-port", "0", "--model-repository", str(repo)]
+        return ["-m", "bench.baselines.echo_server", "--port", str(port), "--model-repository", str(repo)]
     if name == "plane-echo":
         return ["-m", "bench.baselines.plane_server", "--port", str(port), "--model-repository", str(repo)]
     codec, plane = ("native", "native") if name == "plane-icow" else (name.removeprefix("icow-"), "grpcio")
     return ["-m", "icow", "serve", "--model-repository", str(repo), "--host", "127.0.0.1", "--port", str(port),
             "--codec", codec, "--data-plane", plane,
-            "--no-metrics"]  # runs side by side: they cannot all have metrics on 8002
+            "--no-metrics", "--http-port", "0"]  # side by side: they cannot all have metrics on 8002, HTTP on 8000
 
 
 def count_run(name: str, requests: int, repo: Path, out: Path) -> Path:

@@ -39,8 +39,9 @@ TARGETS = {
     # the peer: MLServer 1.7 (bench/setup_mlserver.sh), REST and gRPC
     "mlserver_rest": "bench.scenarios.mlserver:MLServerRest",
     "mlserver_grpc": "bench.scenarios.mlserver:MLServerGrpc",
-    # "icow_http": icow's own REST server (`python -m icow serve --http-port N`, perf_analyzer -i http) goes here
-    # once it exists: a scenario like mlserver.MLServerRest whose pa_endpoint() says "-i http".
+    # icow's HTTP/REST binding (issue 21): binary tensors, and JSON
+    "icow_http": "bench.scenarios.icow_http:IcowHttp",
+    "icow_http_json": "bench.scenarios.icow_http:IcowHttpJson",
 }
 # The native plane and its floor join the defaults where icow._plane was built: it is
 # what `icow serve` runs by default.
