@@ -23,14 +23,18 @@ void answer(const echo::Reply& r, const std::string& body, httplib::Response& re
 
 int main(int argc, char** argv) {
   int port = argc > 1 ? std::atoi(argv[1]) : 8000;
+  int timeout = argc > 2 ? std::atoi(argv[2]) : 30;
   httplib::Server server;
   // One pool thread serves one keep-alive connection until it closes: with the
   // default pool (8 here) perf_analyzer's 8 connections starve its 9th, the stats
   // call, forever. A real server would need a pool as large as its connection cap.
   server.new_task_queue = [] { return new httplib::ThreadPool(64); };
+  // Off by default: headers and body go out in two writes, and Nagle holds the
+  // second until the client's delayed ACK (40 ms a request in the first run).
+  server.set_tcp_nodelay(true);
   server.set_keep_alive_max_count(1 << 30);  // default 5 requests per connection
-  server.set_keep_alive_timeout(30);
-  server.set_read_timeout(30, 0);
+  server.set_keep_alive_timeout(timeout);
+  server.set_read_timeout(timeout, 0);
   server.set_payload_max_length(echo::kMaxBody);
   server.Get(R"(/v2.*)", [](const httplib::Request& req, httplib::Response& res) {
     answer(echo::get(req.path), req.body, res);

@@ -93,9 +93,10 @@ void completed(void*, MHD_Connection*, void** state, MHD_RequestTerminationCode)
 
 int main(int argc, char** argv) {
   unsigned port = argc > 1 ? std::atoi(argv[1]) : 8000;
+  unsigned timeout = argc > 2 ? std::atoi(argv[2]) : 30;
   MHD_Daemon* d = MHD_start_daemon(
       MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_ERROR_LOG, port, nullptr, nullptr, &handle, nullptr,
-      MHD_OPTION_CONNECTION_TIMEOUT, 30u,                       // idle/slow clients: seconds
+      MHD_OPTION_CONNECTION_TIMEOUT, timeout,                      // idle/slow clients: seconds
       MHD_OPTION_CONNECTION_MEMORY_LIMIT, size_t(256) << 10,    // request line + headers + read buffer
       MHD_OPTION_CONNECTION_LIMIT, 1000u,
       MHD_OPTION_NOTIFY_COMPLETED, &completed, nullptr,

@@ -8,11 +8,15 @@ elsewhere), not as the framework's own CLI process tree.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 import threading
 from collections.abc import Callable, Coroutine
 from typing import Any
+
+# Seconds a connection may idle or dawdle (bench.spike.hostile shortens it).
+TIMEOUT = int(os.environ.get("SPIKE_TIMEOUT", "30"))
 
 
 def uvicorn_server(port: int) -> tuple[Callable[[], Coroutine[Any, Any, None]], Callable[[], None]]:
@@ -21,7 +25,7 @@ def uvicorn_server(port: int) -> tuple[Callable[[], Coroutine[Any, Any, None]], 
     from .asgi_app import app
     config = uvicorn.Config(app, host="127.0.0.1", port=port, loop="none", http="httptools",
                             lifespan="off", access_log=False, log_level="warning",
-                            timeout_keep_alive=30)
+                            timeout_keep_alive=TIMEOUT)
     server = uvicorn.Server(config)
 
     def stop() -> None:
@@ -41,7 +45,7 @@ def granian_server(port: int, rsgi: bool) -> tuple[Callable[[], Coroutine[Any, A
     server = Server(app, address="127.0.0.1", port=port,
                     interface=Interfaces.RSGI if rsgi else Interfaces.ASGI,
                     http=HTTPModes.http1, runtime_threads=1, log_enabled=False,
-                    http1_settings=HTTP1Settings(header_read_timeout=30_000))
+                    http1_settings=HTTP1Settings(header_read_timeout=TIMEOUT * 1000))
     return server.serve, server.stop
 
 
