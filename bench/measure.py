@@ -42,6 +42,7 @@ TARGETS = {
     # icow's HTTP/REST binding (issue 21): binary tensors, and JSON
     "icow_http": "bench.scenarios.icow_http:IcowHttp",
     "icow_http_json": "bench.scenarios.icow_http:IcowHttpJson",
+    "http_echo": "bench.baselines.http_echo:HttpEcho",
 }
 # The native plane and its floor join the defaults where icow._plane was built: it is
 # what `icow serve` runs by default.
@@ -58,11 +59,13 @@ def default_targets(client: str) -> list[str]:
     return DEFAULT_TARGETS + (PEERS if client == "perf_analyzer" and mlserver.installed() else [])
 
 
-FLOORS = ("echo_server", "echo_server_aio", "plane_echo")  # transport floors: no ratio of their own
+FLOORS = ("echo_server", "echo_server_aio", "plane_echo", "http_echo")  # transport floors: no ratio of their own
 
 
 def floor_of(target: str) -> str:
     """The echo of ``target``'s own gRPC stack: × echo's denominator."""
+    if target.startswith("icow_http"):
+        return "http_echo"
     return "plane_echo" if target == "icow_plane" else "echo_server"
 
 

@@ -45,8 +45,13 @@ class IcowHttp:
     server: Server | None = None
 
     def setup(self, workload: Workload, env: Env) -> None:
-        self.server, port = icow_http_server(env)
-        self.address = ("127.0.0.1", port)
+        server, port = icow_http_server(env)
+        self.start(server, workload, env, port)
+
+    def start(self, server: Server, workload: Workload, env: Env, port: int | None = None) -> None:
+        """Calls ``workload`` on ``server``'s HTTP ``port`` (its only port when None)."""
+        self.server = server
+        self.address = ("127.0.0.1", port or server.port)
         self.path = f"/v2/models/{workload.model}/infer"
         self.body, self.headers = request(workload, self.binary)
         self.local = threading.local()  # one keep-alive connection per client thread

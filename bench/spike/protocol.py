@@ -7,6 +7,7 @@ spike measures the servers, not two different echo implementations.
 
 from __future__ import annotations
 
+import os
 import time
 from array import array
 from typing import Any
@@ -14,6 +15,10 @@ from typing import Any
 import orjson
 
 MODEL = "identity"
+# The echo's tensor names: INPUT0 -> OUTPUT0 here; the bench's http_echo target sets
+# them to its workloads' (bench/baselines/http_echo.py).
+INPUT = os.environ.get("ICOW_ECHO_INPUT", "INPUT0")
+OUTPUT = os.environ.get("ICOW_ECHO_OUTPUT", "OUTPUT0")
 MAX_BODY = 64 << 20  # refuse larger bodies before reading them (413)
 
 SERVER_METADATA = orjson.dumps({
@@ -22,13 +27,13 @@ SERVER_METADATA = orjson.dumps({
 })
 MODEL_METADATA = orjson.dumps({
     "name": MODEL, "versions": ["1"], "platform": "onnxruntime_onnx",
-    "inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [-1, -1]}],
-    "outputs": [{"name": "OUTPUT0", "datatype": "FP32", "shape": [-1, -1]}],
+    "inputs": [{"name": INPUT, "datatype": "FP32", "shape": [-1, -1]}],
+    "outputs": [{"name": OUTPUT, "datatype": "FP32", "shape": [-1, -1]}],
 })
 MODEL_CONFIG = orjson.dumps({
     "name": MODEL, "platform": "onnxruntime_onnx", "max_batch_size": 0,
-    "input": [{"name": "INPUT0", "data_type": "TYPE_FP32", "dims": [-1, -1]}],
-    "output": [{"name": "OUTPUT0", "data_type": "TYPE_FP32", "dims": [-1, -1]}],
+    "input": [{"name": INPUT, "data_type": "TYPE_FP32", "dims": [-1, -1]}],
+    "output": [{"name": OUTPUT, "data_type": "TYPE_FP32", "dims": [-1, -1]}],
 })
 
 JSON = "application/json"
@@ -120,7 +125,7 @@ def infer(body: bytes, header_length: str | None) -> Reply:
         outputs: list[dict[str, Any]] = []
         chunks: list[bytes | memoryview] = []
         for tensor in request["inputs"]:
-            name = "OUTPUT" + tensor["name"].removeprefix("INPUT")
+            name = OUTPUT if tensor["name"] == INPUT else "OUTPUT" + tensor["name"].removeprefix("INPUT")
             size = (tensor.get("parameters") or {}).get("binary_data_size")
             raw: memoryview | None = None
             data: Any = None
