@@ -6,15 +6,14 @@ calls the HTTP port, and the ratio that matters (issue 21) is against ``icow_pla
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import shlex
-import threading
 
 import numpy as np
 
 from ..harness import BenchError, Env, Server, free_port
+from ..rest import Poster
 from ..workloads import Workload
 from . import _ready
 
@@ -52,34 +51,19 @@ class IcowHttp:
         """Calls ``workload`` on ``server``'s HTTP ``port`` (its only port when None)."""
         self.server = server
         self.address = ("127.0.0.1", port or server.port)
-        self.path = f"/v2/models/{workload.model}/infer"
-        self.body, self.headers = request(workload, self.binary)
-        self.local = threading.local()  # one keep-alive connection per client thread
-        self.connections: list[http.client.HTTPConnection] = []
-        env.check(self.name, workload, output(*self._post(), workload.output))
+        body, headers = request(workload, self.binary)
+        self.poster = Poster(self.name, self.address, f"/v2/models/{workload.model}/infer", body, headers)
+        env.check(self.name, workload, output(*self.poster.post(), workload.output))
 
     def pa_endpoint(self) -> list[str]:
         formats = [] if self.binary else ["--input-tensor-format", "json", "--output-tensor-format", "json"]
         return ["-i", "http", "-u", f"{self.address[0]}:{self.address[1]}", *formats]
 
-    def _post(self) -> tuple[bytes, str | None]:
-        connection = getattr(self.local, "connection", None)
-        if connection is None:
-            connection = self.local.connection = http.client.HTTPConnection(*self.address, timeout=60)
-            self.connections.append(connection)
-        connection.request("POST", self.path, self.body, self.headers)
-        response = connection.getresponse()
-        data = response.read()  # the whole answer, so that the connection can be reused
-        if response.status != 200:
-            raise BenchError(f"{self.name}: HTTP {response.status}: {data[:200]!r}")
-        return data, response.getheader(HEADER_LENGTH)
-
     def call(self) -> None:
-        self._post()
+        self.poster.post()
 
     def teardown(self) -> None:
-        for connection in self.connections:
-            connection.close()
+        self.poster.close()
 
 
 class IcowHttpJson(IcowHttp):

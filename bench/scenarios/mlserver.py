@@ -21,9 +21,7 @@ found"), so ``mlserver_grpc`` is always measured with the bench's own client
 
 from __future__ import annotations
 
-import http.client
 import json
-import threading
 import urllib.request
 from pathlib import Path
 
@@ -35,6 +33,7 @@ from icow._proto import inference_pb2_grpc
 
 from ..harness import CHANNEL_OPTIONS, MAX_MESSAGE, MODEL_INFER, BenchError, Env, Server, free_port
 from ..models import ROOT
+from ..rest import Poster
 from ..workloads import Workload
 
 VENV = ROOT / "bench" / ".mlserver-venv"
@@ -118,12 +117,11 @@ class MLServerRest(MLServerTarget):
     def setup(self, workload: Workload, env: Env) -> None:
         self.start(env)
         self.address = ("127.0.0.1", self.ports["http_port"])
-        self.path = f"/v2/models/{workload.model}/infer"
-        self.body = json.dumps({"inputs": [{"name": workload.input, "datatype": "FP32", "shape": list(workload.shape),
-                                            "data": workload.array.ravel().tolist()}]}).encode()
-        self.local = threading.local()  # one keep-alive connection per client thread
-        self.connections: list[http.client.HTTPConnection] = []
-        answer = json.loads(self._post())
+        body = json.dumps({"inputs": [{"name": workload.input, "datatype": "FP32", "shape": list(workload.shape),
+                                       "data": workload.array.ravel().tolist()}]}).encode()
+        self.poster = Poster(self.name, self.address, f"/v2/models/{workload.model}/infer", body,
+                             {"Content-Type": "application/json"})
+        answer = json.loads(self.poster.post()[0])
         output = next(o for o in answer["outputs"] if o["name"] == workload.output)
         env.check(self.name, workload, np.asarray(output["data"], dtype=np.float32).reshape(output["shape"]))
 
@@ -131,24 +129,11 @@ class MLServerRest(MLServerTarget):
         return ["-i", "http", "-u", f"{self.address[0]}:{self.address[1]}",
                 "--input-tensor-format", "json", "--output-tensor-format", "json"]
 
-    def _post(self) -> bytes:
-        connection = getattr(self.local, "connection", None)
-        if connection is None:
-            connection = self.local.connection = http.client.HTTPConnection(*self.address, timeout=60)
-            self.connections.append(connection)
-        connection.request("POST", self.path, self.body, {"Content-Type": "application/json"})
-        response = connection.getresponse()
-        data = response.read()  # the whole answer, so that the connection can be reused
-        if response.status != 200:
-            raise BenchError(f"mlserver_rest: HTTP {response.status}: {data[:200]!r}")
-        return data
-
     def call(self) -> None:
-        self._post()
+        self.poster.post()
 
     def teardown(self) -> None:
-        for connection in self.connections:
-            connection.close()
+        self.poster.close()
 
 
 class MLServerGrpc(MLServerTarget):

@@ -210,6 +210,10 @@ void Call::finish_failed(const grpc::Status &status) {
     Finish(status);
 }
 
+void Call::take_over(Call *job, size_t instance) {
+    job->service_->workers.post([job, instance] { execute(job, instance, false); });
+}
+
 void Call::execute(Call *job, size_t instance, bool inline_run) {
     // Each job leaves its instance to the next one waiting. A job may be gone
     // once it has finished: nothing of it is touched after.

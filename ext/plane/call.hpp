@@ -27,6 +27,10 @@ class Call final : public grpc::ServerGenericBidiReactor {
     // briefly) on the gRPC thread that read the request, for that one job.
     static void execute(Call *job, size_t instance, bool inline_run);
 
+    // `instance`, freed by the HTTP fast lane that shares the entry (direct.cpp), goes
+    // to `job`, first in the entry's queue: it runs on one of its server's workers.
+    static void take_over(Call *job, size_t instance);
+
     // Fails the calls in `entry`'s queue whose deadline is due by `now_ns`; the next
     // deadline of those left, 0 if none (Expiry's sweep).
     static int64_t expire_waiting(ModelEntry &entry, int64_t now_ns);

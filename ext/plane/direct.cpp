@@ -19,11 +19,20 @@ constexpr int64_t POLL_NS = 50'000'000;  // how soon a cancelled caller in line 
 
 enum class Wait { TOOK, BUSY, QUEUE_FULL, EXPIRED, CANCELLED };  // BUSY: none idle, and the caller may not wait
 
-// Hand `instance` to the first caller in line, or leave it idle.
+// Hand `instance` to the first caller in line, or leave it idle. An entry the native
+// plane shares with the HTTP lane has the plane's calls in line (`waiting`): the first
+// of them takes it.
 void give_back(ModelEntry &entry, size_t instance) {
-    std::lock_guard<std::mutex> lock(entry.mu);
+    std::unique_lock<std::mutex> lock(entry.mu);
     if (entry.direct_waiting.empty()) {
-        entry.idle.push_back(instance);
+        if (entry.waiting.empty()) {
+            entry.idle.push_back(instance);
+            return;
+        }
+        Call *job = entry.waiting.front();
+        entry.waiting.pop_front();
+        lock.unlock();
+        Call::take_over(job, instance);
         return;
     }
     ModelEntry::Waiter *first = entry.direct_waiting.front();

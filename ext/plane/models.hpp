@@ -105,7 +105,10 @@ class ModelEntry {
 
     // The grpcio plane's callers (direct.cpp) wait in line here instead: an
     // instance that frees up is handed to the first of them. An entry serves
-    // one plane, so `waiting` and `direct_waiting` are never both in use.
+    // one plane, so `waiting` and `direct_waiting` are never both in use: the HTTP
+    // lane shares the native plane's entries but never waits in them (it takes an
+    // idle instance or leaves the request to the full path), and hands the
+    // instance back to the plane's queue.
     static constexpr size_t NO_INSTANCE = SIZE_MAX;
     struct Waiter {
         size_t instance = NO_INSTANCE;

@@ -130,16 +130,12 @@ class InferenceServer:
 
     def _http_listener(self, tls: bool):
         from .http.app import HttpApp, HttpLimits  # uvicorn and orjson only when HTTP is served
-        from .http.fast import FastLane
         from .http.listener import HttpListener
 
         o = self.options
-        self.http_fast = native_plane.DirectPath(self.repository, o.max_message_bytes) \
-            if o.fast_path and native_plane.available() else None
         app = HttpApp(self.service, HttpLimits(max_body_bytes=o.max_message_bytes,
                                                max_concurrent=o.max_concurrent_requests, tokens=o.auth_tokens,
-                                               open_health=o.auth_open_health), workers=o.workers,
-                      fast=FastLane(self.http_fast.serve_http) if self.http_fast is not None else None)
+                                               open_health=o.auth_open_health), workers=o.workers)
         files = (o.tls_cert, o.tls_key, o.tls_client_ca) if tls else None
         return HttpListener(app, o.host, o.http_port, tls=files, read_timeout_s=o.http_read_timeout_s)
 
@@ -180,19 +176,30 @@ class InferenceServer:
                  self._plane_in_a_word())
         self.service.ready = True
         self.health.set_ready()
-        if self.http is not None and self.http_fast is not None:
-            self.http_fast.refresh()
         if self.plane is not None:
             self.plane.refresh()
             self.plane.serve_fast(self._fast_path_matches())
         elif self._fast_in_handler():
             self.service.fast = native_plane.DirectPath(self.repository, self.options.max_message_bytes)
             self.service.fast.refresh()
+        if self.http is not None:
+            self.http.app.dispatcher.fast = self._http_lane()
         if self.poller is not None:
             self.poller.start()
         if self.options.memory_trim_secs > 0:
             self.memory = MemoryKeeper(self.options.memory_trim_secs, native_plane.buffer_pool(self.plane is not None))
             self.memory.start()
+
+    def _http_lane(self):
+        """Binary HTTP requests answered in C++, in the same line as gRPC's fast path:
+        on the native plane's entries, or beside grpcio's fast path; none where that is off."""
+        from .http.fast import FastLane
+
+        if self.plane is not None and self.options.fast_path:
+            return FastLane(self.plane.http_lane(self.options.max_message_bytes), waits=False)
+        if self.service.fast is not None:
+            return FastLane(self.service.fast.serve_http, waits=True)
+        return None
 
     def _startup_models(self) -> list[str] | None:
         names = self.options.load_models

@@ -27,8 +27,13 @@ def _alive() -> bool:
 
 
 class FastLane:
-    def __init__(self, serve: Serve) -> None:
+    """``waits``: whether a request may wait in the C++ line for an instance (the grpcio
+    plane's, which it shares with gRPC's fast path); on the native plane's entries it
+    may not, and a request that finds no idle instance takes the full path."""
+
+    def __init__(self, serve: Serve, waits: bool) -> None:
         self._serve = serve
+        self.waits = waits
 
     def answer(self, model: str, version: str, header: dict, body: Any, binary_at: int, deadline_ns: int | None,
                may_wait: bool) -> tuple[bytes, int] | None:
@@ -38,7 +43,8 @@ class FastLane:
         if lane is None:
             return None
         request_id, inputs, outputs = lane
-        answer = self._serve(model, version, request_id, inputs, outputs, body, deadline_ns or 0, _alive, may_wait)
+        answer = self._serve(model, version, request_id, inputs, outputs, body, deadline_ns or 0, _alive,
+                             may_wait and self.waits)
         if answer is None or len(answer) == 2:
             return answer
         code, message, _, _ = answer

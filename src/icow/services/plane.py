@@ -128,11 +128,25 @@ class NativePlane:
                                     max_concurrent=max_concurrent, tls=tls)
         self.server.set_tokens([(t.digest, None if t.models is None else sorted(t.models)) for t in tokens])
         self.port = self.server.port
+        self._sharers: list = []  # the HTTP lane's Direct, on the same entries
         repository.listeners.append(lambda name: self.refresh())
 
     def refresh(self) -> None:
         """Publish the table anew (on every repository change)."""
-        self.server.publish(self.table.entries())
+        entries = self.table.entries()
+        self.server.publish(entries)
+        for direct in self._sharers:
+            direct.publish(entries)
+
+    def http_lane(self, max_message_bytes: int):
+        """``serve_http`` of a Direct on the plane's own entries: HTTP and gRPC requests
+        take the same instances (a model's instance count holds across both), and an
+        instance the HTTP lane frees goes to the plane's queue first. Call it with
+        ``may_wait`` False only: it must not wait in the plane's entries."""
+        direct = _plane.Direct(max_message_bytes)
+        self._sharers.append(direct)
+        direct.publish(self.table.entries())
+        return direct.serve_http
 
     def serve_fast(self, on: bool) -> None:
         """Let the fast path serve ModelInfer (off: everything goes to the backend)."""
@@ -160,7 +174,7 @@ class DirectPath:
         self.table = ModelTable(repository)
         self._direct = _plane.Direct(max_message_bytes)
         self.serve = self._direct.serve
-        self.serve_http = self._direct.serve_http  # icow.http's fast lane
+        self.serve_http = self._direct.serve_http  # icow.http's fast lane, in the same line
         repository.listeners.append(lambda name: self.refresh())
 
     def refresh(self) -> None:
