@@ -638,6 +638,60 @@ def test_a_timeout_that_passes_in_the_queue_fails_the_call(make_server, ops_repo
     assert status == 400 and "parameters.timeout" in json.loads(data)["error"]
 
 
+def slow_request(size: int, binary: bool) -> bytes:
+    """A raw HTTP request for the slow model, its tensors in JSON or binary."""
+    x, n = np.array([1.0], np.float32), np.array([size, size], np.int64)
+    if binary:
+        inputs = [{"name": "x", "datatype": "FP32", "shape": [1], "parameters": {"binary_data_size": 4}},
+                  {"name": "n", "datatype": "INT64", "shape": [2], "parameters": {"binary_data_size": 16}}]
+        header = json.dumps({"inputs": inputs, "parameters": {"binary_data_output": True}}).encode()
+        body, extra = header + x.tobytes() + n.tobytes(), f"Inference-Header-Content-Length: {len(header)}\r\n"
+    else:
+        body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1.0]},
+                                      {"name": "n", "datatype": "INT64", "shape": [2], "data": [size, size]}]}).encode()
+        extra = ""
+    return (f"POST /v2/models/slow/infer HTTP/1.1\r\nHost: icow\r\nContent-Length: {len(body)}\r\n{extra}\r\n"
+            .encode() + body)
+
+
+def raw_call(server: ServerProcess, request: bytes) -> bytes:
+    """``request`` sent on a connection of its own; the answer's first bytes."""
+    with socket.create_connection(("127.0.0.1", server.http_port), timeout=300) as s:
+        s.sendall(request)
+        return s.recv(1 << 16)
+
+
+# JSON tensors take the Python path, whose queue is the Python scheduler's; binary ones
+# the C++ lane, which waits in line on the grpcio plane (it shares gRPC's fast path there).
+@pytest.mark.parametrize("binary, plane", [(False, "native"), (True, "grpcio")], ids=["json", "binary"])
+def test_a_request_whose_client_goes_away_leaves_the_queue_unrun(make_server, ops_repo, binary, plane):
+    server = make_server(ops_repo, "--data-plane", plane)
+    running = Running(lambda: raw_call(server, slow_request(LONG, binary)))
+    wait_for("the long call to run", lambda: pending(server, "slow") == 1)
+    with socket.create_connection(("127.0.0.1", server.http_port)) as gone:
+        gone.sendall(slow_request(10, binary))
+        wait_for("the second call to wait in the queue", lambda: pending(server, "slow") == 2)
+    wait_for("the call of the client that went away to leave the queue", lambda: pending(server, "slow") == 1)
+    assert not running.done(), "the long run ended first: the call may have left by running, the test proves nothing"
+    c = HTTP.client(server)
+    assert c.get_inference_statistics("slow", "1")["model_stats"][0]["inference_stats"]["fail"]["count"] == 1
+    assert running.join().startswith(b"HTTP/1.1 200")
+    wait_for("nothing left to run", lambda: pending(server, "slow") == 0)
+    assert c.get_inference_statistics("slow", "1")["model_stats"][0]["execution_count"] == 1  # the long call only
+
+
+def test_http_and_grpc_take_the_same_instances(make_server, ops_repo):
+    """The slow model has one instance: a gRPC call made while an HTTP call runs on it
+    waits for it (here until its deadline), as two gRPC calls would."""
+    server = make_server(ops_repo)
+    running = Running(lambda: raw_call(server, slow_request(LONG, True)))
+    wait_for("the long call to run", lambda: pending(server, "slow") == 1)
+    with expect_error(grpc.StatusCode.DEADLINE_EXCEEDED):
+        GRPC.client(server).infer("slow", slow_inputs(10, grpcclient), client_timeout=1.0)
+    assert not running.done(), "the long run ended before the deadline: the test proves nothing"
+    assert running.join().startswith(b"HTTP/1.1 200")
+
+
 # -- access log, metrics, statistics ----------------------------------------------------
 
 def test_access_log_records_failed_http_calls(make_server, ops_repo):

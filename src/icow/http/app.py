@@ -64,7 +64,7 @@ class HttpApp:
             self._check_token(route, headers)
             data = await self._body(receive, headers)
             read = True
-            reply = await self._counted(route, data, headers)
+            reply = await self._counted(route, data, headers, receive)
         except HttpError as e:
             reply = Reply(e.status, e.body(), e.headers, e.message, getattr(e, "request_id", ""))
         except InferenceServerError as e:
@@ -79,7 +79,7 @@ class HttpApp:
         await _send(send, reply)
         _log(scope, route, reply, start)
 
-    async def _counted(self, route: Route, data: bytes, headers: dict[bytes, bytes]) -> Reply:
+    async def _counted(self, route: Route, data: bytes, headers: dict[bytes, bytes], receive: Callable) -> Reply:
         """The answer, under --max-concurrent-requests: a request counts from its body's
         end, so that clients slow to send theirs (or stalled) take no one's place."""
         with self._lock:
@@ -89,7 +89,7 @@ class HttpApp:
             if busy:
                 raise HttpError(429, "Concurrent request limit exceeded: the server is at "
                                      f"--max-concurrent-requests {self.limits.max_concurrent}")
-            return await self._answer(route, data, headers)
+            return await self._answer(route, data, headers, receive)
         finally:
             with self._lock:
                 self.in_flight -= 1
@@ -143,16 +143,23 @@ class HttpApp:
             if not message.get("more_body"):
                 return b"".join(parts)
 
-    async def _answer(self, route: Route, data: bytes, headers: dict[bytes, bytes]) -> Reply:
+    async def _answer(self, route: Route, data: bytes, headers: dict[bytes, bytes], receive: Callable) -> Reply:
         if route.endpoint in ("ServerLive", "ServerReady"):  # probes: never behind the pool's queue
             return self.dispatcher.health(route.endpoint)
         loop = asyncio.get_running_loop()
-        if route.endpoint == "ModelInfer":  # a brief run on an idle instance costs less than the hand-off
-            now = self.dispatcher.infer_now(route, data, headers)
-            if isinstance(now, Reply):
-                return now
-            return await loop.run_in_executor(self.pool, self.dispatcher.infer, route, data, headers, now)
-        return await loop.run_in_executor(self.pool, self.dispatcher.answer, route, data, headers)
+        if route.endpoint != "ModelInfer":
+            return await loop.run_in_executor(self.pool, self.dispatcher.answer, route, data, headers)
+        now = self.dispatcher.infer_now(route, data, headers)  # a brief run on an idle instance: no hand-off
+        if isinstance(now, Reply):
+            return now
+        # The body is read: the next receive() ends only when the client goes away, and
+        # a request still waiting for the model then leaves its queue unrun (as on gRPC).
+        gone = asyncio.ensure_future(receive())
+        try:
+            return await loop.run_in_executor(self.pool, self.dispatcher.infer, route, data, headers, now,
+                                              lambda: not gone.done())
+        finally:
+            gone.cancel()
 
     def close(self) -> None:
         self.pool.shutdown(wait=False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import orjson
@@ -97,26 +97,29 @@ class Dispatcher:
                 return reply
         return parsed
 
-    def _fast(self, route: Route, data: bytes, parsed: Parsed, may_wait: bool) -> Reply | None:
+    def _fast(self, route: Route, data: bytes, parsed: Parsed, may_wait: bool,
+              alive: Callable[[], bool] | None = None) -> Reply | None:
         header, binary = parsed
         answer = self.fast.answer(route.model, route.version, header, data, len(data) - len(binary),
-                                  _deadline(header), may_wait)
+                                  _deadline(header), may_wait, alive)
         if answer is None:
             return None
         body, header_length = answer
         return Reply(200, body, (_BINARY, (bodies.HEADER_LENGTH, str(header_length).encode())),
                      request_id=header.get("id", ""))
 
-    def infer(self, route: Route, data: bytes, headers: dict[bytes, bytes], parsed: Parsed | None = None) -> Reply:
+    def infer(self, route: Route, data: bytes, headers: dict[bytes, bytes], parsed: Parsed | None = None,
+              alive: Callable[[], bool] | None = None) -> Reply:
+        """``alive``: False once the client has gone (its request then leaves the model's queue)."""
         parsed = parsed or Parsed(*bodies.split(data, headers.get(bodies.HEADER_LENGTH)))
         with _naming(parsed.header):
             if self.fast is not None:
-                reply = self._fast(route, data, parsed, may_wait=True)
+                reply = self._fast(route, data, parsed, may_wait=True, alive=alive)
                 if reply is not None:
                     return reply
-            return self._infer(route, *parsed)
+            return self._infer(route, *parsed, alive)
 
-    def _infer(self, route: Route, header: dict, binary: memoryview) -> Reply:
+    def _infer(self, route: Route, header: dict, binary: memoryview, alive: Callable[[], bool] | None) -> Reply:
         deadline = _deadline(header)
         with Leases(self.service.shm) as held:  # regions the request names stay mapped until it is answered
             request, outputs = infer.decode(header, binary, held)
@@ -124,7 +127,7 @@ class Dispatcher:
             allocate = infer.allocator(model.name, str(model.version), request.id, outputs, request.shm_outputs)
             if request.shm_outputs:
                 allocate = shm_allocate(allocate, request.shm_outputs)
-            answer = model.run_into(request.inputs, request.outputs, allocate, deadline_ns=deadline)
+            answer = model.run_into(request.inputs, request.outputs, allocate, deadline_ns=deadline, alive=alive)
             held.check()
             body, header_length = answer.finish()
         if len(body) > self.max_response_bytes:

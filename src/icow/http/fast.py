@@ -6,6 +6,7 @@ parameters the lane does not know, errors — takes the full path (dispatch.py).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..protocol.errors import InferenceServerError
@@ -23,7 +24,7 @@ class Serve(Protocol):
 
 
 def _alive() -> bool:
-    return True  # HTTP: a client that goes away is noticed when its answer is written
+    return True  # on the event loop the run is now: nobody can have gone meanwhile
 
 
 class FastLane:
@@ -36,14 +37,14 @@ class FastLane:
         self.waits = waits
 
     def answer(self, model: str, version: str, header: dict, body: Any, binary_at: int, deadline_ns: int | None,
-               may_wait: bool) -> tuple[bytes, int] | None:
+               may_wait: bool, alive: Callable[[], bool] | None = None) -> tuple[bytes, int] | None:
         """The answer and its JSON header's length; None: the full path serves it.
         Raises InferenceServerError when the request left the model's line unserved."""
         lane = _lane(header, binary_at, len(body))
         if lane is None:
             return None
         request_id, inputs, outputs = lane
-        answer = self._serve(model, version, request_id, inputs, outputs, body, deadline_ns or 0, _alive,
+        answer = self._serve(model, version, request_id, inputs, outputs, body, deadline_ns or 0, alive or _alive,
                              may_wait and self.waits)
         if answer is None or len(answer) == 2:
             return answer
