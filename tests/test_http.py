@@ -682,14 +682,27 @@ def test_a_request_whose_client_goes_away_leaves_the_queue_unrun(make_server, op
 
 def test_http_and_grpc_take_the_same_instances(make_server, ops_repo):
     """The slow model has one instance: a gRPC call made while an HTTP call runs on it
-    waits for it (here until its deadline), as two gRPC calls would."""
+    waits for it (here until its deadline, 0.2 s into a run of seconds), as two gRPC calls would."""
     server = make_server(ops_repo)
     running = Running(lambda: raw_call(server, slow_request(LONG, True)))
     wait_for("the long call to run", lambda: pending(server, "slow") == 1)
     with expect_error(grpc.StatusCode.DEADLINE_EXCEEDED):
-        GRPC.client(server).infer("slow", slow_inputs(10, grpcclient), client_timeout=1.0)
+        GRPC.client(server).infer("slow", slow_inputs(10, grpcclient), client_timeout=0.2)
     assert not running.done(), "the long run ended before the deadline: the test proves nothing"
     assert running.join().startswith(b"HTTP/1.1 200")
+
+
+def test_an_http_request_waits_behind_grpc_and_takes_the_instance_it_frees(make_server, ops_repo):
+    server = make_server(ops_repo)
+    long_grpc = Running(lambda: GRPC.client(server).infer("slow", slow_inputs(LONG, grpcclient)).as_numpy("y"))
+    wait_for("the long gRPC call to run", lambda: pending(server, "slow") == 1)
+    waiting = Running(lambda: raw_call(server, slow_request(10, True)))
+    wait_for("the HTTP call to wait in the queue", lambda: pending(server, "slow") == 2)
+    assert not long_grpc.done(), "the long run ended first: the test proves nothing"
+    long_grpc.join()
+    assert waiting.join().startswith(b"HTTP/1.1 200")  # handed the instance when the gRPC run ended
+    c = HTTP.client(server)
+    assert c.get_inference_statistics("slow", "1")["model_stats"][0]["execution_count"] == 2
 
 
 # -- access log, metrics, statistics ----------------------------------------------------

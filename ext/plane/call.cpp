@@ -222,9 +222,10 @@ void Call::execute(Call *job, size_t instance, bool inline_run) {
         job->run_on(*entry, instance);
         std::lock_guard<std::mutex> lock(entry->mu);
         if (entry->waiting.empty()) {
-            entry->idle.push_back(instance);
+            if (!entry->hand_to_waiter(instance, 0)) entry->idle.push_back(instance);
             return;
         }
+        if (entry->hand_to_waiter(instance, entry->waiting.front()->arrived_ns())) return;  // an HTTP request came first
         job = entry->waiting.front();
         entry->waiting.pop_front();
         if (inline_run) {  // a gRPC thread runs one job at most: the queue goes to a worker
@@ -239,8 +240,9 @@ void Call::execute(Call *job, size_t instance, bool inline_run) {
 // Into the model's queue (its lock held), or refused when the queue is full.
 // True when queued: from then on another thread may take and finish this call.
 bool Call::wait_in_queue() {
-    if (entry_->max_queue && entry_->waiting.size() >= entry_->max_queue) {
-        service_->workers.post([this, refusal = entry_->queue_full(entry_->waiting.size())] {
+    const size_t in_line = entry_->waiting.size() + entry_->direct_waiting.size();  // the HTTP lane's too
+    if (entry_->max_queue && in_line >= entry_->max_queue) {
+        service_->workers.post([this, refusal = entry_->queue_full(in_line)] {
             finish_failed(status(refusal));
         });
         return false;

@@ -31,6 +31,8 @@ class Call final : public grpc::ServerGenericBidiReactor {
     // to `job`, first in the entry's queue: it runs on one of its server's workers.
     static void take_over(Call *job, size_t instance);
 
+    int64_t arrived_ns() const { return arrived_ns_; }
+
     // Fails the calls in `entry`'s queue whose deadline is due by `now_ns`; the next
     // deadline of those left, 0 if none (Expiry's sweep).
     static int64_t expire_waiting(ModelEntry &entry, int64_t now_ns);

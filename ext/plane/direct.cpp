@@ -19,26 +19,21 @@ constexpr int64_t POLL_NS = 50'000'000;  // how soon a cancelled caller in line 
 
 enum class Wait { TOOK, BUSY, QUEUE_FULL, EXPIRED, CANCELLED };  // BUSY: none idle, and the caller may not wait
 
-// Hand `instance` to the first caller in line, or leave it idle. An entry the native
-// plane shares with the HTTP lane has the plane's calls in line (`waiting`): the first
-// of them takes it.
+// Hand `instance` to the first in line, or leave it idle. An entry the native plane
+// shares with the HTTP lane has two lines: the plane's calls (`waiting`) and Direct's
+// callers; whichever came first takes it.
 void give_back(ModelEntry &entry, size_t instance) {
     std::unique_lock<std::mutex> lock(entry.mu);
-    if (entry.direct_waiting.empty()) {
-        if (entry.waiting.empty()) {
-            entry.idle.push_back(instance);
-            return;
-        }
-        Call *job = entry.waiting.front();
-        entry.waiting.pop_front();
-        lock.unlock();
-        Call::take_over(job, instance);
+    const int64_t first_call = entry.waiting.empty() ? 0 : entry.waiting.front()->arrived_ns();
+    if (entry.hand_to_waiter(instance, first_call)) return;
+    if (entry.waiting.empty()) {
+        entry.idle.push_back(instance);
         return;
     }
-    ModelEntry::Waiter *first = entry.direct_waiting.front();
-    entry.direct_waiting.pop_front();
-    first->instance = instance;
-    first->handed.notify_one();
+    Call *job = entry.waiting.front();
+    entry.waiting.pop_front();
+    lock.unlock();
+    Call::take_over(job, instance);
 }
 
 // Whether the caller still waits for the answer; a failing check counts as no.
@@ -72,8 +67,9 @@ Wait take_instance(ModelEntry &entry, int64_t deadline_ns, const py::object &ali
             return Wait::TOOK;
         }
         if (!may_wait) return Wait::BUSY;
-        *in_line = entry.direct_waiting.size();
+        *in_line = entry.direct_waiting.size() + entry.waiting.size();  // both lines: one queue bound
         if (entry.max_queue && *in_line >= entry.max_queue) return Wait::QUEUE_FULL;
+        me.arrived_ns = now_ns();
         entry.direct_waiting.push_back(&me);
     }
     for (;;) {
@@ -197,13 +193,13 @@ bool http_input(const py::handle &item, size_t body_size, std::string *names, In
 
 py::object Direct::serve_http(const std::string &model, const std::string &version, const std::string &id,
                               const py::list &inputs, const py::list &outputs, const py::buffer &body,
-                              int64_t deadline_ns, const py::object &alive, bool may_wait) {
+                              int64_t deadline_ns, const py::object &alive, bool may_wait, bool brief_only) {
     const py::buffer_info info = body.request();
     const char *base = static_cast<const char *>(info.ptr);
     const auto size = static_cast<size_t>(info.size);
     auto entry = find_entry(*std::atomic_load(&table_), model, version);
     // Dynamic batching on the HTTP path is the Python scheduler's, as on the grpcio plane.
-    if (!entry || entry->batching.max_rows > 0 || (!may_wait && !entry->runs_briefly())) return py::none();
+    if (!entry || entry->batching.max_rows > 0 || (brief_only && !entry->runs_briefly())) return py::none();
     std::string names;
     Request request;
     request.inputs.resize(inputs.size());
@@ -213,7 +209,7 @@ py::object Direct::serve_http(const std::string &model, const std::string &versi
     for (size_t i = 0; i < outputs.size(); ++i) request.outputs[i].name = keep(&names, outputs[i].cast<std::string>());
     Plan plan;
     if (!entry->plan(request, base, max_message_, &plan, names.data())) return py::none();
-    if (!may_wait) {  // the event loop runs it only on an instance that is idle now
+    if (!may_wait) {  // only on an instance that is idle now
         std::lock_guard<std::mutex> lock(entry->mu);
         if (entry->idle.empty()) return py::none();
     }

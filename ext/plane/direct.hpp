@@ -30,11 +30,12 @@ class Direct {
     // An HTTP inference request (icow.http) whose JSON header Python parsed: every input
     // binary, `inputs` as (name, datatype, shape, offset, size) of its bytes in `body`,
     // `outputs` the names asked for (empty: all), all binary. The answer: (bytes, length
-    // of its JSON header), a refusal as serve's, or None. `may_wait` false (the HTTP
-    // event loop): None also when no instance is idle or the model's runs are not brief.
+    // of its JSON header), a refusal as serve's, or None. `may_wait` false: None also
+    // when no instance is idle; `brief_only` (the HTTP event loop): None also when the
+    // model's runs are not brief.
     py::object serve_http(const std::string &model, const std::string &version, const std::string &id,
                           const py::list &inputs, const py::list &outputs, const py::buffer &body,
-                          int64_t deadline_ns, const py::object &alive, bool may_wait);
+                          int64_t deadline_ns, const py::object &alive, bool may_wait, bool brief_only);
 
     std::atomic<uint64_t> served_fast{0}, handed_on{0};  // answered here, left to the full path
 

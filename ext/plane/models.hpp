@@ -103,18 +103,29 @@ class ModelEntry {
     std::deque<Call *> waiting;
     std::condition_variable more;  // a job joined `waiting` (a batch being formed may take it)
 
-    // The grpcio plane's callers (direct.cpp) wait in line here instead: an
-    // instance that frees up is handed to the first of them. An entry serves
-    // one plane, so `waiting` and `direct_waiting` are never both in use: the HTTP
-    // lane shares the native plane's entries but never waits in them (it takes an
-    // idle instance or leaves the request to the full path), and hands the
-    // instance back to the plane's queue.
+    // Direct's callers (direct.cpp: the grpcio plane's fast path, and the HTTP lane,
+    // which shares the native plane's entries) wait in line here: an instance that
+    // frees up goes to whichever came first, the plane's first call or this line's
+    // first waiter.
     static constexpr size_t NO_INSTANCE = SIZE_MAX;
     struct Waiter {
         size_t instance = NO_INSTANCE;
+        int64_t arrived_ns = 0;
         std::condition_variable handed;
     };
     std::deque<Waiter *> direct_waiting;
+
+    // With `mu` held: hands `instance` to the first waiter of `direct_waiting` if it
+    // came before `before_ns` (0: whenever it came); false if none did.
+    bool hand_to_waiter(size_t instance, int64_t before_ns) {
+        if (direct_waiting.empty()) return false;
+        Waiter *first = direct_waiting.front();
+        if (before_ns && first->arrived_ns > before_ns) return false;
+        direct_waiting.pop_front();
+        first->instance = instance;
+        first->handed.notify_one();
+        return true;
+    }
 };
 
 // Key: model name, '\n', version number or label ("" for the default version).

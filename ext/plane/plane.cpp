@@ -160,7 +160,7 @@ PYBIND11_MODULE(_plane, m) {
         .def("serve", &Direct::serve, py::arg("data"), py::arg("deadline_ns"), py::arg("alive"))
         .def("serve_http", &Direct::serve_http, py::arg("model"), py::arg("version"), py::arg("id"),
              py::arg("inputs"), py::arg("outputs"), py::arg("body"), py::arg("deadline_ns"), py::arg("alive"),
-             py::arg("may_wait"))
+             py::arg("may_wait"), py::arg("brief_only"))
         .def_property_readonly("served_fast", [](Direct &d) { return d.served_fast.load(); })
         .def_property_readonly("handed_on", [](Direct &d) { return d.handed_on.load(); });
 

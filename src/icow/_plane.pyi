@@ -72,13 +72,14 @@ class Direct:
         false); None where the full path must serve the request."""
     def serve_http(self, model: str, version: str, id: str, inputs: Sequence[tuple[str, str, Sequence[int], int, int]],
                    outputs: Sequence[str], body: Buffer, deadline_ns: int, alive: Callable[[], bool],
-                   may_wait: bool) -> tuple[bytes, int] | tuple[int, str, str, str] | None:
+                   may_wait: bool, brief_only: bool) -> tuple[bytes, int] | tuple[int, str, str, str] | None:
         """An HTTP inference request (icow.http) whose JSON header was parsed in Python,
         every input binary: ``inputs`` as (name, datatype, shape, offset, size) of their
         bytes in ``body``, ``outputs`` the names asked for (empty: all), all binary. The
         answer and the length of its JSON header; a refusal as ``serve``'s; None where
-        the full path must serve it. ``may_wait`` False (the HTTP event loop): None also
-        when no instance is idle now or the model's runs are not brief."""
+        the full path must serve it. ``may_wait`` False: None also when no instance is
+        idle now; ``brief_only`` (the HTTP event loop): None also when the model's runs
+        are not brief."""
     @property
     def served_fast(self) -> int:
         """Calls answered or refused here."""

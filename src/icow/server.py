@@ -196,9 +196,9 @@ class InferenceServer:
         from .http.fast import FastLane
 
         if self.plane is not None and self.options.fast_path:
-            return FastLane(self.plane.http_lane(self.options.max_message_bytes), waits=False)
+            return FastLane(self.plane.http_lane(self.options.max_message_bytes))
         if self.service.fast is not None:
-            return FastLane(self.service.fast.serve_http, waits=True)
+            return FastLane(self.service.fast.serve_http)
         return None
 
     def _startup_models(self) -> list[str] | None:

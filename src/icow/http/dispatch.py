@@ -92,16 +92,16 @@ class Dispatcher:
         parsed = Parsed(*bodies.split(data, headers.get(bodies.HEADER_LENGTH)))
         if self.fast is not None:
             with _naming(parsed.header):
-                reply = self._fast(route, data, parsed, may_wait=False)
+                reply = self._fast(route, data, parsed, on_loop=True)
             if reply is not None:
                 return reply
         return parsed
 
-    def _fast(self, route: Route, data: bytes, parsed: Parsed, may_wait: bool,
+    def _fast(self, route: Route, data: bytes, parsed: Parsed, on_loop: bool,
               alive: Callable[[], bool] | None = None) -> Reply | None:
         header, binary = parsed
         answer = self.fast.answer(route.model, route.version, header, data, len(data) - len(binary),
-                                  _deadline(header), may_wait, alive)
+                                  _deadline(header), on_loop, alive)
         if answer is None:
             return None
         body, header_length = answer
@@ -114,7 +114,7 @@ class Dispatcher:
         parsed = parsed or Parsed(*bodies.split(data, headers.get(bodies.HEADER_LENGTH)))
         with _naming(parsed.header):
             if self.fast is not None:
-                reply = self._fast(route, data, parsed, may_wait=True, alive=alive)
+                reply = self._fast(route, data, parsed, on_loop=False, alive=alive)
                 if reply is not None:
                     return reply
             return self._infer(route, *parsed, alive)

@@ -20,7 +20,7 @@ _PARAMETERS = frozenset({"binary_data_output", "timeout"})  # the timeout is the
 
 class Serve(Protocol):
     def __call__(self, model: str, version: str, id: str, inputs: list, outputs: list, body: Any,
-                 deadline_ns: int, alive: Any, may_wait: bool) -> Any: ...
+                 deadline_ns: int, alive: Any, may_wait: bool, brief_only: bool) -> Any: ...
 
 
 def _alive() -> bool:
@@ -28,24 +28,25 @@ def _alive() -> bool:
 
 
 class FastLane:
-    """``waits``: whether a request may wait in the C++ line for an instance (the grpcio
-    plane's, which it shares with gRPC's fast path); on the native plane's entries it
-    may not, and a request that finds no idle instance takes the full path."""
+    """``serve``: the serve_http of a Direct on the entries gRPC's fast path uses (the
+    native plane's, or grpcio's fast path's), so both transports wait in one line for
+    a model's instances."""
 
-    def __init__(self, serve: Serve, waits: bool) -> None:
+    def __init__(self, serve: Serve) -> None:
         self._serve = serve
-        self.waits = waits
 
     def answer(self, model: str, version: str, header: dict, body: Any, binary_at: int, deadline_ns: int | None,
-               may_wait: bool, alive: Callable[[], bool] | None = None) -> tuple[bytes, int] | None:
+               on_loop: bool, alive: Callable[[], bool] | None = None) -> tuple[bytes, int] | None:
         """The answer and its JSON header's length; None: the full path serves it.
-        Raises InferenceServerError when the request left the model's line unserved."""
+        ``on_loop``: called on the event loop, which must not wait (an idle instance,
+        a brief model, or None). Raises InferenceServerError when the request left the
+        model's line unserved."""
         lane = _lane(header, binary_at, len(body))
         if lane is None:
             return None
         request_id, inputs, outputs = lane
         answer = self._serve(model, version, request_id, inputs, outputs, body, deadline_ns or 0, alive or _alive,
-                             may_wait and self.waits)
+                             not on_loop, on_loop)
         if answer is None or len(answer) == 2:
             return answer
         code, message, _, _ = answer

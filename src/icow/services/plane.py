@@ -140,9 +140,8 @@ class NativePlane:
 
     def http_lane(self, max_message_bytes: int):
         """``serve_http`` of a Direct on the plane's own entries: HTTP and gRPC requests
-        take the same instances (a model's instance count holds across both), and an
-        instance the HTTP lane frees goes to the plane's queue first. Call it with
-        ``may_wait`` False only: it must not wait in the plane's entries."""
+        take the same instances and wait in one queue (a model's instance count and
+        max_queue_size hold across both; a freed instance goes to whichever came first)."""
         direct = _plane.Direct(max_message_bytes)
         self._sharers.append(direct)
         direct.publish(self.table.entries())
