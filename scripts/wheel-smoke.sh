@@ -3,7 +3,7 @@
 # 1. icow's manylinux wheel (scripts/build-wheel.sh) in a fresh virtualenv: icow._plane
 #    imports and finds the gRPC C++ libraries in the wheel's icow.libs/, not the system's;
 #    `icow serve` from there (bundled examples) completes one inference with tritonclient
-#    and one through lIteCOW's ICOW service.
+#    and one through lIteCOW's ICOW service, and two over HTTP/REST (JSON and binary).
 # 2. A source build where pkg-config finds no grpc++ (as on a machine without the gRPC C++
 #    libraries): it says it skips icow._plane, installs, has no native plane and serves
 #    the same two inferences.
@@ -99,15 +99,33 @@ reply = stub.get_inference(lc.InferenceRequest(model_key="s3://models/scale", mo
                                                unnamed_inputs=lc.ArrayList(arrays=[x])))
 assert list(reply.name_to_array["y"].float_array.values) == [0.0, 2.0, 4.0, 6.0], reply
 print("wheel-smoke: ICOW/get_inference through the installed wheel OK")
+
+# HTTP/REST on its port: JSON tensors, and binary ones (answered by icow._plane where it loads)
+import json, urllib.request
+
+def post(body: bytes, headers: dict) -> tuple[bytes, str | None]:
+    request = urllib.request.Request(f"http://127.0.0.1:{sys.argv[2]}/v2/models/scale/infer", body, headers)
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return answer.read(), answer.headers.get("Inference-Header-Content-Length")
+
+data, _ = post(json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [4], "data": [0, 1, 2, 3]}]}).encode(),
+               {"Content-Type": "application/json"})
+assert json.loads(data)["outputs"][0]["data"] == [0.0, 3.0, 6.0, 9.0], data
+header = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [4], "parameters": {"binary_data_size": 16}}],
+                     "parameters": {"binary_data_output": True}}).encode()
+data, length = post(header + np.arange(4, dtype=np.float32).tobytes(), {"Inference-Header-Content-Length": str(len(header))})
+assert np.frombuffer(data[int(length):], dtype="<f4").tolist() == [0.0, 3.0, 6.0, 9.0], data
+print("wheel-smoke: HTTP/REST inference (JSON and binary) through the installed wheel OK")
 PY
 
 # Start `icow serve` from the virtualenv, run client.py against it, stop it.
 serve_and_infer() {
-  local port
+  local port http_port
   port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-  "$work/env/bin/icow" serve --port "$port" --metrics-port 0 --http-port 0 >"$work/server.log" 2>&1 &
+  http_port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+  "$work/env/bin/icow" serve --port "$port" --metrics-port 0 --http-port "$http_port" >"$work/server.log" 2>&1 &
   server_pid=$!
-  "$py" "$work/client.py" "$port" || { cat "$work/server.log" >&2; fail "inference through the installed wheel"; }
+  "$py" "$work/client.py" "$port" "$http_port" || { cat "$work/server.log" >&2; fail "inference through the installed wheel"; }
 }
 
 serve_and_infer

@@ -1,6 +1,8 @@
 """The ASGI application: one request in, one answer out. It reads the body under
-the server's limits, checks the bearer token, hands the work to a thread of its
-own pool (a model run blocks; the event loop must not) and writes the answer."""
+the server's limits, checks the bearer token, answers a brief binary inference on
+the event loop itself (the fast lane, on an idle instance), hands any other work to
+a thread of its own pool (a model run may block; the event loop must not) and writes
+the answer."""
 
 from __future__ import annotations
 
@@ -42,6 +44,9 @@ class HttpLimits:
 
 
 class HttpApp:
+    """The REST binding of one InferenceService. ``fast``: the C++ lane, set once the
+    server knows its data plane (InferenceServer.start)."""
+
     def __init__(self, service: InferenceService, limits: HttpLimits, workers: int,
                  fast: FastLane | None = None) -> None:
         self.dispatcher = Dispatcher(service, limits.max_body_bytes, fast)
