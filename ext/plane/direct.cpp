@@ -209,10 +209,6 @@ py::object Direct::serve_http(const std::string &model, const std::string &versi
     for (size_t i = 0; i < outputs.size(); ++i) request.outputs[i].name = keep(&names, outputs[i].cast<std::string>());
     Plan plan;
     if (!entry->plan(request, base, max_message_, &plan, names.data())) return py::none();
-    if (!may_wait) {  // only on an instance that is idle now
-        std::lock_guard<std::mutex> lock(entry->mu);
-        if (entry->idle.empty()) return py::none();
-    }
     py::object answer = execute(entry, plan, id, deadline_ns, alive, Layout::HTTP, may_wait);
     (answer.is_none() ? handed_on : served_fast).fetch_add(1, std::memory_order_relaxed);
     return answer;

@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with poll: how often the repository is looked at for changes")
     serve.add_argument("--load-model", action="append", default=[], metavar="NAME",
                        help="with explicit control: a model to load at start (repeatable; '*' for all)")
-    serve.add_argument("--workers", type=int, default=16, help="threads answering gRPC calls")
+    serve.add_argument("--workers", type=int, default=16,
+                       help="threads answering gRPC calls, and HTTP requests that may wait (a pool of its own)")
     serve.add_argument("--max-message-mb", type=int, default=2047,
                        help="largest request or response message, in MiB")
     serve.add_argument("--default-max-batch-size", type=int, default=32,
@@ -103,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     ops.add_argument("--shutdown-grace-secs", type=float, default=5.0,
                      help="on SIGTERM/SIGINT, how long running calls may take to finish")
     ops.add_argument("--max-concurrent-requests", type=int, default=0,
-                     help="calls handled at once; more get RESOURCE_EXHAUSTED (0: no limit)")
+                     help="calls handled at once, counted apart on gRPC and on HTTP; more get RESOURCE_EXHAUSTED "
+                          "(HTTP: 429) (0: no limit)")
     ops.add_argument("--max-loaded-models", type=int, default=0,
                      help="models loaded at once; loading one more gets RESOURCE_EXHAUSTED (0: no limit)")
     ops.add_argument("--buffer-pool-mb", type=int, default=256,

@@ -22,7 +22,6 @@ from ..services.logs import access_log
 from ..services.oip import InferenceService
 from . import body as bodies
 from .dispatch import Dispatcher, Reply
-from .fast import FastLane
 from .routes import Route, match
 from .status import HttpError
 
@@ -44,12 +43,10 @@ class HttpLimits:
 
 
 class HttpApp:
-    """The REST binding of one InferenceService. ``fast``: the C++ lane, set once the
-    server knows its data plane (InferenceServer.start)."""
+    """The REST binding of one InferenceService."""
 
-    def __init__(self, service: InferenceService, limits: HttpLimits, workers: int,
-                 fast: FastLane | None = None) -> None:
-        self.dispatcher = Dispatcher(service, limits.max_body_bytes, fast)
+    def __init__(self, service: InferenceService, limits: HttpLimits, workers: int) -> None:
+        self.dispatcher = Dispatcher(service, limits.max_body_bytes)
         self.limits = limits
         self.auth = AuthInterceptor(limits.tokens) if limits.tokens else None
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="icow-http")

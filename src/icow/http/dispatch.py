@@ -41,10 +41,12 @@ def _ok(value: Any = None) -> Reply:
 
 
 class Dispatcher:
-    def __init__(self, service: InferenceService, max_response_bytes: int, fast: FastLane | None = None) -> None:
+    def __init__(self, service: InferenceService, max_response_bytes: int) -> None:
         self.service = service
         self.max_response_bytes = max_response_bytes
-        self.fast = fast  # binary requests answered in C++, where icow._plane is built
+        # binary requests answered in C++, where icow._plane is built: set by InferenceServer.start,
+        # once the data plane whose queue the lane shares is up
+        self.fast: FastLane | None = None
 
     def health(self, endpoint: str) -> Reply:
         if endpoint == "ServerLive":
@@ -54,8 +56,7 @@ class Dispatcher:
         return _ok({"ready": True})
 
     def answer(self, route: Route, data: bytes, headers: dict[bytes, bytes]) -> Reply:
-        if route.endpoint == "ModelInfer":
-            return self.infer(route, data, headers)
+        """Every endpoint but inference and health (``infer``, ``health``)."""
         return _ok(self._other(route, _json_body(data)))
 
     def _other(self, route: Route, body: dict) -> Any:
