@@ -26,9 +26,19 @@ pytest_plugins = ["seaweedfs", "litecow_client"]
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct ports free now (held open together, so none is given twice)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 @dataclass
@@ -83,17 +93,34 @@ def start_server(repo: Path | str | None, *args: str, log_dir: Path, env: dict[s
                  **wait) -> ServerProcess:
     """Start ``python -m icow serve`` on ``repo`` (None: the bundled examples) and
     wait until it is ready; ``wait`` (channel, metadata) says how to ask it.
-    Metrics go to a free port unless ``args`` say otherwise (8002 may be taken)."""
-    port = free_port()
-    metrics_port = 0
+    Metrics and HTTP go to free ports unless ``args`` say otherwise (8002 and 8000 may be
+    taken). A port found free can be taken before the server binds it (a client's ephemeral
+    port, another test's server): then the start is tried again on new ports."""
+    for attempt in range(4):
+        try:
+            return _start_server(repo, args, log_dir, env, wait)
+        except PortTaken:
+            if attempt == 3:
+                raise
+    raise AssertionError("unreachable")
+
+
+class PortTaken(RuntimeError):
+    """The server could not bind a port this fixture chose for it."""
+
+
+def _start_server(repo: Path | str | None, args: Sequence[str], log_dir: Path, env: dict[str, str] | None,
+                  wait: dict) -> ServerProcess:
+    port, metrics_port, http_port = free_ports(3)
     if "--metrics-port" in args:
         metrics_port = int(args[args.index("--metrics-port") + 1])
-    elif "--no-metrics" not in args:
-        metrics_port = free_port()
+    elif "--no-metrics" in args:
+        metrics_port = 0
+    else:
         args = (*args, "--metrics-port", str(metrics_port))
-    # HTTP on a free port unless ``args`` say (the CLI's default, 8000, may be taken)
-    http_port = int(args[args.index("--http-port") + 1]) if "--http-port" in args else free_port()
-    if "--http-port" not in args:
+    if "--http-port" in args:
+        http_port = int(args[args.index("--http-port") + 1])
+    else:
         args = (*args, "--http-port", str(http_port))
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"server-{port}.log"
@@ -105,6 +132,11 @@ def start_server(repo: Path | str | None, *args: str, log_dir: Path, env: dict[s
     server = ServerProcess(proc, port, log_path, metrics_port, http_port)
     try:
         _wait_ready(server, **wait)
+    except RuntimeError as e:
+        server.stop()
+        if proc.returncode is not None and "Address already in use" in server.log():
+            raise PortTaken(str(e)) from e
+        raise
     except BaseException:
         server.stop()
         raise

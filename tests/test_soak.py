@@ -274,6 +274,28 @@ def kill_mid_upload(url: str, request: Path, times: int, at_once: int = 10) -> N
                 client.wait()
 
 
+# gRPC core's event engine adds a thread to its pool when work backs up, and keeps it (seen on
+# grpcio: 4 -> 5 "event_engine" threads, not back 45 s later): flat is a few, not one per fault
+SPARE_THREADS = 2
+# what the first round of faults may leave that trimming does not return (see the test)
+HIGH_WATER_MIB = 64
+
+
+def fault_round(url: str, request: Path, infer, pid: int, before: dict, seed: int) -> dict:
+    """50 clients killed mid-upload and 20 000 mutated requests; what the server holds once settled."""
+    start = time.monotonic()
+    kill_mid_upload(url, request, 50)
+    peak = rss_mib(pid)
+    codes = send_mutated(infer, 20_000, seed=seed)
+    faults_s = time.monotonic() - start
+    settle = time.monotonic()
+    until(lambda: fd_count(pid) <= before["fds"] and thread_count(pid) <= before["threads"] + SPARE_THREADS)
+    settle_s = time.monotonic() - settle
+    after = {"rss": settled_rss(pid), "fds": fd_count(pid), "threads": thread_count(pid), "names": thread_names(pid)}
+    return {"after": after, "rss_after_kills_mib": peak, "faults_seconds": round(faults_s, 1),
+            "settle_seconds": round(settle_s, 1), "codes": dict(codes)}
+
+
 @PLANES
 def test_memory_comes_back(make_server, ops_repo, tmp_path, data_plane):
     srv = make_server(ops_repo, "--model-control-mode", "explicit", "--load-model", "*", "--data-plane", data_plane,
@@ -295,33 +317,29 @@ def test_memory_comes_back(make_server, ops_repo, tmp_path, data_plane):
     send_mutated(infer, 1000, seed=1)
     before = {"rss": settled_rss(pid), "fds": fd_count(pid), "threads": thread_count(pid), "names": thread_names(pid)}
 
-    start = time.monotonic()
-    kill_mid_upload(srv.url, request, 50)
-    peak = rss_mib(pid)
-    codes = send_mutated(infer, 20_000, seed=2)
-    faults_s = time.monotonic() - start
-    # gRPC core's event engine adds a thread to its pool when work backs up, and keeps it (seen on
-    # grpcio: 4 -> 5 "event_engine" threads, not back 45 s later): flat is a few, not one per fault
-    spare_threads = 2
-    settle = time.monotonic()
-    until(lambda: fd_count(pid) <= before["fds"] and thread_count(pid) <= before["threads"] + spare_threads)
-    settle_s = time.monotonic() - settle
-    after = {"rss": settled_rss(pid), "fds": fd_count(pid), "threads": thread_count(pid), "names": thread_names(pid)}
-    report = {"plane": data_plane, "before": before, "after": after, "rss_after_kills_mib": peak,
-              "faults_seconds": round(faults_s, 1), "settle_seconds": round(settle_s, 1), "codes": dict(codes)}
+    # Two rounds of the same faults. Memory must come back after the first within a one-off
+    # high-water (on grpcio, CI saw +40 MiB once after ten 12 MiB uploads held at once, locally
+    # +10), and the second round must leave nothing more behind: a leak grows with the faults.
+    rounds = [fault_round(srv.url, request, infer, pid, before, seed) for seed in (2, 3)]
+    report = {"plane": data_plane, "before": before, "rounds": rounds}
     (tmp_path / "memory.json").write_text(json.dumps(report, indent=1))
     print(f"\nmemory ({data_plane}): {report}")
 
     # every mutated request got an answer or a clear refusal; the server still answers right
-    assert set(codes) <= {"OK", "INVALID_ARGUMENT", "NOT_FOUND"}, codes
-    assert codes["INVALID_ARGUMENT"] > 10_000, codes
+    for codes in (r["codes"] for r in rounds):
+        assert set(codes) <= {"OK", "INVALID_ARGUMENT", "NOT_FOUND"}, codes
+        assert codes["INVALID_ARGUMENT"] > 10_000, codes
     client = tc.InferenceServerClient(srv.url)
     assert client.infer("scale", scale_input(), model_version="1").as_numpy("y").tolist() == [0, 2, 4, 6]
     assert srv.proc.poll() is None
-    assert after["rss"] <= 1.2 * before["rss"], \
-        f"RSS {after['rss']:.0f} MiB after the faults, {before['rss']:.0f} before"
-    assert after["fds"] <= before["fds"], (before, after)
-    assert after["threads"] <= before["threads"] + spare_threads, (before, after)
+    first, second = rounds[0]["after"], rounds[1]["after"]
+    assert first["rss"] <= before["rss"] + HIGH_WATER_MIB, \
+        f"RSS {first['rss']:.0f} MiB after the faults, {before['rss']:.0f} before"
+    assert second["rss"] <= first["rss"] + 0.05 * before["rss"], \
+        f"RSS {second['rss']:.0f} MiB after a second round of faults, {first['rss']:.0f} after the first"
+    for after in (first, second):
+        assert after["fds"] <= before["fds"], (before, after)
+        assert after["threads"] <= before["threads"] + SPARE_THREADS, (before, after)
     channel.close()
 
 
