@@ -317,9 +317,10 @@ def test_memory_comes_back(make_server, ops_repo, tmp_path, data_plane):
     send_mutated(infer, 1000, seed=1)
     before = {"rss": settled_rss(pid), "fds": fd_count(pid), "threads": thread_count(pid), "names": thread_names(pid)}
 
-    # Two rounds of the same faults. Memory must come back after the first within a one-off
-    # high-water (on grpcio, CI saw +40 MiB once after ten 12 MiB uploads held at once, locally
-    # +10), and the second round must leave nothing more behind: a leak grows with the faults.
+    # Two rounds of the same faults. Memory must come back after each within a high-water that
+    # trimming does not return (grpcio: seen +10 to +40 MiB after a round, up or down the next
+    # round, with 16 000 refused requests and fifty 12 MiB uploads cut): a leak grows with the
+    # faults, so one of 1.6 KiB per fault or more passes the bound by the second round.
     rounds = [fault_round(srv.url, request, infer, pid, before, seed) for seed in (2, 3)]
     report = {"plane": data_plane, "before": before, "rounds": rounds}
     (tmp_path / "memory.json").write_text(json.dumps(report, indent=1))
@@ -333,13 +334,13 @@ def test_memory_comes_back(make_server, ops_repo, tmp_path, data_plane):
     assert client.infer("scale", scale_input(), model_version="1").as_numpy("y").tolist() == [0, 2, 4, 6]
     assert srv.proc.poll() is None
     first, second = rounds[0]["after"], rounds[1]["after"]
-    assert first["rss"] <= before["rss"] + HIGH_WATER_MIB, \
-        f"RSS {first['rss']:.0f} MiB after the faults, {before['rss']:.0f} before"
-    assert second["rss"] <= first["rss"] + 0.05 * before["rss"], \
-        f"RSS {second['rss']:.0f} MiB after a second round of faults, {first['rss']:.0f} after the first"
     for after in (first, second):
+        assert after["rss"] <= before["rss"] + HIGH_WATER_MIB, \
+            f"RSS {after['rss']:.0f} MiB after a round of faults, {before['rss']:.0f} before: {rounds}"
         assert after["fds"] <= before["fds"], (before, after)
         assert after["threads"] <= before["threads"] + SPARE_THREADS, (before, after)
+    if data_plane == "native":  # the plane's own buffers: held to a close bound
+        assert second["rss"] <= 1.2 * before["rss"], (before, rounds)
     channel.close()
 
 
