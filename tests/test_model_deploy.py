@@ -294,3 +294,20 @@ def post(address: str, model: str, body: dict) -> tuple[int, dict]:
             return response.status, json.loads(response.read() or b"{}")
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read())
+
+
+def test_a_model_over_the_message_limit_is_refused_whole(repo, make_server, tmp_path):
+    """A model travels in one message: --max-message-mb bounds it, on both ports, and nothing is written."""
+    data = big_model(600_000).SerializeToString()  # 2.3 MiB, over a limit of 1
+    before = tree(repo)
+    server = make_server(repo, "--allow-deploy", "--max-message-mb", "1")
+    with expect_error(grpc.StatusCode.RESOURCE_EXHAUSTED):
+        tc.InferenceServerClient(server.url).load_model("big", config="{}", files={"file:1/model.onnx": data})
+    with expect_error(413, "--max-message-mb"):
+        httpclient.InferenceServerClient(server.http_url).load_model("big", config="{}",
+                                                                     files={"file:1/model.onnx": data})
+    model = tmp_path / "big.onnx"
+    model.write_bytes(data)
+    cli = icow_models("deploy", str(model), "--model", "big", "--url", server.url)
+    assert cli.returncode == 1 and "--max-message-mb must be above 2.3 MiB" in cli.stderr, cli.stderr
+    assert tree(repo) == before

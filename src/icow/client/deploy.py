@@ -63,7 +63,13 @@ def deploy(client: Client, args: argparse.Namespace, progress: TextIO = sys.stde
         raise ValueError(f"cannot read {args.file}: {e.strerror or e}") from None
     step(f"read {_size(len(data))}; sending it to {args.url} as model '{args.model}' version {version} "
          "(one message; the server checks and loads it before it answers)")
-    client.load(args.model, config=config, files={f"file:{version}/{MODEL_FILE}": data})
+    try:
+        client.load(args.model, config=config, files={f"file:{version}/{MODEL_FILE}": data})
+    except InferenceServerError as e:
+        if e.code != grpc.StatusCode.RESOURCE_EXHAUSTED or "max" not in e.message:
+            raise
+        raise InferenceServerError(e.code, f"{e.message} (the model travels in one message: the server's "
+                                   f"--max-message-mb must be above {_size(len(data))})") from None
     step(f"loaded: model '{args.model}' version {version} is in the server's repository")
     if args.label:
         client.set_routing(args.model, labels={args.label: version})

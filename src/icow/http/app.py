@@ -69,7 +69,8 @@ class HttpApp:
             data = await self._body(receive, headers)
             read = True
             if token is not None and not token.deploy and route.endpoint == "RepositoryModelLoad":
-                _check_no_deploy(token, data)
+                # on the pool: a refused deploy's body may be a big JSON document
+                await asyncio.get_running_loop().run_in_executor(self.pool, _check_no_deploy, token, data)
             reply = await self._counted(route, data, headers, receive)
         except HttpError as e:
             reply = Reply(e.status, e.body(), e.headers, e.message, getattr(e, "request_id", ""))

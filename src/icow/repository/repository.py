@@ -165,11 +165,7 @@ class Repository:
         """Load ``name`` from the folder; ``failed``: versions the store could not deliver."""
         model_dir = self._model_dir(name)
         with self._load_lock:
-            if self.max_models and name not in self._models and len(self._models) >= self.max_models:
-                raise InferenceServerError(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"cannot load model '{name}': {len(self._models)} models are loaded, the limit set by "
-                    "--max-loaded-models; unload one first or raise the limit")
+            self._check_room(name)
             previous = self._models.get(name)
             loaded = self._load(name, model_dir, previous)
             for version, reason in failed.items():  # shown as UNAVAILABLE, unless a cached copy serves
@@ -186,6 +182,7 @@ class Repository:
             try:
                 if self.store is not None:
                     self.store.sync([name])  # the cache as the store has it: the config a new version checks with
+                self._check_room(name)  # before anything is written: a deploy that cannot load writes nothing
                 existing = self._deployed_versions(name)
                 if not deployment.files and not existing:
                     raise not_found(f"no model '{name}' in the repository {self.location}: a deploy of a new model "
@@ -202,6 +199,13 @@ class Repository:
             log.info("model '%s': deployed %s to %s", name, ", ".join(f"version {v}" for v in staged.versions)
                      or "its config", self.location)
             return self.load(name)
+
+    def _check_room(self, name: str) -> None:
+        if self.max_models and name not in self._models and len(self._models) >= self.max_models:
+            raise InferenceServerError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"cannot load model '{name}': {len(self._models)} models are loaded, the limit set by "
+                "--max-loaded-models; unload one first or raise the limit")
 
     def _deployed_versions(self, name: str) -> dict:
         """The versions the repository holds of ``name`` (maybe none), each with a check of
