@@ -5,6 +5,7 @@ HTTP) and ``icow models deploy``, into a folder or an object store; refused with
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -311,3 +312,19 @@ def test_a_model_over_the_message_limit_is_refused_whole(repo, make_server, tmp_
     cli = icow_models("deploy", str(model), "--model", "big", "--url", server.url)
     assert cli.returncode == 1 and "--max-message-mb must be above 2.3 MiB" in cli.stderr, cli.stderr
     assert tree(repo) == before
+
+
+def test_icow_clients_deploy(repo, make_server):
+    from icow.client import AsyncClient, Client
+
+    server = make_server(repo, "--allow-deploy")
+    with Client(server.url) as client:
+        client.load("sync", config="{}", files={"file:1/model.onnx": scale_bytes(2)})
+        assert client.infer("sync", {"x": X})["y"].tolist() == (X * 2).tolist()
+
+    async def deploy_async() -> list[float]:
+        async with AsyncClient(server.url) as client:
+            await client.load("async", config="{}", files={"file:1/model.onnx": scale_bytes(3)})
+            return (await client.infer("async", {"x": X}))["y"].tolist()
+
+    assert asyncio.run(deploy_async()) == (X * 3).tolist()
