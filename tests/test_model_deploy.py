@@ -194,6 +194,8 @@ def test_broken_files_leave_nothing(repo, make_server):
         client.load_model("scale", config=wrong_input, files={"file:2/model.onnx": scale_bytes(4)})
     with expect_error(grpc.StatusCode.INVALID_ARGUMENT, "'nope' is not in the model"):
         client.load_model("scale", config=wrong_input)  # a config alone is checked on the versions it serves
+    with expect_error(grpc.StatusCode.INVALID_ARGUMENT, "'nope' is not in the model"):  # files it has already
+        client.load_model("scale", config=wrong_input, files={"file:1/model.onnx": scale_bytes(2)})
     assert tree(repo) == before
     assert scale_y(client, "scale") == (X * 2).tolist()
 

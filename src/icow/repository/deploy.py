@@ -139,11 +139,12 @@ class Staged:
 
     def check(self, model_dir: Path, load: CheckVersion) -> None:
         """Load every new version with the config it will be served with (the new one,
-        else the repository's); with only a config, the versions its policy picks."""
+        else the repository's); with no new version (a config, or files it already
+        has), the versions the config's policy picks."""
         config = self.deployment.config if self.deployment.config is not None else cfg.read_config(model_dir)
         filename = config.default_model_filename or cfg.DEFAULT_MODEL_FILENAME
         targets = [(v, self.folder / str(v) / filename) for v in self.versions]
-        if not self.deployment.files and model_dir.is_dir():
+        if not self.versions and model_dir.is_dir():
             on_disk = versions_on_disk(model_dir)
             targets = [(v, model_dir / str(v) / filename) for v in policy_versions(on_disk, config.version_policy)
                        if v in on_disk]
