@@ -62,10 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="an HTTP request's head (request line and headers) must arrive within this time of "
                             "the connection or the request starting, and its body may not pause longer; "
                             "else 408 and the connection is closed (slow or stalled clients hold no resources)")
-    serve.add_argument("--model-control-mode", choices=["none", "explicit", "poll"], default="none",
-                       help="none: load every model at start, no load/unload requests; "
-                            "explicit: load the --load-model ones, then on request; "
-                            "poll: load every model, then follow changes of the repository's folders")
+    serve.add_argument("--model-control-mode", choices=["none", "explicit", "poll"],
+                       help="none (default): load every model at start, no load/unload requests; "
+                            "explicit (the default with --allow-deploy): load the --load-model ones, then on "
+                            "request; poll: load every model, then follow changes of the repository's folders")
+    serve.add_argument("--allow-deploy", action="store_true",
+                       help="let load requests bring a model config and model files (Triton's 'config' and "
+                            "'file:<version>/<file>' parameters, 'icow models deploy'), written into the repository "
+                            "as new versions; with tokens, only for those marked +deploy. Sets --model-control-mode "
+                            "explicit (refuses another) and, without --load-model, loads every model at start")
     serve.add_argument("--repository-poll-secs", type=float, default=15.0, metavar="SECONDS",
                        help="with poll: how often the repository is looked at for changes")
     serve.add_argument("--load-model", action="append", default=[], metavar="NAME",
@@ -171,6 +176,13 @@ def main(argv: list[str] | None = None) -> int:
         if not repository.is_dir():
             print(f"icow serve: model repository {repository} is not a directory", file=sys.stderr)
             return 1
+    if args.allow_deploy and args.model_control_mode not in (None, "explicit"):
+        print(f"icow serve: --allow-deploy needs --model-control-mode explicit, not {args.model_control_mode}",
+              file=sys.stderr)
+        return 2
+    args.model_control_mode = args.model_control_mode or ("explicit" if args.allow_deploy else "none")
+    if args.allow_deploy and not args.load_model:
+        args.load_model = ["*"]  # what was deployed before a restart serves again
     if args.load_model and args.model_control_mode != "explicit":
         print("icow serve: --load-model needs --model-control-mode explicit", file=sys.stderr)
         return 2
@@ -209,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         max_loaded_models=args.max_loaded_models, buffer_pool_bytes=args.buffer_pool_mb << 20,
         memory_trim_secs=args.memory_trim_secs, store=store, s3_endpoint=args.s3_endpoint,
         shm=Limits(args.allow_client_shm, args.shm_max_regions, args.shm_max_mapped_mb << 20),
+        allow_deploy=args.allow_deploy,
     )
     try:
         serve(options)

@@ -63,6 +63,7 @@ class ServerOptions:
     store: str | None = None  # s3://bucket/prefix: the repository then is its local cache folder
     s3_endpoint: str | None = None
     shm: Limits = field(default_factory=Limits)  # client shared memory: off unless --allow-client-shm
+    allow_deploy: bool = False  # load requests may write a config and model files into the repository
 
 
 class InferenceServer:
@@ -81,7 +82,7 @@ class InferenceServer:
                                      device=parse_device(options.device), store=store)
         self.service = InferenceService(self.repository, control_mode=options.model_control_mode,
                                         codec=options.codec, max_message_bytes=options.max_message_bytes,
-                                        shm=options.shm)
+                                        shm=options.shm, allow_deploy=options.allow_deploy)
         self.poller = RepositoryPoller(self.repository, options.repository_poll_secs) \
             if options.model_control_mode == "poll" else None
         self.health = Health(self.repository, SERVICE)

@@ -1,4 +1,4 @@
-"""``icow models list|load|unload|promote|split``: operate a running server over gRPC.
+"""``icow models list|load|unload|promote|split|deploy``: operate a running server over gRPC.
 
 Works against any icow server it can reach (``--url``), with TLS and a bearer
 token when the server asks for them. Needs only the client's dependencies.
@@ -17,7 +17,7 @@ import grpc
 from .._proto import rollout_pb2 as rp
 from ..protocol.errors import InferenceServerError
 from ..protocol.pairs import parse_pairs
-from . import common
+from . import common, deploy
 from .sync import Client
 
 TOKEN_ENV = "ICOW_AUTH_TOKEN"
@@ -26,7 +26,7 @@ TOKEN_ENV = "ICOW_AUTH_TOKEN"
 def add_commands(commands: argparse._SubParsersAction) -> None:
     """Add ``models`` and its subcommands to the ``icow`` command line."""
     models = commands.add_parser(
-        "models", help="list, load, unload, promote and split models of a running server",
+        "models", help="list, load, unload, promote, split and deploy models of a running server",
         description="Operate the models of a running icow server over gRPC.")
     actions = models.add_subparsers(dest="action", metavar="ACTION", required=True)
     connection = argparse.ArgumentParser(add_help=False)
@@ -57,6 +57,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     split.add_argument("model")
     split.add_argument("weights", nargs="*", metavar="TARGET=WEIGHT", help="a version or label and its weight")
     split.add_argument("--off", action="store_true", help="remove the split: the highest ready version answers")
+    deploy.add_parser(actions, connection)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -81,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _act(client: Client, args: argparse.Namespace) -> str:
+    if args.action == "deploy":
+        return deploy.deploy(client, args)
     if args.action == "list":
         return _list(client, args.model)
     if args.action == "load":
@@ -155,7 +158,7 @@ def traffic_shares(routing: rp.Routing) -> dict[int, float]:
 
 
 def _channel(args: argparse.Namespace) -> grpc.Channel:
-    options = common.channel_options(64 << 20)
+    options = common.channel_options(2**31 - 1 if args.action == "deploy" else 64 << 20)  # a model in one message
     if args.tls or args.tls_ca or args.tls_cert or args.tls_key:
         if bool(args.tls_cert) != bool(args.tls_key):
             raise ValueError("--tls-cert and --tls-key go together")

@@ -140,10 +140,12 @@ class AsyncClient:
         """The models of the repository as ``(name, version, state, reason)`` rows."""
         return await self._run(common.repository_index(ready_only))
 
-    async def load(self, model: str) -> None:
-        """Load (or reload) ``model``; the server must allow explicit model control."""
+    async def load(self, model: str, *, config: str | None = None, files: Mapping[str, bytes] | None = None) -> None:
+        """Load (or reload) ``model``; the server must allow explicit model control. With
+        ``config`` (a model config in JSON) and ``files`` (``{"file:<version>/model.onnx": bytes}``):
+        deploy them into the server's repository first (it must run with --allow-deploy)."""
         common.forget(self._metadata, model)
-        await self._run(common.load(model))
+        await self._run(common.load(model, config, files))
 
     async def unload(self, model: str) -> None:
         """Unload ``model``; the server must allow explicit model control."""

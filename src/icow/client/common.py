@@ -157,9 +157,15 @@ def _decode_index(response: pb.RepositoryIndexResponse) -> list[ModelIndex]:
     return [ModelIndex(m.name, m.version, m.state, m.reason) for m in response.models]
 
 
-def load(model: str) -> Call[None]:
-    """RepositoryModelLoad: load (or reload) ``model``."""
-    return Call("RepositoryModelLoad", pb.RepositoryModelLoadRequest(model_name=model), _none)
+def load(model: str, config: str | None = None, files: Mapping[str, bytes] | None = None) -> Call[None]:
+    """RepositoryModelLoad: load (or reload) ``model``; with ``config`` (JSON) and ``files``
+    (``{"file:<version>/model.onnx": bytes}``), deploy them first (Triton's parameters)."""
+    request = pb.RepositoryModelLoadRequest(model_name=model)
+    if config is not None:
+        request.parameters["config"].string_param = config
+    for key, data in (files or {}).items():
+        request.parameters[key].bytes_param = data
+    return Call("RepositoryModelLoad", request, _none)
 
 
 def unload(model: str) -> Call[None]:

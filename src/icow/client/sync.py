@@ -228,10 +228,12 @@ class Client:
         """
         return self._run(common.repository_index(ready_only))
 
-    def load(self, model: str) -> None:
-        """Load (or reload) ``model``; the server must allow explicit model control."""
+    def load(self, model: str, *, config: str | None = None, files: Mapping[str, bytes] | None = None) -> None:
+        """Load (or reload) ``model``; the server must allow explicit model control. With
+        ``config`` (a model config in JSON) and ``files`` (``{"file:<version>/model.onnx": bytes}``):
+        deploy them into the server's repository first (it must run with --allow-deploy)."""
         common.forget(self._metadata, model)
-        self._run(common.load(model))
+        self._run(common.load(model, config, files))
 
     def unload(self, model: str) -> None:
         """Unload ``model``; the server must allow explicit model control."""

@@ -15,9 +15,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from ..protocol.errors import InferenceServerError
 from ..protocol.names import shorten
-from ..services.auth import AuthInterceptor, Token
+from ..services.auth import AuthInterceptor, Token, deploy_refusal
 from ..services.logs import access_log
 from ..services.oip import InferenceService
 from . import body as bodies
@@ -63,9 +65,12 @@ class HttpApp:
         read = headers.get(b"content-length", b"0") == b"0" and b"transfer-encoding" not in headers
         try:
             route = match(scope["method"], scope["path"])
-            self._check_token(route, headers)
+            token = self._check_token(route, headers)
             data = await self._body(receive, headers)
             read = True
+            if token is not None and not token.deploy and route.endpoint == "RepositoryModelLoad":
+                # on the pool: a refused deploy's body may be a big JSON document
+                await asyncio.get_running_loop().run_in_executor(self.pool, _check_no_deploy, token, data)
             reply = await self._counted(route, data, headers, receive)
         except HttpError as e:
             reply = Reply(e.status, e.body(), e.headers, e.message, getattr(e, "request_id", ""))
@@ -96,21 +101,23 @@ class HttpApp:
             with self._lock:
                 self.in_flight -= 1
 
-    def _check_token(self, route: Route, headers: dict[bytes, bytes]) -> None:
+    def _check_token(self, route: Route, headers: dict[bytes, bytes]) -> Token | None:
+        """The caller's token, if the call needs one; 401 or 403 when it may not make the call."""
         if self.auth is None or (self.limits.open_health and route.endpoint in OPEN_ENDPOINTS):
-            return
+            return None
         value = headers.get(b"authorization")
         token = self.auth.authenticate([("authorization", value.decode("latin-1"))] if value else [])
         if isinstance(token, str):
             raise HttpError(401, token.replace("metadata", "header"), ((b"www-authenticate", b"Bearer"),))
         if token.models is None:
-            return
+            return token
         limited = (f"the token (line {token.line} of the token list) may use only the models "
                    f"{', '.join(sorted(token.models))}: ")
         if route.endpoint in _ALL_MODELS and not route.model:
             raise HttpError(403, limited + "this call spans every model")
         if route.about_a_model and route.model not in token.models:
             raise HttpError(403, limited + f"model '{shorten(route.model)}' is not among them")
+        return token
 
     async def _body(self, receive: Callable, headers: dict[bytes, bytes]) -> bytes:
         limit = self.limits.max_body_bytes
@@ -165,6 +172,16 @@ class HttpApp:
 
     def close(self) -> None:
         self.pool.shutdown(wait=False)
+
+
+def _check_no_deploy(token: Token, data: bytes) -> None:
+    """403 for a load request with parameters (a deploy) from a token without +deploy."""
+    try:
+        body = orjson.loads(data) if data.strip() else {}
+    except orjson.JSONDecodeError:
+        return  # the endpoint refuses it as the bad JSON it is
+    if isinstance(body, dict) and body.get("parameters"):
+        raise HttpError(403, deploy_refusal(token))
 
 
 async def _send(send: Callable, reply: Reply) -> None:

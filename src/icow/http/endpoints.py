@@ -11,6 +11,8 @@ import grpc
 
 from .._proto import inference_pb2 as pb
 from ..protocol.errors import InferenceServerError, invalid
+from ..protocol.names import shorten
+from ..repository.deploy import FILE_PREFIX
 from ..services.oip import InferenceService
 from .jsonmsg import to_json
 from .status import HttpError
@@ -68,8 +70,20 @@ def repository_index(service: InferenceService, body: dict) -> list:
 def load(service: InferenceService, model: str, body: dict) -> None:
     request = pb.RepositoryModelLoadRequest(model_name=model)
     for key, value in _parameters(body).items():
-        request.parameters[key].CopyFrom(_repository_parameter(key, value))
+        if key.startswith(FILE_PREFIX):  # Triton's REST form: the file's bytes in base64
+            request.parameters[key].bytes_param = _base64(key, value)
+        else:
+            request.parameters[key].CopyFrom(_repository_parameter(key, value))
     call(service, "RepositoryModelLoad", request)
+
+
+def _base64(key: str, value: Any) -> bytes:
+    try:
+        if not isinstance(value, str):
+            raise ValueError
+        return base64.b64decode(value, validate=True)
+    except ValueError:
+        raise invalid(f"parameter '{shorten(key)}' must be a string: the file's contents in base64") from None
 
 
 def unload(service: InferenceService, model: str, body: dict) -> None:

@@ -31,6 +31,7 @@ from ..protocol.names import check_name, shorten
 from ..runtime import config as cfg
 from ..runtime.model import Model
 from . import routing
+from .deploy import Deployment, Staged, same_as_folder, same_as_objects
 from .drain import Drainer
 from .routing import Routing, SplitTable
 from .versions import files_stamp, policy_versions, versions_on_disk
@@ -164,11 +165,7 @@ class Repository:
         """Load ``name`` from the folder; ``failed``: versions the store could not deliver."""
         model_dir = self._model_dir(name)
         with self._load_lock:
-            if self.max_models and name not in self._models and len(self._models) >= self.max_models:
-                raise InferenceServerError(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"cannot load model '{name}': {len(self._models)} models are loaded, the limit set by "
-                    "--max-loaded-models; unload one first or raise the limit")
+            self._check_room(name)
             previous = self._models.get(name)
             loaded = self._load(name, model_dir, previous)
             for version, reason in failed.items():  # shown as UNAVAILABLE, unless a cached copy serves
@@ -176,6 +173,63 @@ class Repository:
             self._publish(name, loaded, previous)
         self._notify(name)
         return loaded
+
+    def deploy(self, deployment: Deployment) -> LoadedModel:
+        """Write ``deployment`` into the repository, each new version checked by loading it
+        first (deploy.py; nothing is written when one fails), then (re)load the model."""
+        name = deployment.name
+        with self._load_lock:
+            try:
+                if self.store is not None:
+                    self.store.sync([name])  # the cache as the store has it: the config a new version checks with
+                self._check_room(name)  # before anything is written: a deploy that cannot load writes nothing
+                existing = self._deployed_versions(name)
+                if not deployment.files and not existing:
+                    raise not_found(f"no model '{name}' in the repository {self.location}: a deploy of a new model "
+                                    "gives its files ('file:<version>/model.onnx')")
+                staged = Staged(self.root, deployment)
+                try:
+                    staged.write(existing)
+                    staged.check(self.root / name, self._check_version(name))
+                    staged.upload(self.store) if self.store is not None else staged.move_into(self.root / name)
+                finally:
+                    staged.remove()
+            except OSError as e:  # the disk or the store (StoreError): nothing half-written was loaded
+                raise unavailable(f"cannot deploy model '{name}' to {self.location}: {e}") from None
+            log.info("model '%s': deployed %s to %s", name, ", ".join(f"version {v}" for v in staged.versions)
+                     or "its config", self.location)
+            return self.load(name)
+
+    def _check_room(self, name: str) -> None:
+        if self.max_models and name not in self._models and len(self._models) >= self.max_models:
+            raise InferenceServerError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"cannot load model '{name}': {len(self._models)} models are loaded, the limit set by "
+                "--max-loaded-models; unload one first or raise the limit")
+
+    def _deployed_versions(self, name: str) -> dict:
+        """The versions the repository holds of ``name`` (maybe none), each with a check of
+        whether a file of it has given bytes."""
+        if self.store is not None:
+            stored = self.store.models().get(name)
+            if stored is None:
+                return {}
+            if stored.layout != "triton":
+                raise InferenceServerError(grpc.StatusCode.FAILED_PRECONDITION, (
+                    f"model '{name}' is one object in {self.location} (lIteCOW's layout): add versions to it "
+                    "with icow import-model"))
+            return {v: same_as_objects({f.relpath: (f.size, f.etag) for f in files})
+                    for v, files in self.store.versions(stored)[0].items()}
+        model_dir = self.root / name
+        if model_dir.exists() and not model_dir.is_dir():
+            raise invalid(f"'{name}' in the repository {self.location} is a file, not a model folder")
+        return {v: same_as_folder(model_dir / str(v)) for v in versions_on_disk(model_dir)} \
+            if model_dir.is_dir() else {}
+
+    def _check_version(self, name: str) -> Callable[[int, Path, mc.ModelConfig], None]:
+        def load(version: int, path: Path, config: mc.ModelConfig) -> None:
+            Model(name, version, path, config, self.default_max_batch_size, self.max_queue_size, self.device).close()
+        return load
 
     def unload(self, name: str) -> None:
         """Stop serving ``name`` at once; requests already running finish on it, then its

@@ -2,11 +2,17 @@
 server interceptor.
 
 Tokens come from a file or an environment variable, in one format: one token
-per line, optionally followed by the models it may use; ``#`` starts a comment::
+per line, optionally followed by the models it may use and its permissions
+(words starting with ``+``); ``#`` starts a comment::
 
-    # token                           models (none, or *: every model)
+    # token                           models (none, or *: every model)  permissions
     3f9c1d0e6b2a4c8d9e7f              *
     team-a-7d41e0c2b9                 mlp scale
+    ci-deployer-51c0a9e3f2            mlp                               +deploy
+
+``+deploy``: the token may deploy over the wire (RepositoryModelLoad with a
+``config`` or ``file:`` parameter, on a server with --allow-deploy), for the
+models it may use. Without it such a load gets PERMISSION_DENIED.
 
 A client sends ``authorization: Bearer <token>`` metadata. A missing or wrong
 token gets UNAUTHENTICATED; a known token asking for a model outside its list
@@ -47,6 +53,8 @@ _MODEL_OF: dict[str, Callable[[Any], str]] = {
     INFERENCE + "ModelStatistics": lambda r: r.name or None,  # None: every model
     **{ROLLOUT + m: (lambda r: r.model_name) for m in ("GetRouting", "SetRouting")},
 }
+PERMISSIONS = ("+deploy",)
+DEPLOY = INFERENCE + "RepositoryModelLoad"  # with parameters: a deploy, for +deploy tokens only
 # The calls about every model at once.
 _ALL_MODELS = frozenset({INFERENCE + "RepositoryIndex"})
 
@@ -60,6 +68,7 @@ class Token:
     digest: bytes  # sha256 of the token: compared in constant time, at a fixed length
     models: frozenset[str] | None  # None: every model
     line: int
+    deploy: bool = False  # +deploy: load requests may bring a config and model files
 
 
 def parse_tokens(text: str, source: str) -> list[Token]:
@@ -69,11 +78,16 @@ def parse_tokens(text: str, source: str) -> list[Token]:
         words = line.split("#", 1)[0].split()
         if not words:
             continue
-        secret, models = words[0], words[1:]
+        secret, models = words[0], [w for w in words[1:] if not w.startswith("+")]
+        unknown = [w for w in words[1:] if w.startswith("+") and w not in PERMISSIONS]
+        if unknown:
+            raise AuthError(f"{source} line {number}: unknown permission {unknown[0]!r}; "
+                            f"the permissions are: {', '.join(PERMISSIONS)}")
         if len(secret) < 16:
             raise AuthError(f"{source} line {number}: a token needs at least 16 characters; "
                             "make one with: python -c 'import secrets; print(secrets.token_hex(24))'")
-        tokens.append(Token(_digest(secret), None if not models or "*" in models else frozenset(models), number))
+        tokens.append(Token(_digest(secret), None if not models or "*" in models else frozenset(models), number,
+                            "+deploy" in words[1:]))
     if not tokens:
         raise AuthError(f"{source} holds no token")
     return tokens
@@ -129,6 +143,8 @@ class AuthInterceptor(grpc.ServerInterceptor):
         token = self.authenticate(details.invocation_metadata)
         if isinstance(token, str):
             return _refusing(handler, grpc.StatusCode.UNAUTHENTICATED, token)
+        if details.method == DEPLOY and not token.deploy:
+            handler = _deploy_checked(handler, token)
         if token.models is None:
             return handler
         if details.method in _ALL_MODELS:
@@ -151,6 +167,24 @@ class AuthInterceptor(grpc.ServerInterceptor):
             return behavior(request, context)
 
         return like(handler, checked)
+
+
+def deploy_refusal(token: Token) -> str:
+    """Why ``token`` may not deploy."""
+    return (f"the token (line {token.line} of the token list) may not deploy models (load with a 'config' or "
+            "'file:' parameter): give it the +deploy permission in the token list")
+
+
+def _deploy_checked(handler: grpc.RpcMethodHandler, token: Token) -> grpc.RpcMethodHandler:
+    """``handler``, refusing a load request with parameters (a deploy)."""
+    behavior = handler.unary_unary
+
+    def checked(request, context: grpc.ServicerContext):
+        if request.parameters:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, deploy_refusal(token))
+        return behavior(request, context)
+
+    return like(handler, checked)
 
 
 def _limited(token: Token, why: str) -> str:

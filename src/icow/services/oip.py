@@ -17,7 +17,9 @@ from .._proto import inference_pb2_grpc as pb_grpc
 from .._version import __version__
 from ..codecs import native as native_codec
 from ..codecs import protobuf as protobuf_codec
-from ..protocol.errors import InferenceServerError, invalid, unimplemented
+from ..protocol.errors import InferenceServerError, invalid, shortened, unimplemented
+from ..protocol.names import shorten
+from ..repository import deploy
 from ..repository.repository import Repository
 from ..repository.routing import config_with_routing
 from ..shm.cuda import CudaRegion
@@ -58,11 +60,12 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     """Serves one repository. ``ready`` is set once the startup loading is done."""
 
     def __init__(self, repository: Repository, *, control_mode: str = "none", codec: str = "native",
-                 max_message_bytes: int = 2**31 - 1, shm: Limits | None = None) -> None:
+                 max_message_bytes: int = 2**31 - 1, shm: Limits | None = None, allow_deploy: bool = False) -> None:
         self.repository = repository
         self.shm = Registry(shm or Limits())
         self.codec = CODECS[codec]
         self.control_mode = control_mode  # none | explicit | poll: load/unload requests only with explicit
+        self.allow_deploy = allow_deploy  # load requests may bring a config and model files (--allow-deploy)
         self.max_message_bytes = max_message_bytes
         self.ready = False
         self.fast: DirectPath | None = None  # ModelInfer in C++ first, where it can be (grpcio plane)
@@ -163,8 +166,9 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     def RepositoryModelLoad(self, request, context):
         self._check_control("load")
         if request.parameters:
-            raise invalid(f"load parameters are not supported: {', '.join(request.parameters)}")
-        loaded = self.repository.load(request.model_name)
+            loaded = self.repository.deploy(self._deployment(request))
+        else:
+            loaded = self.repository.load(request.model_name)
         failures = [f"version {v}: {s.reason}" for v, s in sorted(loaded.versions.items()) if s.model is None]
         if loaded.error or failures:
             raise InferenceServerError(grpc.StatusCode.INTERNAL, f"failed to load model '{loaded.name}': "
@@ -176,6 +180,26 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         self._check_control("unload")
         self.repository.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
+
+    def _deployment(self, request: pb.RepositoryModelLoadRequest) -> deploy.Deployment:
+        """The model config and files a load request carries (Triton's ``config`` and
+        ``file:<version>/<file>`` parameters), refused unless --allow-deploy."""
+        if not self.allow_deploy:
+            raise InferenceServerError(grpc.StatusCode.FAILED_PRECONDITION, (
+                f"cannot deploy model '{shorten(request.model_name)}' over the wire (load parameters "
+                f"{', '.join(sorted(shortened(k, 32) for k in request.parameters)[:4])}): the server runs without "
+                "--allow-deploy; start it with --allow-deploy, or load models from the repository without parameters"))
+        config, files = None, {}
+        for key, parameter in request.parameters.items():
+            kind = parameter.WhichOneof("parameter_choice")
+            if key == "config" and kind == "string_param":
+                config = parameter.string_param
+            elif key.startswith(deploy.FILE_PREFIX) and kind == "bytes_param":
+                files[key] = parameter.bytes_param
+            else:
+                raise invalid(f"load parameter '{shorten(key)}' ({kind}) is not one icow takes: 'config' (a "
+                              "string: the model config in JSON) and 'file:<version>/<file name>' (bytes)")
+        return deploy.parse(request.model_name, config, files)
 
     def _check_control(self, action: str) -> None:
         # As Triton: poll mode follows the repository's folders, and refuses load/unload requests.
