@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,12 +17,15 @@ import pytest
 import tritonclient.grpc as tc
 import tritonclient.http as th
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 import make_models
-from helpers import expect_error, infer_input
+from helpers import expect_error, infer_input, wait_for
 from icow._proto import model_config_pb2 as mc
 from icow.runtime import config_fields
 from icow.runtime.config import ConfigError
+from ops_helpers import pending
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -229,3 +233,79 @@ def test_a_refused_field_on_load_request_is_an_error_naming_it(fields_repo, make
         tc.InferenceServerClient(srv.url).load_model("decoupled")
     with pytest.raises(th.InferenceServerException, match="'sequence_batching' is not supported"):
         th.InferenceServerClient(srv.http_url).load_model("stateful")
+
+
+# -- the queue policy holds inside a batch being formed, on both planes ---------
+# A batch of one-row requests to a model of max_batch_size 8 with a delay of 30 s
+# forms for 30 s: what these tests see happens long before it would leave.
+
+LONG_DELAY = ("max_batch_size: 8\ndynamic_batching { max_queue_delay_microseconds: 30000000\n"
+              "  default_queue_policy { %s } }\n")
+
+
+@pytest.fixture(scope="module", params=["native", "grpcio"])
+def forming_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    from batching_helpers import lookup_model
+    from conftest import start_server
+
+    repo = tmp_path_factory.mktemp("forming") / "models"
+    for name, policy in (("bounded", "max_queue_size: 2"), ("timed", "default_timeout_microseconds: 200000")):
+        make_models.write(lookup_model(), repo, name)
+        (repo / name / "config.pbtxt").write_text(LONG_DELAY % policy)
+    srv = start_server(repo, "--data-plane", request.param, log_dir=tmp_path_factory.mktemp("logs"))
+    if request.param == "native":
+        assert "data plane: native" in srv.log(), srv.log()
+    yield srv
+    srv.stop()
+
+
+def _lookup_request(model: str, index: int) -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name=model)
+    tensor = infer_input("i", np.array([[index]], np.int64), "INT64")
+    request.inputs.append(tensor._get_tensor())
+    request.raw_input_contents.append(tensor._get_content())
+    return request
+
+
+def _stats(srv, model: str):
+    return tc.InferenceServerClient(srv.url).get_inference_statistics(model).model_stats[0]
+
+
+def test_max_queue_size_counts_the_requests_in_a_forming_batch(forming_server):
+    """Two requests wait in a batch that forms for 30 s (max_queue_size 2): four more are
+    refused at once, as a full queue refuses; cancelled, the two leave without running."""
+    before = _stats(forming_server, "bounded")
+    stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(forming_server.url))
+    waiting = []
+    for i in range(2):
+        waiting.append(stub.ModelInfer.future(_lookup_request("bounded", i)))
+        wait_for(f"call {i + 1} in the server", lambda n=i + 1: pending(forming_server, "bounded") == n)
+    for i in range(4):
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.ModelInfer(_lookup_request("bounded", i), timeout=20)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "has 2 requests queued, its limit (max_queue_size)" in refused.value.details()
+    assert not any(call.done() for call in waiting), "the batch left before the refusals: they prove nothing"
+    for call in waiting:
+        call.cancel()
+    wait_for("the cancelled calls to leave the batch", lambda: pending(forming_server, "bounded") == 0)
+    after = _stats(forming_server, "bounded")
+    assert after.inference_stats.fail.count - before.inference_stats.fail.count == 6
+    assert after.execution_count == before.execution_count  # none of them ran
+
+
+def test_a_queue_timeout_fires_inside_a_forming_batch_not_when_its_delay_ends(forming_server):
+    """A request alone in a batch that would leave after 30 s times out in the queue after
+    200 ms (default_timeout_microseconds): UNAVAILABLE, never run."""
+    before = _stats(forming_server, "timed")
+    client = tc.InferenceServerClient(forming_server.url)
+    started = time.monotonic()
+    with expect_error(grpc.StatusCode.UNAVAILABLE, "timed out in the queue", "default_timeout_microseconds"):
+        client.infer("timed", [infer_input("i", np.array([[3]], np.int64), "INT64")], client_timeout=60)
+    assert time.monotonic() - started < 10  # a backstop: the batch's delay is 30 s
+    after = _stats(forming_server, "timed")
+    assert after.execution_count == before.execution_count
+    assert after.inference_stats.fail.count - before.inference_stats.fail.count == 1
+    # The model still serves: a request of a full batch's rows leaves at once.
+    eight = np.arange(8, dtype=np.int64).reshape(8, 1) % 10
+    assert client.infer("timed", [infer_input("i", eight, "INT64")]).as_numpy("y").shape == (8, 1)
