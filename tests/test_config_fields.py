@@ -235,6 +235,20 @@ def test_a_refused_field_on_load_request_is_an_error_naming_it(fields_repo, make
         th.InferenceServerClient(srv.http_url).load_model("stateful")
 
 
+def test_a_refused_field_in_a_reload_leaves_the_loaded_version_serving(tmp_path):
+    from icow.repository.repository import Repository
+
+    make_models.write(make_models.mlp(), tmp_path, "m")
+    repository = Repository(tmp_path)
+    assert repository.load("m").ready()
+    (tmp_path / "m" / "config.pbtxt").write_text("sequence_batching { }\n")  # a bad edit
+    reloaded = repository.load("m")
+    assert reloaded.ready(), "the version loaded before no longer serves"
+    assert "reload failed" in reloaded.versions[1].reason and "'sequence_batching'" in reloaded.versions[1].reason
+    y = repository.get("m").run({"input": np.zeros((1, 16), np.float32)})["output"]
+    assert y.shape == (1, 4)
+
+
 # -- the queue policy holds inside a batch being formed, on both planes ---------
 # A batch of one-row requests to a model of max_batch_size 8 with a delay of 30 s
 # forms for 30 s: what these tests see happens long before it would leave.
