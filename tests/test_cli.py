@@ -56,6 +56,15 @@ def test_port_in_use_is_an_error(tmp_path):
     assert result.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in result.stderr
 
 
+def test_two_model_repositories_are_refused_never_the_last_one_silently(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    result = icow("serve", "--model-repository", str(tmp_path / "a"), "--model-repository", str(tmp_path / "b"))
+    assert result.returncode == 2
+    assert f"--model-repository is given 2 times ({tmp_path / 'a'}, {tmp_path / 'b'})" in result.stderr
+    assert "icow serves one repository" in result.stderr
+
+
 def test_load_model_needs_explicit_mode(tmp_path):
     result = icow("serve", "--model-repository", str(tmp_path), "--load-model", "mlp")
     assert result.returncode == 2 and "--model-control-mode explicit" in result.stderr

@@ -57,37 +57,54 @@ bool Call::compatible(const Call &other) const {
 }
 
 void Call::batch_loop(std::shared_ptr<ModelEntry> entry, size_t instance) {
-    const Batching &b = entry->batching;
     for (;;) {
         std::vector<Call *> jobs;
         {
             std::unique_lock<std::mutex> lock(entry->mu);
-            if (entry->waiting.empty()) {
-                entry->idle.push_back(instance);
-                return;
-            }
-            Call *first = entry->waiting.front();
-            entry->waiting.pop_front();
-            jobs.push_back(first);
-            int64_t rows = first->plan_.rows;
-            const int64_t dispatch_at = first->arrived_ns_ + b.max_delay_ns;
-            while (rows < b.max_rows) {
-                auto found = std::find_if(entry->waiting.begin(), entry->waiting.end(), [&](const Call *c) {
-                    return rows + c->plan_.rows <= b.max_rows && first->compatible(*c);
-                });
-                if (found != entry->waiting.end()) {
-                    rows += (*found)->plan_.rows;
-                    jobs.push_back(*found);
-                    entry->waiting.erase(found);
-                    continue;
+            while (jobs.empty()) {  // empty again when every call of a batch left while it formed
+                if (entry->waiting.empty()) {
+                    entry->idle.push_back(instance);
+                    return;
                 }
-                const int64_t wait = dispatch_at - now_ns();
-                if (wait <= 0 || std::find(b.preferred.begin(), b.preferred.end(), rows) != b.preferred.end()) break;
-                entry->more.wait_for(lock, std::chrono::nanoseconds(wait));
+                jobs = form_batch(*entry, lock);
             }
         }
         run_batch(*entry, instance, jobs);
     }
+}
+
+// The first waiting call and compatible ones, held in `entry.forming` while the batch
+// forms: there they count against max_queue, and the expiry sweep or a cancel
+// (call.cpp) takes a call out, which this sees when it wakes. `lock` holds entry.mu.
+std::vector<Call *> Call::form_batch(ModelEntry &entry, std::unique_lock<std::mutex> &lock) {
+    const Batching &b = entry.batching;
+    auto &forming = entry.forming;
+    std::vector<Call *> jobs{entry.waiting.front()};
+    entry.waiting.pop_front();
+    forming.push_back(jobs.front());
+    while (!jobs.empty()) {
+        int64_t rows = 0;
+        for (const Call *job : jobs) rows += job->plan_.rows;
+        const Call *oldest = jobs.front();  // one still here: a call that left may be gone
+        auto found = std::find_if(entry.waiting.begin(), entry.waiting.end(), [&](const Call *c) {
+            return rows + c->plan_.rows <= b.max_rows && oldest->compatible(*c);
+        });
+        if (found != entry.waiting.end()) {
+            jobs.push_back(*found);
+            forming.push_back(*found);
+            entry.waiting.erase(found);
+            continue;
+        }
+        const int64_t wait = oldest->arrived_ns_ + b.max_delay_ns - now_ns();
+        const bool preferred = std::find(b.preferred.begin(), b.preferred.end(), rows) != b.preferred.end();
+        if (rows >= b.max_rows || wait <= 0 || preferred) break;
+        entry.more.wait_for(lock, std::chrono::nanoseconds(wait));
+        jobs.erase(std::remove_if(jobs.begin(), jobs.end(), [&](Call *c) {
+                       return std::find(forming.begin(), forming.end(), c) == forming.end();
+                   }), jobs.end());
+    }
+    for (Call *job : jobs) forming.erase(std::find(forming.begin(), forming.end(), job));
+    return jobs;
 }
 
 // ---- Running a batch ------------------------------------------------------

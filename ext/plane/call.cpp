@@ -104,8 +104,15 @@ void Call::leave_queue() {
     {
         std::lock_guard<std::mutex> lock(entry_->mu);
         auto found = std::find(entry_->waiting.begin(), entry_->waiting.end(), this);
-        if (found == entry_->waiting.end()) return;  // an instance has taken it: it sees cancelled_
-        entry_->waiting.erase(found);
+        if (found != entry_->waiting.end()) {
+            entry_->waiting.erase(found);
+        } else {
+            auto &forming = entry_->forming;
+            auto in_batch = std::find(forming.begin(), forming.end(), this);
+            if (in_batch == forming.end()) return;  // an instance has taken it: it sees cancelled_
+            forming.erase(in_batch);
+            entry_->more.notify_all();  // the batch being formed drops it
+        }
     }
     service_->workers.post([this] {
         finish_failed(status(ModelEntry::cancelled()));
@@ -240,7 +247,8 @@ void Call::execute(Call *job, size_t instance, bool inline_run) {
 // Into the model's queue (its lock held), or refused when the queue is full.
 // True when queued: from then on another thread may take and finish this call.
 bool Call::wait_in_queue() {
-    const size_t in_line = entry_->waiting.size() + entry_->direct_waiting.size();  // the HTTP lane's too
+    // The HTTP lane's line too, and the calls in batches being formed: all still wait.
+    const size_t in_line = entry_->waiting.size() + entry_->direct_waiting.size() + entry_->forming.size();
     if (entry_->max_queue && in_line >= entry_->max_queue) {
         service_->workers.post([this, refusal = entry_->queue_full(in_line)] {
             finish_failed(status(refusal));
@@ -261,20 +269,26 @@ bool Call::wait_in_queue() {
 int64_t Call::expire_waiting(ModelEntry &entry, int64_t now_ns) {
     std::vector<Call *> due;
     int64_t next = 0;
-    {
-        std::lock_guard<std::mutex> lock(entry.mu);
-        auto &waiting = entry.waiting;
-        for (auto it = waiting.begin(); it != waiting.end();) {
+    // Out of the queue or a batch being formed: no instance can take it now.
+    auto sweep = [&](auto &calls) {
+        for (auto it = calls.begin(); it != calls.end();) {
             Call *call = *it;
             const int64_t deadline = call->deadline_ns_;
-            if (deadline && deadline <= now_ns) {  // out of the queue: no instance can take it now
+            if (deadline && deadline <= now_ns) {
                 due.push_back(call);
-                it = waiting.erase(it);
+                it = calls.erase(it);
                 continue;
             }
             if (deadline) next = next ? std::min(next, deadline) : deadline;
             ++it;
         }
+    };
+    {
+        std::lock_guard<std::mutex> lock(entry.mu);
+        sweep(entry.waiting);
+        const size_t was_forming = entry.forming.size();
+        sweep(entry.forming);
+        if (entry.forming.size() != was_forming) entry.more.notify_all();  // the batch drops them
     }
     for (Call *call : due)
         call->service_->workers.post(

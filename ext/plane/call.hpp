@@ -55,6 +55,7 @@ class Call final : public grpc::ServerGenericBidiReactor {
 
     // Dynamic batching (batch.cpp): a worker forms batches for one instance while jobs wait.
     static void batch_loop(std::shared_ptr<ModelEntry> entry, size_t instance);
+    static std::vector<Call *> form_batch(ModelEntry &entry, std::unique_lock<std::mutex> &lock);
     static void run_batch(ModelEntry &entry, size_t instance, std::vector<Call *> &jobs);
     bool compatible(const Call &other) const;
     void answer(grpc::Slice &response);

@@ -101,7 +101,11 @@ class ModelEntry {
     std::mutex mu;
     std::vector<size_t> idle;
     std::deque<Call *> waiting;
-    std::condition_variable more;  // a job joined `waiting` (a batch being formed may take it)
+    // Calls taken into batches being formed (batch.cpp): they still wait, so they count
+    // against max_queue, and a deadline, queue timeout or cancel takes them out of here.
+    std::vector<Call *> forming;
+    // A job joined `waiting` (a batch being formed may take it), or left `forming`.
+    std::condition_variable more;
 
     // Direct's callers (direct.cpp: the grpcio plane's fast path, and the HTTP lane,
     // which shares the native plane's entries) wait in line here: an instance that

@@ -45,8 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "optional <dir>/<model>/config.pbtxt) over gRPC.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    serve.add_argument("--model-repository", metavar="DIR|s3://BUCKET[/PREFIX]",
-                       help="the model repository: a folder or an object store (default: the bundled examples)")
+    serve.add_argument("--model-repository", metavar="DIR|s3://BUCKET[/PREFIX]", action="append",
+                       help="the model repository: a folder or an object store (default: the bundled examples); "
+                            "one: given twice, the server refuses to start")
     serve.add_argument("--s3-endpoint", metavar="URL",
                        help="the object store's URL when it is not AWS, e.g. http://127.0.0.1:8333 "
                             "(credentials and region: the usual AWS_* environment variables)")
@@ -162,6 +163,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"icow serve needs the server's dependencies ({e.name} is missing): "
               "pip install 'icow[server]'", file=sys.stderr)
         return 1
+    if args.model_repository and len(args.model_repository) > 1:  # never the last one silently
+        print(f"icow serve: --model-repository is given {len(args.model_repository)} times "
+              f"({', '.join(args.model_repository)}); icow serves one repository: put the models "
+              "into one folder or store prefix", file=sys.stderr)
+        return 2
+    args.model_repository = args.model_repository[0] if args.model_repository else None
     store = None
     if args.model_repository and is_store_url(args.model_repository):
         store = args.model_repository

@@ -29,6 +29,7 @@ from .._proto import model_config_pb2 as mc
 from ..protocol.errors import InferenceServerError, invalid, not_found, unavailable
 from ..protocol.names import check_name, shorten
 from ..runtime import config as cfg
+from ..runtime import config_fields
 from ..runtime.model import Model
 from . import routing
 from .deploy import Deployment, Staged, same_as_folder, same_as_objects
@@ -306,6 +307,7 @@ class Repository:
         loaded = LoadedModel(name)
         try:
             config = cfg.read_config(model_dir)
+            config_fields.check(config, name)  # a field icow would not act on is refused here
             loaded.config_routing = routing.from_config(config)
             loaded.routing = _routing_in_force(loaded.config_routing, previous)
             on_disk = versions_on_disk(model_dir)

@@ -4,7 +4,10 @@
 instance is free. ``BatchScheduler`` (dynamic batching) has one thread per
 instance that takes compatible requests from the queue and runs them as one
 batch. Both bound the queue, drop a request whose deadline passes or whose call
-is cancelled while it waits, and answer requests in the order they came.
+is cancelled while it waits, and answer requests in the order they came. A request
+in a batch being formed still waits: it counts against max_queue_size, and its
+queue timeout, deadline or cancel takes it out of the batch then, not when the
+batch's delay ends.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import grpc
 from ..protocol.errors import InferenceServerError, unavailable
 from .execution import Batching, QueuePolicy
 
-QUEUED, RUNNING, DONE = "queued", "running", "done"
+QUEUED, FORMING, RUNNING, DONE = "queued", "forming", "running", "done"  # FORMING: in a batch not yet run
 POLL_SECONDS = 0.05  # how soon a cancelled call that waits in the queue is noticed
 
 
@@ -64,13 +67,15 @@ class Scheduler:
         self._execute = weakref.WeakMethod(execute) if hasattr(execute, "__self__") else lambda: execute
         self._cond = threading.Condition()
         self._queue: deque[Job] = deque()
-        self._waiting = 0  # queued jobs still wanted (cancelled ones leave the deque lazily)
+        # Jobs still wanted that have not started: queued (cancelled ones leave the deque
+        # lazily) or in a batch being formed. max_queue_size bounds them all.
+        self._waiting = 0
         self._free = list(instances)
         self.closed = False
 
     @property
     def queued(self) -> int:
-        """Requests waiting for an instance now (not those running)."""
+        """Requests waiting now: for an instance, or in a batch being formed (not those running)."""
         return self._waiting
 
     def run(self, job: Job) -> Any:
@@ -104,7 +109,8 @@ class Scheduler:
         self._cond.notify_all()
 
     def _take(self, job: Job) -> None:
-        self._queue.remove(job)
+        if job.state == QUEUED:  # a job of a batch being formed has left the deque already
+            self._queue.remove(job)
         self._waiting -= 1
         job.state = RUNNING
         job.started_ns = time.monotonic_ns()
@@ -134,9 +140,9 @@ class Scheduler:
 
     # -- the caller's side -------------------------------------------------
     def _wait(self, job: Job) -> None:
-        """Block until ``job`` leaves the queue; leave it early when its deadline
-        passes or its call is cancelled."""
-        while job.state == QUEUED:
+        """Block until ``job`` leaves the queue; leave it early (the queue, or a batch
+        being formed) when its deadline passes or its call is cancelled."""
+        while job.state in (QUEUED, FORMING):
             timeout = POLL_SECONDS
             if job.deadline_ns is not None:
                 timeout = min(timeout, max(0.0, (job.deadline_ns - time.monotonic_ns()) / 1e9))
@@ -145,10 +151,12 @@ class Scheduler:
             gone = job.alive is not None and not job.alive()
             if gone or _expired(job, time.monotonic_ns()):
                 with self._cond:
-                    if job.state == QUEUED:
-                        self._queue.remove(job)
-                        self._waiting -= 1
+                    if job.state in (QUEUED, FORMING):
+                        if job.state == QUEUED:
+                            self._queue.remove(job)
+                        self._waiting -= 1  # a forming batch drops it when it looks again (below)
                         self._finish(job, _cancelled() if gone else _deadline_error(self.model, job))
+                        self._cond.notify_all()
                         return
         job.event.wait()  # taken: wait for the instance (direct) or the batch's end
 
@@ -227,29 +235,59 @@ class BatchScheduler(Scheduler):
 
     def _form_batch(self) -> list[Job] | None:
         """Wait for a job, then add compatible ones until the batch is full, has a
-        preferred size with nothing more queued, or its oldest job's delay is up."""
+        preferred size with nothing more queued, or its oldest job's delay is up.
+        Jobs that leave meanwhile (deadline, queue timeout, cancel: ``_wait``) are
+        dropped; a batch they all left is formed anew."""
         with self._cond:
-            first = self._next_live()
-            while first is None:
-                if self.closed:
-                    return None
-                self._cond.wait()
+            jobs: list[Job] = []
+            while not jobs:
                 first = self._next_live()
-            self._take(first)
-            jobs, rows = [first], first.rows
-            dispatch_at = first.queued_ns + self.batching.max_delay_ns
-            while rows < self.batching.max_batch_size:
-                job = self._next_live(first.key, self.batching.max_batch_size - rows)
-                if job is None:
-                    wait_ns = dispatch_at - time.monotonic_ns()
-                    if rows in self.batching.preferred or wait_ns <= 0 or self.closed:
-                        break
-                    self._cond.wait(wait_ns / 1e9)
-                    continue
+                while first is None:
+                    if self.closed:
+                        return None
+                    self._cond.wait()
+                    first = self._next_live()
+                jobs = self._fill(first)
+            for job in jobs:
                 self._take(job)
-                jobs.append(job)
-                rows += job.rows
             return jobs
+
+    def _fill(self, first: Job) -> list[Job]:
+        """``first`` and the jobs that join it; empty if every one of them left."""
+        max_rows = self.batching.max_batch_size
+        jobs = [first]
+        first.state = FORMING
+        self._queue.remove(first)
+        while jobs:
+            rows = sum(job.rows for job in jobs)
+            job = self._next_live(first.key, max_rows - rows) if rows < max_rows else None
+            if job is not None:
+                job.state = FORMING
+                self._queue.remove(job)
+                jobs.append(job)
+                continue
+            wait_ns = jobs[0].queued_ns + self.batching.max_delay_ns - time.monotonic_ns()
+            if rows >= max_rows or rows in self.batching.preferred or wait_ns <= 0 or self.closed:
+                break
+            self._cond.wait(wait_ns / 1e9)
+            jobs = [job for job in jobs if job.state == FORMING]
+        return self._still_wanted(jobs)
+
+    def _still_wanted(self, jobs: list[Job]) -> list[Job]:
+        """``jobs`` less those whose deadline has passed or whose call has gone, which
+        fail here (their callers may not have looked yet)."""
+        now = time.monotonic_ns()
+        wanted = []
+        for job in jobs:
+            if job.state != FORMING:
+                continue
+            gone = job.alive is not None and not job.alive()
+            if gone or _expired(job, now):
+                self._waiting -= 1
+                self._finish(job, _cancelled() if gone else _deadline_error(self.model, job))
+            else:
+                wanted.append(job)
+        return wanted
 
 
 def _expired(job: Job, now_ns: int) -> bool:
