@@ -30,6 +30,7 @@ from ..protocol.errors import InferenceServerError, invalid, not_found, unavaila
 from ..protocol.names import check_name, shorten
 from ..runtime import config as cfg
 from ..runtime.model import Model
+from ..runtime.warmup import warm_up
 from . import routing
 from .drain import Drainer
 from .routing import Routing, SplitTable
@@ -295,6 +296,15 @@ class Repository:
             reason = f"failed to load {path}: {e}"
             log.error("model '%s' version %d is unavailable: %s", name, version, reason)
             return VersionState(version, reason=reason)
+        try:  # before the version is published: it takes no traffic until warmed up
+            warmed = warm_up(model, path.parent.parent)
+        except Exception as e:
+            model.close()
+            reason = f"warm-up failed: {e}"
+            log.error("model '%s' version %d is unavailable: %s", name, version, reason)
+            return VersionState(version, reason=reason)
+        if warmed is not None:
+            log.info("warmed up model '%s' version %d: %s", name, version, warmed)
         log.info("model '%s' version %d is ready (%s) on %s", name, version, path, _placement(model))
         return VersionState(version, model=model)
 

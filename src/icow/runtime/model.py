@@ -126,6 +126,15 @@ class Model:
         copied there once."""
         return self._submit(inputs, requested, allocate, False, deadline_ns, alive)
 
+    def run_unrecorded(self, instance: Instance, inputs: Mapping[str, np.ndarray],
+                       allocate: Callable[[list[OutputSpec]], ResponseSlots]) -> None:
+        """Check ``inputs`` and run them on ``instance`` for all outputs, as a request
+        would run, but outside the scheduler and the statistics: warm-up (warmup.py),
+        before the version serves, so that no request can want the instance meanwhile."""
+        feeds, batch = self._feeds(inputs)
+        job = Job(Work(feeds, self.output_names(), allocate), batch or 1, None, None, None)
+        self._run_one(instance, job)
+
     def _submit(self, inputs, requested, allocate, non_tensor, deadline_ns, alive):
         """Check the request, queue it, wait for its result; account for it."""
         arrived = time.monotonic_ns()
