@@ -69,9 +69,9 @@ def metric(text: str, name: str, labels: str = "") -> float:
     return float(match.group(1))
 
 
-@pytest.mark.parametrize("plane", ["native", "grpcio"])
-def test_a_repeat_is_a_hit_over_grpc(cache_repo, make_server, plane):
-    server = make_server(cache_repo, "--cache-size-mb", "4", "--data-plane", plane)
+@pytest.mark.parametrize("codec, plane", [("native", "native"), ("native", "grpcio"), ("protobuf", "native")])
+def test_a_repeat_is_a_hit_over_grpc(cache_repo, make_server, codec, plane):
+    server = make_server(cache_repo, "--cache-size-mb", "4", "--codec", codec, "--data-plane", plane)
     client = tc.InferenceServerClient(server.url)
     x = np.arange(32, dtype=np.float32).reshape(2, 16)
     first = client.infer("mlp", [infer_input("input", x, "FP32")]).as_numpy("output")
@@ -240,3 +240,28 @@ def test_a_negative_cache_size_is_refused(tmp_path):
     done = subprocess.run([sys.executable, "-m", "icow", "serve", "--cache-size-mb", "-1", "--model-repository",
                            str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "--cache-size-mb" in done.stderr
+
+
+def test_a_hit_writes_into_the_clients_shared_memory(cache_repo, make_server):
+    """An answer kept from a request over the wire is written into a region for the next one
+    (and the other way): the cache keeps outputs, not a response's bytes."""
+    import secrets
+
+    import tritonclient.utils.shared_memory as shm
+
+    server = make_server(cache_repo, "--cache-size-mb", "4", "--allow-client-shm")
+    client = tc.InferenceServerClient(server.url)
+    x = np.arange(4, dtype=np.float32)
+    assert client.infer("scale", [infer_input("x", x, "FP32")], model_version="2").as_numpy("y")[0] == 0
+    handle = shm.create_shared_memory_region("out", f"/icow-cache-{secrets.token_hex(4)}", 16)
+    try:
+        client.register_system_shared_memory("out", handle._shm_key, 16)
+        output = tc.InferRequestedOutput("y")
+        output.set_shared_memory("out", 16)
+        result = client.infer("scale", [infer_input("x", x, "FP32")], outputs=[output], model_version="2")
+        assert list(result.get_output("y").shape) == [4]
+        np.testing.assert_array_equal(shm.get_contents_as_numpy(handle, np.float32, [4]), 3 * x)
+        assert cache_stats(client, "scale", "2")[:2] == (1, 1)
+        client.unregister_system_shared_memory()
+    finally:
+        shm.destroy_shared_memory_region(handle)
