@@ -7,6 +7,9 @@ statistics and metric names."""
 from __future__ import annotations
 
 import re
+import secrets
+import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 
@@ -15,6 +18,7 @@ import onnx
 import pytest
 import tritonclient.grpc as tc
 import tritonclient.http as th
+import tritonclient.utils.shared_memory as shm
 from onnx import TensorProto, helper
 
 import make_models
@@ -234,9 +238,6 @@ def test_a_server_without_a_cache_says_so_and_runs_uncached(cache_repo, make_ser
 
 
 def test_a_negative_cache_size_is_refused(tmp_path):
-    import subprocess
-    import sys
-
     done = subprocess.run([sys.executable, "-m", "icow", "serve", "--cache-size-mb", "-1", "--model-repository",
                            str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "--cache-size-mb" in done.stderr
@@ -245,10 +246,6 @@ def test_a_negative_cache_size_is_refused(tmp_path):
 def test_a_hit_writes_into_the_clients_shared_memory(cache_repo, make_server):
     """An answer kept from a request over the wire is written into a region for the next one
     (and the other way): the cache keeps outputs, not a response's bytes."""
-    import secrets
-
-    import tritonclient.utils.shared_memory as shm
-
     server = make_server(cache_repo, "--cache-size-mb", "4", "--allow-client-shm")
     client = tc.InferenceServerClient(server.url)
     x = np.arange(4, dtype=np.float32)

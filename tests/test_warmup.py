@@ -10,6 +10,7 @@ import struct
 import threading
 from pathlib import Path
 
+import grpc
 import numpy as np
 import onnx
 import pytest
@@ -18,7 +19,7 @@ import tritonclient.http as th
 from onnx import TensorProto, helper, numpy_helper
 
 import make_models
-from helpers import infer_input, wait_for
+from helpers import expect_error, infer_input, wait_for
 
 N = 256  # features of the hot-reload model: enough work that a warm-up takes a while
 
@@ -207,3 +208,16 @@ def test_a_new_version_takes_traffic_only_once_warmed_up(tmp_path, make_server, 
     # The warm-up's 40 runs are nowhere in the statistics: only the answers clients got.
     stats = {s.version: s for s in client.get_inference_statistics("hot").model_stats}
     assert stats["2"].inference_count == traffic.answers["2"], (stats["2"], traffic.answers)
+
+
+def test_a_load_request_for_a_broken_warm_up_fails_naming_the_entry(tmp_path, make_server):
+    repo = tmp_path / "models"
+    make_models.write(make_models.mlp(), repo, "mlp")
+    (repo / "mlp" / "config.pbtxt").write_text(config(
+        warmup("typo", {"inptu": "data_type: TYPE_FP32 dims: [16] zero_data: true"}, 1)))
+    server = make_server(repo, "--no-metrics", "--model-control-mode", "explicit")
+    client = tc.InferenceServerClient(server.url)
+    with expect_error(grpc.StatusCode.INTERNAL, "failed to load model 'mlp': version 1: warm-up failed: "
+                      "model_warmup 'typo': model 'mlp' has no input 'inptu'"):
+        client.load_model("mlp")
+    assert not client.is_model_ready("mlp")

@@ -185,7 +185,9 @@ class Model:
         key = request_key(self.name, self.version, self.cache_owner, inputs, names)
         return Lookup(key, self.cache.get(key), start)
 
-    def _keep(self, key: bytes, results: dict[str, np.ndarray], allocate, lookup_ns: int):
+    def _keep(self, key: bytes, results: dict[str, np.ndarray],
+              allocate: Callable[[list[OutputSpec]], ResponseSlots] | None,
+              lookup_ns: int) -> ResponseSlots | dict[str, np.ndarray]:
         """Put a miss's answer in the cache (its miss time: the lookup and this); the response."""
         start = time.monotonic_ns()
         outputs = [_cached_output(name, array) for name, array in results.items()]
