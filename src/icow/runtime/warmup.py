@@ -168,7 +168,8 @@ def _strings(key: str, filename: str, data: bytes, count: int) -> np.ndarray:
     out = np.empty(count, dtype=object)
     at = 0
     for i in range(count):
-        if at + 4 > len(data) or at + 4 + (length := struct.unpack_from("<I", data, at)[0]) > len(data):
+        length = struct.unpack_from("<I", data, at)[0] if at + 4 <= len(data) else None
+        if length is None or at + 4 + length > len(data):
             raise WarmupError(f"input '{key}': input_data_file {WARMUP_FOLDER}/{filename} ends inside "
                               f"element {i} of {count}")
         out[i] = data[at + 4:at + 4 + length]
