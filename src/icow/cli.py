@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-queue-size", type=int, default=0,
                        help="requests that may wait for a model version's instances, where its config sets "
                             "no max_queue_size; beyond it RESOURCE_EXHAUSTED (0: no limit but --workers)")
+    serve.add_argument("--cache-size-mb", type=int, default=0, metavar="MB",
+                       help="the response cache, in MiB, for models whose config enables response_cache "
+                            "(LRU, shared by all models; 0: no cache)")
     serve.add_argument("--device", default="cpu", metavar="cpu|cuda|cuda:N", type=_device,
                        help="where models run unless their instance_group says otherwise (cuda needs icow[gpu])")
     serve.add_argument("--codec", choices=["native", "protobuf"], default="native",
@@ -199,8 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 < args.http_read_timeout_secs < 86400:
         print("icow serve: --http-read-timeout-secs must be > 0 and under a day", file=sys.stderr)
         return 2
-    if args.buffer_pool_mb < 0 or args.memory_trim_secs < 0:
-        print("icow serve: --buffer-pool-mb and --memory-trim-secs must be >= 0", file=sys.stderr)
+    if args.buffer_pool_mb < 0 or args.memory_trim_secs < 0 or args.cache_size_mb < 0:
+        print("icow serve: --buffer-pool-mb, --memory-trim-secs and --cache-size-mb must be >= 0", file=sys.stderr)
         return 2
     from .services.auth import AuthError, load_tokens
     from .shm.registry import Limits
@@ -218,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         repository_poll_secs=args.repository_poll_secs,
         load_models=args.load_model, workers=args.workers, max_message_bytes=min(args.max_message_mb, 2047) << 20,
         default_max_batch_size=args.default_max_batch_size, max_queue_size=args.max_queue_size,
-        device=args.device,
+        device=args.device, cache_bytes=args.cache_size_mb << 20,
         codec=args.codec,
         data_plane=args.data_plane, fast_path=not args.no_fast_path,
         grace_seconds=args.shutdown_grace_secs, metrics_port=None if args.no_metrics else args.metrics_port,

@@ -15,6 +15,7 @@ import grpc
 
 from .repository.poll import RepositoryPoller
 from .repository.repository import Repository
+from .runtime.cache import ResponseCache
 from .runtime.execution import parse_device
 from .services import litecow, logs, reflection
 from .services import plane as native_plane
@@ -44,6 +45,7 @@ class ServerOptions:
     default_max_batch_size: int = 32
     max_queue_size: int = 0  # per model version unless its config says; 0: bounded by the workers only
     device: str = "cpu"  # where models without instance_group run: cpu, cuda or cuda:N
+    cache_bytes: int = 0  # the response cache (models whose config enables it); 0: none
     grace_seconds: float = 5.0
     codec: str = "native"  # or "protobuf": the baseline
     data_plane: str = "native"  # native (grpc++, where icow._plane loads; else grpcio, with a warning) or grpcio
@@ -79,6 +81,7 @@ class InferenceServer:
             store.check()
         self.repository = Repository(options.repository, default_max_batch_size=options.default_max_batch_size,
                                      max_models=options.max_loaded_models, max_queue_size=options.max_queue_size,
+                                     cache=ResponseCache(options.cache_bytes) if options.cache_bytes > 0 else None,
                                      device=parse_device(options.device), store=store)
         self.service = InferenceService(self.repository, control_mode=options.model_control_mode,
                                         codec=options.codec, max_message_bytes=options.max_message_bytes,

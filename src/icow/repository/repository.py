@@ -30,7 +30,9 @@ from ..protocol.errors import InferenceServerError, invalid, not_found, unavaila
 from ..protocol.names import check_name, shorten
 from ..runtime import config as cfg
 from ..runtime import config_fields
+from ..runtime.cache import ResponseCache
 from ..runtime.model import Model
+from ..runtime.warmup import warm_up
 from . import routing
 from .deploy import Deployment, Staged, same_as_folder, same_as_objects
 from .drain import Drainer
@@ -123,7 +125,7 @@ class Repository:
 
     def __init__(self, root: Path, *, default_max_batch_size: int = 32, max_models: int = 0,
                  max_queue_size: int = 0, device: int | None = None, store: ObjectStore | None = None,
-                 drainer: Drainer | None = None) -> None:
+                 drainer: Drainer | None = None, cache: ResponseCache | None = None) -> None:
         self.root = Path(root)
         self.default_max_batch_size = default_max_batch_size
         self.max_queue_size = max_queue_size  # per version, where its config sets none; 0: no limit
@@ -135,6 +137,7 @@ class Repository:
         self._load_lock = threading.RLock()  # reentrant: load holds it across the store's sync
         self.listeners: list[Callable[[str], None]] = []  # called with a model's name after it (un)loads
         self.drainer = drainer or Drainer()  # closes versions that left, once their requests finished
+        self.cache = cache  # the response cache, for models whose config enables it; None: no cache
 
     # -- what is on disk --------------------------------------------------
     def model_names(self) -> list[str]:
@@ -346,11 +349,20 @@ class Repository:
             if not path.is_file():
                 raise FileNotFoundError(f"{path} does not exist")
             model = Model(name, version, path, config, self.default_max_batch_size, self.max_queue_size,
-                          self.device)
+                          self.device, self.cache)
         except Exception as e:  # any fault of the file: the server stays up
             reason = f"failed to load {path}: {e}"
             log.error("model '%s' version %d is unavailable: %s", name, version, reason)
             return VersionState(version, reason=reason)
+        try:  # before the version is published: it takes no traffic until warmed up
+            warmed = warm_up(model, path.parent.parent)
+        except Exception as e:
+            model.close()
+            reason = f"warm-up failed: {e}"
+            log.error("model '%s' version %d is unavailable: %s", name, version, reason)
+            return VersionState(version, reason=reason)
+        if warmed is not None:
+            log.info("warmed up model '%s' version %d: %s", name, version, warmed)
         log.info("model '%s' version %d is ready (%s) on %s", name, version, path, _placement(model))
         return VersionState(version, model=model)
 

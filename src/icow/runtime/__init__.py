@@ -1,8 +1,9 @@
 """One loaded model version, as the server runs it: its config.pbtxt completed from
 the graph (config.py), how it runs (execution.py: instances, threads, batching, queue
 policy), its execution providers (providers.py), the ONNX Runtime session and IOBinding
-(model.py, binding.py), the queue in front of its instances (scheduler.py) and its
-statistics (stats.py). Knows nothing of the wire, the repository or shared memory.
+(model.py, binding.py), the queue in front of its instances (scheduler.py), its
+statistics (stats.py), its warm-up before it serves (warmup.py) and the response cache
+that keeps its answers (cache.py). Knows nothing of the wire, the repository or shared memory.
 
 May import: icow.protocol (and the compiled base: icow._wire, icow._proto).
 """

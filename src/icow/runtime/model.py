@@ -16,13 +16,14 @@ import onnxruntime as ort
 
 from .._proto import model_config_pb2 as mc
 from .._wire import address_of
-from ..protocol.datatypes import from_numpy
+from ..protocol.datatypes import DATATYPES, from_numpy
 from ..protocol.errors import InferenceServerError, invalid
 from ..protocol.names import shorten
-from ..protocol.tensors import to_raw
+from ..protocol.tensors import from_raw, to_raw
 from . import bf16, execution, providers
 from . import config as cfg
 from .binding import Binder
+from .cache import CachedOutput, Entry, ResponseCache, new_owner, request_key
 from .scheduler import BatchScheduler, DirectScheduler, Job
 from .stats import VersionStats
 
@@ -63,12 +64,21 @@ class Work(NamedTuple):
     allocate: Callable[[list[OutputSpec]], ResponseSlots] | None  # None: arrays are the result
 
 
+class Lookup(NamedTuple):
+    """A request looked up in the response cache."""
+
+    key: bytes
+    entry: Entry | None  # None: a miss
+    start_ns: int  # when the lookup began (its key's hashing included)
+
+
 class Model:
     """A ready model version. ``run`` and ``run_into`` are safe from many threads;
     its scheduler decides which instance runs a request, and batches them."""
 
     def __init__(self, name: str, version: int, path: Path, config: mc.ModelConfig,
-                 default_max_batch_size: int, default_queue_size: int = 0, default_device: int | None = None) -> None:
+                 default_max_batch_size: int, default_queue_size: int = 0, default_device: int | None = None,
+                 cache: ResponseCache | None = None) -> None:
         self.name = name
         self.version = version
         self.path = path
@@ -98,13 +108,17 @@ class Model:
         self.scheduler = (BatchScheduler(name, self.instances, self.queue, self._execute, self.batching)
                           if self.batching else DirectScheduler(name, self.instances, self.queue, self._execute))
         self.on_unbindable: list[Callable[[], None]] = []  # told when outputs can no longer be bound
+        self.cache = _response_cache(self.config, cache, name, version)  # None: answers are not kept
+        self.cache_owner = new_owner()  # this loaded version's part of the cache
         weakref.finalize(self, self.scheduler.close)  # its threads end with the model
 
     def close(self) -> None:
         """Stop taking requests and release what the version holds (its scheduler's
-        threads). Called once the version is out of the repository and its
-        in-flight requests (``stats.pending``) have finished."""
+        threads, its answers in the response cache). Called once the version is out of the
+        repository and its in-flight requests (``stats.pending``) have finished."""
         self.scheduler.close()
+        if self.cache is not None:
+            self.cache.drop(self.cache_owner)
 
     def run(self, inputs: Mapping[str, np.ndarray], requested: Sequence[str] = (), *,
             non_tensor: bool = False, deadline_ns: int | None = None,
@@ -126,16 +140,33 @@ class Model:
         copied there once."""
         return self._submit(inputs, requested, allocate, False, deadline_ns, alive)
 
+    def run_unrecorded(self, instance: Instance, inputs: Mapping[str, np.ndarray],
+                       allocate: Callable[[list[OutputSpec]], ResponseSlots]) -> None:
+        """Check ``inputs`` and run them on ``instance`` for all outputs, as a request
+        would run, but outside the scheduler and the statistics: warm-up (warmup.py),
+        before the version serves, so that no request can want the instance meanwhile."""
+        feeds, batch = self._feeds(inputs)
+        job = Job(Work(feeds, self.output_names(), allocate), batch or 1, None, None, None)
+        self._run_one(instance, job)
+
     def _submit(self, inputs, requested, allocate, non_tensor, deadline_ns, alive):
         """Check the request, queue it, wait for its result; account for it."""
         arrived = time.monotonic_ns()
         self.stats.begin()
         try:
             names = self.output_names(requested, non_tensor=non_tensor)
+            cached = self._cached(inputs, names)
+            if cached is not None and cached.entry is not None:  # a hit: no run
+                result = _from_cache(cached.entry, allocate)
+                done = time.monotonic_ns()
+                self.stats.record_cache_hit(done - arrived, done - cached.start_ns)
+                return result
             feeds, batch = self._feeds(inputs)
             key = (tuple(names), *((n, a.shape[1:]) for n, a in feeds.items())) if self.batching else None
-            job = Job(Work(feeds, names, allocate), batch or 1, key, deadline_ns, alive)
+            job = Job(Work(feeds, names, allocate if cached is None else None), batch or 1, key, deadline_ns, alive)
             result = self.scheduler.run(job)
+            if cached is not None:  # a miss: keep the answer, then write it into the response
+                result = self._keep(cached.key, result, allocate, time.monotonic_ns() - cached.start_ns)
         except BaseException:
             self.stats.record_failure(time.monotonic_ns() - arrived)
             raise
@@ -143,6 +174,26 @@ class Model:
         self.stats.record_request(batch or 1, time.monotonic_ns() - arrived, job.started_ns - job.queued_ns,
                                   job.queued_ns - arrived + input_ns, infer_ns, output_ns, job.ran_alone)
         return result
+
+    # -- the response cache ------------------------------------------------
+    def _cached(self, inputs: Mapping[str, np.ndarray], names: list[str]) -> Lookup | None:
+        """The request's lookup in the response cache; None where the cache does not apply:
+        no cache, or outputs that are not tensors (they have no raw bytes)."""
+        if self.cache is None or any(n in self.non_tensor_outputs for n in names):
+            return None
+        start = time.monotonic_ns()
+        key = request_key(self.name, self.version, self.cache_owner, inputs, names)
+        return Lookup(key, self.cache.get(key), start)
+
+    def _keep(self, key: bytes, results: dict[str, np.ndarray],
+              allocate: Callable[[list[OutputSpec]], ResponseSlots] | None,
+              lookup_ns: int) -> ResponseSlots | dict[str, np.ndarray]:
+        """Put a miss's answer in the cache (its miss time: the lookup and this); the response."""
+        start = time.monotonic_ns()
+        outputs = [_cached_output(name, array) for name, array in results.items()]
+        self.cache.put(key, self.cache_owner, outputs)
+        self.stats.record_cache_miss(lookup_ns + time.monotonic_ns() - start)
+        return results if allocate is None else _respond(allocate, outputs)
 
     # -- running on an instance (the scheduler calls these) -----------------
     def _execute(self, instance: Instance, jobs: list[Job]) -> None:
@@ -366,6 +417,40 @@ def _copy_into(allocate: Callable[[list[OutputSpec]], ResponseSlots],
     for i, data in enumerate(datas.values()):
         response.write(i, data)
     return response
+
+
+def _cached_output(name: str, array: np.ndarray) -> CachedOutput:
+    datatype = from_numpy(array.dtype)
+    return name, datatype.name, tuple(array.shape), to_raw(array, datatype)
+
+
+def _respond(allocate: Callable[[list[OutputSpec]], ResponseSlots], outputs: Sequence[CachedOutput]) -> ResponseSlots:
+    """A response holding ``outputs`` (a cached answer), copied in once."""
+    response = allocate([(name, datatype, shape, len(data)) for name, datatype, shape, data in outputs])
+    for i, (*_, data) in enumerate(outputs):
+        response.write(i, data)
+    return response
+
+
+def _from_cache(entry: Entry, allocate: Callable[[list[OutputSpec]], ResponseSlots] | None):
+    """A cached answer as ``run`` (arrays) or ``run_into`` (a response) gives it."""
+    if allocate is not None:
+        return _respond(allocate, entry.outputs)
+    return {name: from_raw(data, DATATYPES[datatype], shape, f"output '{name}'")
+            for name, datatype, shape, data in entry.outputs}
+
+
+def _response_cache(config: mc.ModelConfig, cache: ResponseCache | None, name: str,
+                    version: int) -> ResponseCache | None:
+    """The server's cache where the config enables it. Enabled on a server without one, the
+    model loads and runs uncached, as in Triton, and says so."""
+    if not config.response_cache.enable:
+        return None
+    if cache is None:
+        log.warning("model '%s' version %d: its config enables response_cache, but the server has no "
+                    "response cache (start it with --cache-size-mb N); its answers are not cached",
+                    name, version)
+    return cache
 
 
 def _describe_placement(config: mc.ModelConfig, instances: list[Instance]) -> None:

@@ -55,6 +55,8 @@ class VersionStats:
         self.compute_input = Duration()
         self.compute_infer = Duration()
         self.compute_output = Duration()
+        self.cache_hit = Duration()  # requests answered from the response cache: lookup and copy-out time
+        self.cache_miss = Duration()  # requests the cache did not have: lookup and insertion time
         self.batches: dict[int, BatchStats] = {}
         self._pending = 0  # requests between begin() and their record_request/record_failure
         # weak references to objects with a ``pending`` count of their own (the native plane's entries)
@@ -92,6 +94,22 @@ class VersionStats:
             self.compute_input.add(input_ns)
             self.compute_infer.add(infer_ns)
             self.compute_output.add(output_ns)
+
+    def record_cache_hit(self, total_ns: int, hit_ns: int) -> None:
+        """A request answered from the response cache: a success (as Triton counts it, with no
+        inference, execution or compute time), and a cache hit."""
+        with self._lock:
+            self._pending -= 1
+            self.latency_buckets[bisect.bisect_left(LATENCY_BUCKETS_US, total_ns // 1000)] += 1
+            self.last_inference_ms = time.time_ns() // 1_000_000
+            self.success.add(total_ns)
+            self.queue.add(0)
+            self.cache_hit.add(hit_ns)
+
+    def record_cache_miss(self, miss_ns: int) -> None:
+        """A request the response cache did not have (it ran, and its answer was kept)."""
+        with self._lock:
+            self.cache_miss.add(miss_ns)
 
     def record_execution(self, batch_size: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
         """One run of the model for a batch of requests (``batch_size`` rows in all)."""

@@ -49,6 +49,26 @@ TRITON_FAMILIES = (
 )
 
 
+# Per model version whose answers the response cache keeps (Triton's, since 23.03).
+CACHE_FAMILIES = (
+    ("nv_cache_num_hits_per_model", "counter", "Number of response cache hits per model"),
+    ("nv_cache_num_misses_per_model", "counter", "Number of response cache misses per model"),
+    ("nv_cache_hit_duration_per_model", "counter", "Cumulative time requests spend retrieving a cached "
+                                                   "response per model on cache hits (microseconds)"),
+    ("nv_cache_miss_duration_per_model", "counter", "Cumulative time requests spend looking up and inserting "
+                                                    "responses into the cache on a cache miss (microseconds)"),
+)
+# The whole cache, server-wide (the names of Triton's local cache).
+CACHE_GAUGES = (
+    ("nv_cache_util", "Cache utilization [0.0 - 1.0]"),
+    ("nv_cache_num_entries", "Number of responses stored in response cache"),
+    ("nv_cache_num_lookups", "Number of cache lookups in response cache"),
+    ("nv_cache_num_hits", "Number of cache hits in response cache"),
+    ("nv_cache_num_misses", "Number of cache misses in response cache"),
+    ("nv_cache_num_evictions", "Number of cache evictions in response cache"),
+)
+
+
 def _values(s: VersionStats) -> tuple[int, ...]:
     """The TRITON_FAMILIES values of one version's statistics, in that order."""
     return (s.success.count, s.fail.count, s.inference_count, s.execution_count,
@@ -68,7 +88,25 @@ def triton_text(repository: Repository) -> str:
     for i, (name, kind, doc) in enumerate(TRITON_FAMILIES):
         lines += [f"# HELP {name} {doc}", f"# TYPE {name} {kind}"]
         lines += [f"{name}{{{labels}}} {values[i]}" for labels, values in rows]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _cache_lines(repository)) + "\n"
+
+
+def _cache_lines(repository: Repository) -> list[str]:
+    """The response cache's families: none on a server without a cache."""
+    cache = repository.cache
+    if cache is None:
+        return []
+    rows = [(_label_text(m), (s.cache_hit.count, s.cache_miss.count, s.cache_hit.ns // 1000, s.cache_miss.ns // 1000))
+            for m in _ready_models(repository) if m.cache is not None for s in (m.stats.snapshot(),)]
+    lines = []
+    for i, (name, kind, doc) in enumerate(CACHE_FAMILIES):
+        lines += [f"# HELP {name} {doc}", f"# TYPE {name} {kind}"]
+        lines += [f"{name}{{{labels}}} {values[i]}" for labels, values in rows]
+    values = (cache.bytes / cache.capacity, cache.entries, cache.lookups, cache.hits, cache.lookups - cache.hits,
+              cache.evictions)
+    for (name, doc), value in zip(CACHE_GAUGES, values):
+        lines += [f"# HELP {name} {doc}", f"# TYPE {name} gauge", f"{name} {value:g}"]
+    return lines
 
 
 def _label_text(model: Model) -> str:

@@ -298,7 +298,8 @@ def _statistics(model) -> pb.ModelStatistics:
         inference_count=s.inference_count, execution_count=s.execution_count,
         inference_stats=pb.InferStatistics(success=d(s.success), fail=d(s.fail), queue=d(s.queue),
                                            compute_input=d(s.compute_input), compute_infer=d(s.compute_infer),
-                                           compute_output=d(s.compute_output)),
+                                           compute_output=d(s.compute_output), cache_hit=d(s.cache_hit),
+                                           cache_miss=d(s.cache_miss)),
         batch_stats=[pb.InferBatchStatistics(batch_size=size, compute_input=d(b.compute_input),
                                              compute_infer=d(b.compute_infer), compute_output=d(b.compute_output))
                      for size, b in sorted(s.batches.items())],

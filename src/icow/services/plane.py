@@ -84,10 +84,11 @@ class ModelTable:
 def model_entry(model: Model):
     """The fast path's entry for ``model``, or None where only the full path serves it
     as it must: strings, config reshapes, outputs that cannot be bound before the run,
-    onnxruntime without the calls beneath its IOBinding wrapper."""
+    onnxruntime without the calls beneath its IOBinding wrapper, the response cache
+    (kept by the full path only: there a request is looked up before it runs)."""
     specs = (*model.inputs.values(), *model.outputs.values())
-    if (not model.bind_outputs or any(s.datatype.name == "BYTES" or s.reshape is not None
-                                                          for s in specs)
+    if (model.cache is not None or not model.bind_outputs
+            or any(s.datatype.name == "BYTES" or s.reshape is not None for s in specs)
             or not all(i.binder.fast for i in model.instances)):
         return None
     symbols: dict[str, int] = {}
