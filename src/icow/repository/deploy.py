@@ -28,6 +28,7 @@ from .._proto import model_config_pb2 as mc
 from ..protocol.errors import InferenceServerError, invalid
 from ..protocol.names import check_name, shorten
 from ..runtime import config as cfg
+from ..runtime import config_fields
 from . import routing
 from .versions import policy_versions, versions_on_disk
 
@@ -99,6 +100,7 @@ def _parse_config(name: str, text: str) -> mc.ModelConfig:
     if config.name and config.name != name:
         raise invalid(f"the 'config' parameter names the model '{shorten(config.name)}', the request '{name}'")
     try:
+        config_fields.check(config, name)  # a field icow would not act on: refused before anything is written
         routing.from_config(config)
         policy_versions([1], config.version_policy)
     except cfg.ConfigError as e:
