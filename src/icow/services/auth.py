@@ -11,7 +11,10 @@ per line, optionally followed by the models it may use; ``#`` starts a comment::
 A client sends ``authorization: Bearer <token>`` metadata. A missing or wrong
 token gets UNAUTHENTICATED; a known token asking for a model outside its list
 gets PERMISSION_DENIED. A token limited to some models may not use the calls
-that span every model (RepositoryIndex, ModelStatistics without a name).
+that span every model (RepositoryIndex, ModelStatistics without a name). On
+ModelStreamInfer the token is checked once, when the stream opens, and each
+request's model against its list: a refused one is answered in the stream
+(services/stream.py), which stays open.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any
 import grpc
 
 from .._wire import model_name
+from ..protocol.errors import InferenceServerError
 from ..protocol.names import shorten
 from .handlers import like
 
@@ -47,6 +51,8 @@ _MODEL_OF: dict[str, Callable[[Any], str]] = {
     INFERENCE + "ModelStatistics": lambda r: r.name or None,  # None: every model
     **{ROLLOUT + m: (lambda r: r.model_name) for m in ("GetRouting", "SetRouting")},
 }
+# The stream of inference requests: each request's model checked (services/stream.py's check).
+_STREAM = INFERENCE + "ModelStreamInfer"
 # The calls about every model at once.
 _ALL_MODELS = frozenset({INFERENCE + "RepositoryIndex"})
 
@@ -133,6 +139,8 @@ class AuthInterceptor(grpc.ServerInterceptor):
             return handler
         if details.method in _ALL_MODELS:
             return _refusing(handler, grpc.StatusCode.PERMISSION_DENIED, _limited(token, "this call spans every model"))
+        if details.method == _STREAM:
+            return _checking_each(handler, token)
         model_of = _MODEL_OF.get(details.method)
         if model_of is None or handler.unary_unary is None:
             return handler  # not about one model (server metadata, health, ...)
@@ -151,6 +159,18 @@ class AuthInterceptor(grpc.ServerInterceptor):
             return behavior(request, context)
 
         return like(handler, checked)
+
+
+def _checking_each(handler: grpc.RpcMethodHandler, token: Token) -> grpc.RpcMethodHandler:
+    """The stream handler, told to refuse each request for a model outside the token's list."""
+    behavior = handler.stream_stream
+
+    def check(model: str) -> None:
+        if model not in (token.models or ()):
+            raise InferenceServerError(grpc.StatusCode.PERMISSION_DENIED,
+                                       _limited(token, f"model '{shorten(model)}' is not among them"))
+
+    return like(handler, lambda requests, context: behavior(requests, context, check=check))
 
 
 def _limited(token: Token, why: str) -> str:
