@@ -305,7 +305,7 @@ def test_a_stream_takes_at_most_its_bound_of_requests() -> None:
     running, peak, read = 0, 0, []
 
     class Service:
-        def infer_bytes(self, data: bytes, deadline, alive) -> bytes:
+        def infer_bytes(self, data: bytes, deadline, alive, fast=None) -> bytes:
             nonlocal running, peak
             with lock:
                 running += 1

@@ -185,6 +185,8 @@ class InferenceServer:
         if self.plane is not None:
             self.plane.refresh()
             self.plane.serve_fast(self._fast_path_matches())
+            if self._fast_path_matches():  # a stream goes to grpcio whole: its requests come back to C++ here
+                self.stream.fast = self.plane.stream_lane(self.options.max_message_bytes)
         elif self._fast_in_handler():
             self.service.fast = native_plane.DirectPath(self.repository, self.options.max_message_bytes)
             self.service.fast.refresh()

@@ -125,11 +125,15 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         """ModelInfer on the serialized request; returns the serialized response."""
         return self.infer_bytes(data, deadline_ns(context), context.is_active)
 
-    def infer_bytes(self, data: bytes, deadline: int | None, alive: Callable[[], bool]) -> bytes:
+    def infer_bytes(self, data: bytes, deadline: int | None, alive: Callable[[], bool],
+                    fast: Callable | None = None) -> bytes:
         """One serialized ModelInferRequest answered: the serialized response, or
-        InferenceServerError. ModelInfer and each request of ModelStreamInfer come here."""
-        if self.fast is not None:
-            answer = self.fast.serve(data, deadline or 0, alive)
+        InferenceServerError. ModelInfer and each request of ModelStreamInfer come here.
+        ``fast``: the fast path to try first (a Direct's ``serve``), else the service's own."""
+        if fast is None and self.fast is not None:
+            fast = self.fast.serve
+        if fast is not None:
+            answer = fast(data, deadline or 0, alive)
             if isinstance(answer, bytes):
                 return answer
             if answer is not None:  # it left the queue without running

@@ -47,6 +47,7 @@ class StreamInfer:
         self.service = service
         self.requests = requests  # the access log, and the count of requests in flight
         self.max_in_flight = max(1, max_in_flight)
+        self.fast: Callable | None = None  # the native plane's fast path for these requests (server.py sets it)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="icow-stream")
 
     def handler(self) -> grpc.RpcMethodHandler:
@@ -153,7 +154,8 @@ class _Stream:
         try:
             if self._check is not None:
                 self._check(_model_of(data))
-            answer = _infer_response(self._owner.service.infer_bytes(data, self._deadline, self._alive))
+            response = self._owner.service.infer_bytes(data, self._deadline, self._alive, self._owner.fast)
+            answer = _infer_response(response)
         except InferenceServerError as e:
             code, details = e.code, e.message
             answer = _error_response(data, e.message)
