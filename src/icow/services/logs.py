@@ -1,10 +1,11 @@
 """Logging: human-readable or JSON lines, and one access-log line per request.
 
-The access log (logger ``icow.access``) writes a line per unary RPC with the
-method, request id, model, version, gRPC status and duration: at DEBUG for
-successful calls (``--log-level debug`` shows them all) and at INFO for failed
-ones. The same wrapper counts the calls in flight, so that a shutdown can tell
-whether every accepted call finished.
+The access log (logger ``icow.access``) writes a line per unary RPC, and per
+request of a ModelStreamInfer stream (services/stream.py), with the method,
+request id, model, version, gRPC status and duration: at DEBUG for successful
+calls (``--log-level debug`` shows them all) and at INFO for failed ones. The
+same wrapper counts the calls (and streamed requests) in flight, so that a
+shutdown can tell whether every accepted call finished.
 """
 
 from __future__ import annotations
