@@ -21,6 +21,7 @@ from helpers import infer_input, reference, wait_for
 from icow._proto import inference_pb2 as pb
 from icow._proto import inference_pb2_grpc as pb_grpc
 from icow.client import AsyncClient, Client, StreamRequest
+from ops_helpers import pending
 
 STREAM = "/inference.GRPCInferenceService/ModelStreamInfer"
 COUNT = 100
@@ -241,6 +242,39 @@ def test_stream_deadline_ends_the_stream(stream_server) -> None:
     feed.put(None)
     with Client(stream_server.url, timeout=60) as client:
         assert client.infer("mlp", {"input": x})["output"].shape[0] == 1
+
+
+# -- answers in the order they finish ----------------------------------------------------
+
+@pytest.mark.parametrize("plane", ["native", "grpcio"])
+def test_answers_come_as_they_finish(make_server, ops_repo, plane) -> None:
+    """A request that runs for seconds does not hold the stream up: one sent after it, while
+    it runs, is answered first; then the slow one (x² N³ for x broadcast to N × N)."""
+    srv = make_server(ops_repo, "--data-plane", plane)
+    size = 2500
+    slow = pb.ModelInferRequest(model_name="slow", id="slow")
+    slow.inputs.add(name="x", datatype="FP32", shape=[1])
+    slow.inputs.add(name="n", datatype="INT64", shape=[2])
+    slow.raw_input_contents.extend([np.array([1.0], np.float32).tobytes(), np.array([size, size]).tobytes()])
+    fast = pb.ModelInferRequest(model_name="scale", id="fast")
+    fast.inputs.add(name="x", datatype="FP32", shape=[4])
+    fast.raw_input_contents.append(np.arange(4, dtype=np.float32).tobytes())
+    feed: queue.Queue = queue.Queue()
+
+    def requests():
+        yield slow
+        feed.get()  # the second once the first runs
+        yield fast
+
+    with grpc.insecure_channel(srv.url) as channel:
+        call = pb_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(requests(), timeout=300)
+        wait_for("the slow request to run", lambda: pending(srv, "slow") == 1)
+        feed.put(None)
+        first, second = next(call), next(call)
+    assert (first.infer_response.id, second.infer_response.id) == ("fast", "slow")
+    assert np.frombuffer(first.infer_response.raw_output_contents[0], np.float32).tolist() == [0, 3, 6, 9]
+    y = np.frombuffer(second.infer_response.raw_output_contents[0], np.float32)[0]
+    assert y == pytest.approx(float(size) ** 3, rel=0.05)  # float32 sums of 6.25 million products
 
 
 # -- tokens ------------------------------------------------------------------------------
