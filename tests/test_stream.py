@@ -277,6 +277,37 @@ def test_answers_come_as_they_finish(make_server, ops_repo, plane) -> None:
     assert y == pytest.approx(float(size) ** 3, rel=0.05)  # float32 sums of 6.25 million products
 
 
+@pytest.mark.parametrize("plane", ["native", "grpcio"])
+def test_cancel_drops_the_streams_queued_requests(make_server, ops_repo, plane) -> None:
+    """Three runs of seconds on a model of one instance: one runs, two wait in its queue. The
+    client cancels: the two leave the queue unrun; only the running one completes."""
+    srv = make_server(ops_repo, "--data-plane", plane)
+
+    def slow(i: int) -> pb.ModelInferRequest:
+        request = pb.ModelInferRequest(model_name="slow", id=str(i))
+        request.inputs.add(name="x", datatype="FP32", shape=[1])
+        request.inputs.add(name="n", datatype="INT64", shape=[2])
+        request.raw_input_contents.extend([np.array([1.0], np.float32).tobytes(), np.array([3000, 3000]).tobytes()])
+        return request
+
+    hold = threading.Event()
+
+    def requests():
+        yield from (slow(i) for i in range(3))
+        hold.wait(120)  # the stream stays open until the test ends
+
+    before = successes(srv.url, "slow")
+    with grpc.insecure_channel(srv.url) as channel:
+        call = pb_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(requests(), timeout=300)
+        wait_for("one request running and two waiting", lambda: pending(srv, "slow") == 3)
+        call.cancel()
+        wait_for("the queue to empty", lambda: pending(srv, "slow") == 0)
+    hold.set()
+    assert successes(srv.url, "slow") - before == 1
+    with Client(srv.url, timeout=60) as client:
+        assert client.infer("scale", {"x": np.arange(4, dtype=np.float32)})["y"].tolist() == [0, 3, 6, 9]
+
+
 # -- tokens ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("plane", ["native", "grpcio"])
