@@ -124,7 +124,7 @@ class _Stream:
                 if not self._take_slot():
                     break
                 count += 1
-                self._owner.submit(lambda data=data: self._answers.put(self._serve(data)))
+                self._owner.submit(lambda data=data: self._answer(data))
         except grpc.RpcError:
             pass  # the call was cancelled or passed its deadline: _end has seen it
         except RuntimeError:  # the pool was shut down: the server stops
@@ -140,6 +140,17 @@ class _Stream:
                 return False
             self._taken += 1
             return True
+
+    def _answer(self, data: bytes) -> None:
+        answer: bytes | object = _GONE
+        try:
+            answer = self._serve(data)
+        except BaseException:  # even then an answer goes out: the stream waits for one per request
+            log.exception("a %s request failed", METHOD)
+            answer = _error_response(b"", f"{METHOD} failed: see the server's log")
+            raise
+        finally:
+            self._answers.put(answer)
 
     def _serve(self, data: bytes) -> bytes | object:
         """One request's ModelStreamInferResponse, as ModelInfer would answer it."""
