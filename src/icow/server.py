@@ -27,6 +27,8 @@ from .services.logs import RequestLog
 from .services.malformed import MalformedRequests
 from .services.memory import MemoryKeeper
 from .services.oip import SERVICE, InferenceService, method_handlers
+from .services.stream import METHOD as STREAM_INFER
+from .services.stream import StreamInfer
 from .shm.registry import Limits
 
 log = logging.getLogger(__name__)
@@ -105,7 +107,11 @@ class InferenceServer:
                                                                thread_name_prefix="icow-rpc"), options=grpc_options,
                                    interceptors=interceptors,  # the native plane limits the calls itself
                                    maximum_concurrent_rpcs=None if native else options.max_concurrent_requests or None)
-        self._server.add_registered_method_handlers(SERVICE, method_handlers(self.service))
+        # A stream's requests: at most --workers (and --max-concurrent-requests) taken at once per stream.
+        per_stream = min(options.workers, options.max_concurrent_requests or options.workers)
+        self.stream = StreamInfer(self.service, self.requests, workers=options.workers, max_in_flight=per_stream)
+        self._server.add_registered_method_handlers(SERVICE, {**method_handlers(self.service),
+                                                              STREAM_INFER: self.stream.handler()})
         # lIteCOW's ICOW service on the same port, over the same repository
         self._server.add_registered_method_handlers(litecow.SERVICE, litecow.method_handlers(
             litecow.LitecowService(self.repository, store.location if store is not None else None)))
@@ -183,6 +189,8 @@ class InferenceServer:
         if self.plane is not None:
             self.plane.refresh()
             self.plane.serve_fast(self._fast_path_matches())
+            if self._fast_path_matches():  # a stream goes to grpcio whole: its requests come back to C++ here
+                self.stream.fast = self.plane.stream_lane(self.options.max_message_bytes)
         elif self._fast_in_handler():
             self.service.fast = native_plane.DirectPath(self.repository, self.options.max_message_bytes)
             self.service.fast.refresh()
@@ -227,7 +235,8 @@ class InferenceServer:
         if http_done is not None:
             stopped = _both(stopped, http_done)
         # Regions still held by running calls stay mapped until those calls end.
-        threading.Thread(target=lambda: (stopped.wait(), self.service.shm.close()), daemon=True).start()
+        threading.Thread(target=lambda: (stopped.wait(), self.stream.close(), self.service.shm.close()),
+                         daemon=True).start()
         return stopped
 
     def _stop_native(self, grace: float) -> threading.Event:

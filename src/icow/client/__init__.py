@@ -7,7 +7,8 @@ May import: icow.protocol (and the compiled base: icow._wire, icow._proto).
 """
 
 from .aio import AsyncClient
-from .common import InferResult, Inputs, ModelIndex, Version
+from .common import InferResult, Inputs, ModelIndex, StreamRequest, StreamResult, Version
 from .sync import Client
 
-__all__ = ["AsyncClient", "Client", "InferResult", "Inputs", "ModelIndex", "Version"]
+__all__ = ["AsyncClient", "Client", "InferResult", "Inputs", "ModelIndex", "StreamRequest", "StreamResult",
+           "Version"]

@@ -10,7 +10,7 @@ Requests, responses, retries and errors behave exactly as in `client.Client`
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
 from typing import TypeVar
 
 import grpc
@@ -22,9 +22,9 @@ from .._proto import inference_pb2_grpc, model_config_pb2, rollout_pb2_grpc
 from .._proto import rollout_pb2 as rp
 from ..protocol.errors import InferenceServerError
 from . import common
-from .common import InferResult, Inputs, ModelIndex, Version
+from .common import InferResult, Inputs, ModelIndex, StreamRequest, StreamResult, Version
 
-__all__ = ["InferResult", "AsyncClient", "InferenceServerError", "ModelIndex"]
+__all__ = ["InferResult", "AsyncClient", "InferenceServerError", "ModelIndex", "StreamRequest", "StreamResult"]
 
 T = TypeVar("T")
 
@@ -168,6 +168,37 @@ class AsyncClient:
             inputs = common.name_inputs(common.positional(inputs), meta)
         return await self._run(common.infer_result(model, inputs, version, outputs, request_id))
 
+    async def stream_infer(
+        self, requests: Iterable[StreamRequest] | AsyncIterable[StreamRequest]
+    ) -> AsyncIterator[StreamResult]:
+        """`icow.client.Client.stream_infer` on asyncio: ``async for answer in client.stream_infer(requests)``;
+        ``requests`` may be an async iterable."""
+        failure: list[Exception] = []
+
+        async def messages() -> AsyncIterator[pb.ModelInferRequest]:
+            try:
+                index = 0
+                async for request in _aiter(requests):
+                    inputs = request.inputs
+                    if not isinstance(inputs, Mapping):
+                        meta = await self._cached_metadata(request.model, request.version)
+                        inputs = common.name_inputs(common.positional(inputs), meta)
+                    yield common.stream_message(request, inputs, index)
+                    index += 1
+            except Exception as e:  # it would cancel the call: ends the stream instead, raised after it
+                failure.append(e)
+
+        call = self._stub.ModelStreamInfer(messages(), timeout=self._timeout)
+        try:
+            async for response in call:
+                yield common.stream_result(response)
+        except grpc.RpcError as e:
+            raise common.to_error(e) from None
+        finally:
+            call.cancel()  # a no-op once the stream has ended; otherwise the caller stopped early
+        if failure:
+            raise failure[0]
+
     async def routing(self, model: str) -> rp.Routing:
         """The model's versions (state, labels, requests in flight), labels and
         traffic split, as icow's ModelRollout service reports them."""
@@ -185,3 +216,12 @@ class AsyncClient:
         """`Client.set_routing`: change the model's routing in one atomic step."""
         common.forget(self._metadata, model)
         return await self._run(common.set_routing(model, labels, remove_labels, split, expected_generation))
+
+
+async def _aiter(items: Iterable[T] | AsyncIterable[T]) -> AsyncIterator[T]:
+    if isinstance(items, AsyncIterable):
+        async for item in items:
+            yield item
+    else:
+        for item in items:
+            yield item

@@ -51,6 +51,33 @@ class InferResult(NamedTuple):
     id: str
 
 
+class StreamRequest(NamedTuple):
+    """One request of a stream (`Client.stream_infer`): `Client.infer_result`'s arguments.
+    An empty ``id`` is numbered by the client: "0", "1", ... in the order sent."""
+
+    model: str
+    inputs: Inputs
+    version: Version = None
+    outputs: Sequence[str] | None = None
+    id: str = ""
+
+
+class StreamResult(NamedTuple):
+    """One answer of a stream: the id of the request it answers, and its result or its error
+    (whose code is UNKNOWN: a stream's error carries only the server's message)."""
+
+    id: str
+    result: InferResult | None
+    error: InferenceServerError | None
+
+    def value(self) -> InferResult:
+        """The result, or the error raised."""
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
+
+
 @dataclass(frozen=True)
 class Call(Generic[T]):
     """One RPC: the stub method's name, its request, and its response decoder;
@@ -313,3 +340,24 @@ def decode_outputs(response: pb.ModelInferResponse) -> dict[str, np.ndarray]:
 
 def _bad_response(message: str) -> InferenceServerError:
     return InferenceServerError(grpc.StatusCode.INTERNAL, f"malformed ModelInferResponse: {message}")
+
+
+# --------------------------------------------------------------------------
+# Streaming inference
+
+
+def stream_message(request: StreamRequest, inputs: Mapping[str, Any], index: int) -> pb.ModelInferRequest:
+    """The ModelInferRequest of a stream's ``index``-th request, its ``inputs`` named."""
+    call = infer(request.model, inputs, request.version, request.outputs, request.id or str(index))
+    return call.request
+
+
+def stream_result(response: pb.ModelStreamInferResponse) -> StreamResult:
+    """A ModelStreamInferResponse decoded: its request's id, and the outputs or the error."""
+    answer = response.infer_response
+    if response.error_message:
+        return StreamResult(answer.id, None, InferenceServerError(grpc.StatusCode.UNKNOWN, response.error_message))
+    try:
+        return StreamResult(answer.id, InferResult(decode_outputs(answer), answer.model_version, answer.id), None)
+    except InferenceServerError as e:
+        return StreamResult(answer.id, None, e)

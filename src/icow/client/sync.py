@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TypeVar
 
 import grpc
@@ -26,10 +26,10 @@ from .._proto import inference_pb2_grpc, model_config_pb2, rollout_pb2_grpc
 from .._proto import rollout_pb2 as rp
 from ..protocol.errors import InferenceServerError
 from . import common
-from .common import InferResult, Inputs, ModelIndex, Version
+from .common import InferResult, Inputs, ModelIndex, StreamRequest, StreamResult, Version
 from .shm import ShmTransport
 
-__all__ = ["InferResult", "Client", "InferenceServerError", "ModelIndex"]
+__all__ = ["InferResult", "Client", "InferenceServerError", "ModelIndex", "StreamRequest", "StreamResult"]
 
 T = TypeVar("T")
 
@@ -255,6 +255,48 @@ class Client:
             meta = self._cached_metadata(model, version)
             inputs = common.name_inputs(common.positional(inputs), meta)
         return self._run(common.infer_result(model, inputs, version, outputs, request_id))
+
+    def stream_infer(self, requests: Iterable[StreamRequest]) -> Iterator[StreamResult]:
+        """Send ``requests`` on one ModelStreamInfer stream; yield each answer as it comes.
+
+        The server runs the requests concurrently, so the answers may come in another order
+        than the requests: each names its request's id (``StreamRequest.id``, or "0", "1",
+        ... in the order sent). A request that fails is answered with its error; the stream
+        goes on. ``requests`` is read as the stream can take them, so it may be a generator
+        that produces requests while answers come back. Tensors go as bytes (never shared
+        memory); the stream is not retried, and ``timeout`` bounds the whole stream.
+        Stopping the iteration early cancels the stream.
+
+        Raises
+        ------
+        InferenceServerError
+            When the stream itself fails (UNAVAILABLE, UNAUTHENTICATED, its deadline), or, after
+            the answers to the requests before it, when a request cannot be sent (an input
+            whose dtype has no protocol datatype).
+        """
+        failure: list[Exception] = []
+
+        def messages() -> Iterator[pb.ModelInferRequest]:
+            try:
+                for index, request in enumerate(requests):
+                    inputs = request.inputs
+                    if not isinstance(inputs, Mapping):
+                        meta = self._cached_metadata(request.model, request.version)
+                        inputs = common.name_inputs(common.positional(inputs), meta)
+                    yield common.stream_message(request, inputs, index)
+            except Exception as e:  # raised in grpc's thread it would cancel the call: ends the stream instead
+                failure.append(e)
+
+        call = self._stub.ModelStreamInfer(messages(), timeout=self._timeout)
+        try:
+            for response in call:
+                yield common.stream_result(response)
+        except grpc.RpcError as e:
+            raise common.to_error(e) from None
+        finally:
+            call.cancel()  # a no-op once the stream has ended; otherwise the caller stopped early
+        if failure:
+            raise failure[0]
 
     def routing(self, model: str) -> rp.Routing:
         """The model's versions (state, labels, requests in flight), labels and

@@ -1,5 +1,6 @@
 """The front ends: gRPC services that translate messages into calls on the repository
-and its models, and decide nothing themselves. The Open Inference Protocol (oip.py),
+and its models, and decide nothing themselves. The Open Inference Protocol (oip.py;
+its ModelStreamInfer in stream.py),
 lIteCOW's ICOW service (litecow.py), the rollout admin service (rollout.py), health
 (health.py), reflection (reflection.py), requests that do not parse (malformed.py), the
 interceptors' shared handler wrapping (handlers.py),

@@ -17,7 +17,10 @@ models it may use. Without it such a load gets PERMISSION_DENIED.
 A client sends ``authorization: Bearer <token>`` metadata. A missing or wrong
 token gets UNAUTHENTICATED; a known token asking for a model outside its list
 gets PERMISSION_DENIED. A token limited to some models may not use the calls
-that span every model (RepositoryIndex, ModelStatistics without a name).
+that span every model (RepositoryIndex, ModelStatistics without a name). On
+ModelStreamInfer the token is checked once, when the stream opens, and each
+request's model against its list: a refused one is answered in the stream
+(services/stream.py), which stays open.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from typing import Any
 import grpc
 
 from .._wire import model_name
+from ..protocol.errors import InferenceServerError
 from ..protocol.names import shorten
 from .handlers import like
 
@@ -55,6 +59,8 @@ _MODEL_OF: dict[str, Callable[[Any], str]] = {
 }
 PERMISSIONS = ("+deploy",)
 DEPLOY = INFERENCE + "RepositoryModelLoad"  # with parameters: a deploy, for +deploy tokens only
+# The stream of inference requests: each request's model checked (services/stream.py's check).
+_STREAM = INFERENCE + "ModelStreamInfer"
 # The calls about every model at once.
 _ALL_MODELS = frozenset({INFERENCE + "RepositoryIndex"})
 
@@ -149,6 +155,8 @@ class AuthInterceptor(grpc.ServerInterceptor):
             return handler
         if details.method in _ALL_MODELS:
             return _refusing(handler, grpc.StatusCode.PERMISSION_DENIED, _limited(token, "this call spans every model"))
+        if details.method == _STREAM:
+            return _checking_each(handler, token)
         model_of = _MODEL_OF.get(details.method)
         if model_of is None or handler.unary_unary is None:
             return handler  # not about one model (server metadata, health, ...)
@@ -185,6 +193,18 @@ def _deploy_checked(handler: grpc.RpcMethodHandler, token: Token) -> grpc.RpcMet
         return behavior(request, context)
 
     return like(handler, checked)
+
+
+def _checking_each(handler: grpc.RpcMethodHandler, token: Token) -> grpc.RpcMethodHandler:
+    """The stream handler, told to refuse each request for a model outside the token's list."""
+    behavior = handler.stream_stream
+
+    def check(model: str) -> None:
+        if model not in (token.models or ()):
+            raise InferenceServerError(grpc.StatusCode.PERMISSION_DENIED,
+                                       _limited(token, f"model '{shorten(model)}' is not among them"))
+
+    return like(handler, lambda requests, context: behavior(requests, context, check=check))
 
 
 def _limited(token: Token, why: str) -> str:

@@ -1,10 +1,11 @@
 """Logging: human-readable or JSON lines, and one access-log line per request.
 
-The access log (logger ``icow.access``) writes a line per unary RPC with the
-method, request id, model, version, gRPC status and duration: at DEBUG for
-successful calls (``--log-level debug`` shows them all) and at INFO for failed
-ones. The same wrapper counts the calls in flight, so that a shutdown can tell
-whether every accepted call finished.
+The access log (logger ``icow.access``) writes a line per unary RPC, and per
+request of a ModelStreamInfer stream (services/stream.py), with the method,
+request id, model, version, gRPC status and duration: at DEBUG for successful
+calls (``--log-level debug`` shows them all) and at INFO for failed ones. The
+same wrapper counts the calls (and streamed requests) in flight, so that a
+shutdown can tell whether every accepted call finished.
 """
 
 from __future__ import annotations
@@ -80,6 +81,16 @@ def annotate(**fields: str) -> None:
         setattr(_call, name, value)
 
 
+def begin() -> None:
+    """A new call starts on this thread: forget what the last one annotated."""
+    _call.request_id = _call.model = _call.version = ""
+
+
+def annotated() -> tuple[str, str, str]:
+    """(request_id, model, version) annotated for the call this thread is serving."""
+    return _call.request_id, _call.model, _call.version
+
+
 # -- the interceptor ------------------------------------------------------------
 
 class RequestLog(grpc.ServerInterceptor):
@@ -104,9 +115,8 @@ class RequestLog(grpc.ServerInterceptor):
         behavior = handler.unary_unary
 
         def logged(request, context: grpc.ServicerContext):
-            with self._lock:
-                self.in_flight += 1
-            _call.request_id = _call.model = _call.version = ""
+            self.enter()
+            begin()
             start = time.perf_counter_ns()
             failed = True
             try:
@@ -114,8 +124,7 @@ class RequestLog(grpc.ServerInterceptor):
                 failed = False
                 return response
             finally:
-                with self._lock:
-                    self.in_flight -= 1
+                self.leave()
                 code = context.code() if hasattr(context, "code") else None
                 ok = not failed and code in (None, grpc.StatusCode.OK)
                 level = logging.DEBUG if ok else logging.INFO
@@ -125,16 +134,40 @@ class RequestLog(grpc.ServerInterceptor):
         return grpc.unary_unary_rpc_method_handler(logged, request_deserializer=handler.request_deserializer,
                                                    response_serializer=handler.response_serializer)
 
+    def enter(self) -> None:
+        """A request starts: counted in flight until `leave`."""
+        with self._lock:
+            self.in_flight += 1
+
+    def leave(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
+
     def _log(self, level: int, method: str, request: Any, context: grpc.ServicerContext,
              code: grpc.StatusCode | None, ok: bool, start: int) -> None:
+        status = "OK" if ok else (code.name if code is not None else "UNKNOWN")
+        self.write(level, method, status, "" if ok else _details(context), start, _peer(context),
+                   model=getattr(request, "name", "") or getattr(request, "model_name", ""),
+                   version=getattr(request, "version", ""))
+
+    def log_request(self, method: str, code: grpc.StatusCode, details: str, start: int,
+                    context: grpc.ServicerContext) -> None:
+        """The access-log line of one request of a stream (ModelStreamInfer), from what
+        this thread annotated; ``start`` is its perf_counter_ns() at arrival."""
+        ok = code == grpc.StatusCode.OK
+        level = logging.DEBUG if ok else logging.INFO
+        if access_log.isEnabledFor(level):
+            self.write(level, method, code.name, details, start, _peer(context))
+
+    def write(self, level: int, method: str, status: str, details: str, start: int, peer: str, *,
+              model: str = "", version: str = "") -> None:
+        """One access-log line; the annotated model and version win over ``model`` and ``version``."""
         duration_ms = round((time.perf_counter_ns() - start) / 1e6, 3)
         # shortened: a hostile name would make every line of the access log as long as itself
-        model = shorten(_call.model or getattr(request, "name", "") or getattr(request, "model_name", ""))
-        status = "OK" if ok else (code.name if code is not None else "UNKNOWN")
         fields = {"method": method, "request_id": _call.request_id or f"icow-{next(self._ids)}",
-                  "model": model, "version": shorten(_call.version or getattr(request, "version", "")),
-                  "status": status, "duration_ms": duration_ms, "peer": _peer(context)}
-        details = "" if ok else f": {_details(context)}"
+                  "model": shorten(_call.model or model), "version": shorten(_call.version or version),
+                  "status": status, "duration_ms": duration_ms, "peer": peer}
+        details = f": {details}" if status != "OK" else ""
         access_log.log(level, "%s %s %s %s %.3f ms%s", method, fields["model"] or "-", fields["version"] or "-",
                        status, duration_ms, details, extra=fields)
 

@@ -126,9 +126,17 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     @_rpc
     def ModelInferBytes(self, data: bytes, context) -> bytes:
         """ModelInfer on the serialized request; returns the serialized response."""
-        deadline = deadline_ns(context)
-        if self.fast is not None:
-            answer = self.fast.serve(data, deadline or 0, context.is_active)
+        return self.infer_bytes(data, deadline_ns(context), context.is_active)
+
+    def infer_bytes(self, data: bytes, deadline: int | None, alive: Callable[[], bool],
+                    fast: Callable | None = None) -> bytes:
+        """One serialized ModelInferRequest answered: the serialized response, or
+        InferenceServerError. ModelInfer and each request of ModelStreamInfer come here.
+        ``fast``: the fast path to try first (a Direct's ``serve``), else the service's own."""
+        if fast is None and self.fast is not None:
+            fast = self.fast.serve
+        if fast is not None:
+            answer = fast(data, deadline or 0, alive)
             if isinstance(answer, bytes):
                 return answer
             if answer is not None:  # it left the queue without running
@@ -137,7 +145,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                 raise InferenceServerError(_STATUS[code], message)
         with Leases(self.shm) as held:  # regions the request names stay mapped until its response is built
             request = self.codec.decode_request(data, held)
-            request.deadline_ns, request.alive = deadline, context.is_active
+            request.deadline_ns, request.alive = deadline, alive
             logs.annotate(request_id=request.id, model=request.model_name, version=request.model_version)
             model = self.repository.get(request.model_name, request.model_version, request.id)
             logs.annotate(version=str(model.version))
@@ -150,10 +158,6 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                 f"{self.max_message_bytes} bytes: raise it with --max-message-mb, or request fewer outputs "
                 "or a smaller batch")
         return response
-
-    @_rpc
-    def ModelStreamInfer(self, request_iterator, context):
-        raise unimplemented("streaming inference is not supported; call ModelInfer")
 
     # -- repository ------------------------------------------------------
     @_rpc
@@ -266,7 +270,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
 def method_handlers(service: InferenceService) -> dict[str, grpc.RpcMethodHandler]:
     """gRPC handlers for every method of the service; ModelInfer takes and
-    returns raw bytes (no protobuf objects between gRPC and the codec)."""
+    returns raw bytes (no protobuf objects between gRPC and the codec). ModelStreamInfer
+    is the base class's UNIMPLEMENTED here: the server puts services/stream.py's in."""
     handlers = {}
     for method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:
         request = message_factory.GetMessageClass(method.input_type)

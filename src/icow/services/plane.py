@@ -129,7 +129,7 @@ class NativePlane:
                                     max_concurrent=max_concurrent, tls=tls)
         self.server.set_tokens([(t.digest, None if t.models is None else sorted(t.models)) for t in tokens])
         self.port = self.server.port
-        self._sharers: list = []  # the HTTP lane's Direct, on the same entries
+        self._sharers: list = []  # the HTTP and stream lanes' Directs, on the same entries
         repository.listeners.append(lambda name: self.refresh())
 
     def refresh(self) -> None:
@@ -143,10 +143,19 @@ class NativePlane:
         """``serve_http`` of a Direct on the plane's own entries: HTTP and gRPC requests
         take the same instances and wait in one queue (a model's instance count and
         max_queue_size hold across both; a freed instance goes to whichever came first)."""
+        return self._sharer(max_message_bytes).serve_http
+
+    def stream_lane(self, max_message_bytes: int):
+        """``serve`` of a Direct on the plane's own entries, for ModelStreamInfer's requests:
+        the plane passes a stream to grpcio whole, and its requests come back here, to the
+        fast path and the queues of ModelInfer."""
+        return self._sharer(max_message_bytes).serve
+
+    def _sharer(self, max_message_bytes: int):
         direct = _plane.Direct(max_message_bytes)
         self._sharers.append(direct)
         direct.publish(self.table.entries())
-        return direct.serve_http
+        return direct
 
     def serve_fast(self, on: bool) -> None:
         """Let the fast path serve ModelInfer (off: everything goes to the backend)."""
