@@ -56,7 +56,7 @@ def test_deployment_probes_health_and_runs_as_non_root():
         assert container[probe]["grpc"]["port"] == 8001, probe
     assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"] != 0
     args = icow_args(container["args"])
-    assert Path(args.model_repository) == Path("/models") and args.host == "0.0.0.0"
+    assert [Path(p) for p in args.model_repository] == [Path("/models")] and args.host == "0.0.0.0"
     mounts = {m["name"]: m for m in container["volumeMounts"]}
     assert mounts["models"]["mountPath"] == "/models" and mounts["models"]["readOnly"]
     # the pod gets more time than the server's own grace period plus the preStop pause
@@ -118,7 +118,8 @@ def test_kserve_serving_runtime():
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "icow"}, "spec": {"containers": [container]}}
     kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
     args = icow_args(container["args"])
-    assert Path(args.model_repository) == Path("/mnt/models")  # where KServe's storage initializer puts models
+    # where KServe's storage initializer puts models
+    assert [Path(p) for p in args.model_repository] == [Path("/mnt/models")]
     # No ports: Knative routes one port per pod, and an InferenceService's ports are merged into
     # these; REST goes to KServe's default 8080, gRPC to the h2c port an InferenceService names.
     assert "ports" not in container
