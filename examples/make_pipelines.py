@@ -139,9 +139,11 @@ def top_labels(classes: list[str], k: int) -> onnx.ModelProto:
 
 def image_preprocess() -> onnx.ModelProto:
     """IMAGE [bytes] (a JPEG or PNG file) -> PIXELS [1, 3, SIDE, SIDE]: decoded as RGB,
-    channels first, resized (bilinear), scaled to [0, 1]."""
+    channels first, resized (bilinear), scaled to [0, 1]. Bytes that are not a whole JPEG or
+    PNG file are refused first (_image_guard)."""
     nodes = [
-        helper.make_node("DecodeImage", ["IMAGE"], ["hwc"], domain=EXTENSIONS, color_space="rgb"),
+        *_image_guard("IMAGE", "checked"),
+        helper.make_node("DecodeImage", ["checked"], ["hwc"], domain=EXTENSIONS, color_space="rgb"),
         helper.make_node("Cast", ["hwc"], ["hwc_float"], to=TensorProto.FLOAT),
         helper.make_node("Transpose", ["hwc_float"], ["chw"], perm=[2, 0, 1]),
         helper.make_node("Unsqueeze", ["chw", "batch_axis"], ["nchw"]),
@@ -150,9 +152,61 @@ def image_preprocess() -> onnx.ModelProto:
     ]
     initializers = [_const("batch_axis", np.array([0], dtype=np.int64)),
                     _const("sizes", np.array([1, 3, SIDE, SIDE], dtype=np.int64)),
-                    _const("full_scale", np.array(255.0, dtype=np.float32))]
+                    _const("full_scale", np.array(255.0, dtype=np.float32)),
+                    *_image_guard_constants()]
     return _model(nodes, [_tensor("IMAGE", TensorProto.UINT8, ["bytes"])],
                   [_tensor("PIXELS", TensorProto.FLOAT, [1, 3, SIDE, SIDE])], initializers, {EXTENSIONS: 1})
+
+
+# onnxruntime-extensions 0.15's DecodeImage leaves libjpeg's fatal errors to libjpeg, which
+# ends the process (microsoft/onnxruntime-extensions#1094): bytes that are not a JPEG, or a
+# JPEG cut short, would stop the server. The guard passes on only bytes that begin and end as
+# a JPEG file does (SOI marker ... EOI marker) or begin with PNG's signature; anything else
+# becomes an empty vector, which DecodeImage refuses as an error of the request ("Invalid
+# image data"). A JPEG crafted to pass the markers with a broken header is still fatal.
+JPEG_START, JPEG_END = [0xFF, 0xD8, 0xFF], [0xFF, 0xD9]
+PNG_START = [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A]
+
+
+def _image_guard_constants() -> list[onnx.TensorProto]:
+    return [_const("pad8", np.zeros(8, dtype=np.uint8)),
+            _const("jpeg_start", np.array(JPEG_START, dtype=np.int32)),
+            _const("jpeg_end", np.array(JPEG_END, dtype=np.int32)),
+            _const("png_start", np.array(PNG_START, dtype=np.int32)),
+            _const("zero_i32", np.array(0, dtype=np.int32)),
+            *(_const(f"at{i}".replace("-", "_minus"), np.array([i], dtype=np.int64)) for i in (8, 11, 16, -10, -8))]
+
+
+def _matches(name: str, data: str, start: str, end: str, pattern: str) -> list[onnx.NodeProto]:
+    """``name`` = data[start:end] equals ``pattern`` (int32 vectors; a sum of differences)."""
+    return [
+        helper.make_node("Slice", [data, start, end], [f"{name}_bytes"]),
+        helper.make_node("Sub", [f"{name}_bytes", pattern], [f"{name}_diff"]),
+        helper.make_node("Abs", [f"{name}_diff"], [f"{name}_abs"]),
+        helper.make_node("ReduceSum", [f"{name}_abs"], [f"{name}_sum"], keepdims=0),
+        helper.make_node("Equal", [f"{name}_sum", "zero_i32"], [name]),
+    ]
+
+
+def _image_guard(image: str, checked: str) -> list[onnx.NodeProto]:
+    """``checked``: ``image`` if it looks like a whole JPEG or PNG file, else an empty vector.
+    The image is padded with 8 zero bytes at both ends so that every slice has its length."""
+    keep = helper.make_graph([helper.make_node("Identity", [image], ["kept"])], "keep", [],
+                             [_tensor("kept", TensorProto.UINT8, ["bytes"])])
+    refuse = helper.make_graph(
+        [helper.make_node("Constant", [], ["refused"],
+                          value=helper.make_tensor("nothing", TensorProto.UINT8, [0], []))],
+        "refuse", [], [_tensor("refused", TensorProto.UINT8, ["bytes"])])
+    return [
+        helper.make_node("Concat", ["pad8", image, "pad8"], ["padded_u8"], axis=0),
+        helper.make_node("Cast", ["padded_u8"], ["padded"], to=TensorProto.INT32),
+        *_matches("is_jpeg_start", "padded", "at8", "at11", "jpeg_start"),
+        *_matches("is_jpeg_end", "padded", "at_minus10", "at_minus8", "jpeg_end"),
+        *_matches("is_png", "padded", "at8", "at16", "png_start"),
+        helper.make_node("And", ["is_jpeg_start", "is_jpeg_end"], ["is_jpeg"]),
+        helper.make_node("Or", ["is_jpeg", "is_png"], ["is_image"]),
+        helper.make_node("If", ["is_image"], [checked], then_branch=keep, else_branch=refuse),
+    ]
 
 
 def image_cnn() -> onnx.ModelProto:
