@@ -8,6 +8,8 @@ test_pipelines_ortx_ensemble.py."""
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import subprocess
 import sys
@@ -50,10 +52,12 @@ def _parse(text: str) -> mc.ModelConfig:
     ('model_operations { op_library_filename: "_extensions_pydll.cpython-311-x86_64-linux-gnu.so" } '
      + make_pipelines.CUSTOM_OPS, ["onnxruntime_extensions"]),
 ])
-def test_the_libraries_a_config_asks_for(text, wanted):
+def test_the_libraries_a_config_asks_for(text, wanted, caplog):
     config = _parse(text)
     assert custom_ops.names(config) == wanted
-    config_fields.check(config, "m")  # acted on: no refusal, nothing logged as ignored
+    with caplog.at_level(logging.WARNING, logger=config_fields.__name__):
+        config_fields.check(config, "m")  # acted on: no refusal, nothing logged as ignored
+    assert caplog.records == []
 
 
 @pytest.mark.parametrize("text, words", [
@@ -122,6 +126,25 @@ def test_without_onnxruntime_extensions_installed_the_load_error_names_the_extra
         assert index[name].state == "UNAVAILABLE", name
         assert "onnxruntime-extensions, which is not installed" in index[name].reason, index[name].reason
         assert "pip install icow[extensions]" in index[name].reason, index[name].reason
+
+
+def test_deploy_over_the_wire_takes_the_extensions_and_refuses_any_other_library(tmp_path, make_server):
+    """A deploy request is data: a config naming a library of its own (even one it uploads
+    beside the model) writes nothing; one asking for onnxruntime-extensions deploys and serves."""
+    repo = tmp_path / "models"
+    repo.mkdir()
+    srv = make_server(repo, "--no-metrics", "--allow-deploy")
+    client = tc.InferenceServerClient(srv.url)
+    model = make_pipelines.text_tokenizer().SerializeToString()
+    evil = json.dumps({"model_operations": {"op_library_filename": ["1/libmyops.so"]}})
+    with expect_error(grpc.StatusCode.INVALID_ARGUMENT, "'1/libmyops.so': icow loads only"):
+        client.load_model("tok", config=evil, files={"file:1/model.onnx": model, "file:1/libmyops.so": b"\x7fELF"})
+    assert list(repo.iterdir()) == []
+    asked = json.dumps({"parameters": {"custom_ops": {"string_value": "onnxruntime_extensions"}}})
+    client.load_model("tok", config=asked, files={"file:1/model.onnx": model})
+    text = np.array([b"bad"], dtype=object)
+    assert icow.Client(srv.url).infer("tok", {"TEXT": text})["INPUT_IDS"].tolist() == [
+        [make_pipelines.VOCABULARY.index("bad")]]
 
 
 # -- the pipelines, step by step, on both data planes ---------------------------------
@@ -200,18 +223,16 @@ def test_image_colour_by_icow_client_chaining_the_steps(pipelines_server, fmt):
             assert out["LABEL"].tolist() == [colour.encode()] and out["SCORE"][0] > 0.5, (colour, out)
 
 
-def test_image_colour_by_tritonclient_grpc(pipelines_server):
-    client = tc.InferenceServerClient(pipelines_server.url)
-    image = np.frombuffer(encoded_image(COLOURS_RGB["green"]), dtype=np.uint8)
-    request = tc.InferInput("IMAGE", [image.size], "UINT8")
-    request.set_data_from_numpy(image)
-    pixels = client.infer("image_preprocess", [request]).as_numpy("PIXELS")
-    request = tc.InferInput("PIXELS", list(pixels.shape), "FP32")
-    request.set_data_from_numpy(pixels)
-    logits = client.infer("image_cnn", [request]).as_numpy("LOGITS")
-    request = tc.InferInput("LOGITS", list(logits.shape), "FP32")
-    request.set_data_from_numpy(logits)
-    assert client.infer("image_label", [request]).as_numpy("LABEL").tolist() == [b"green"]
+def test_image_colour_by_tritonclient_grpc_and_http(pipelines_server):
+    for client, module in ((tc.InferenceServerClient(pipelines_server.url), tc),
+                           (th.InferenceServerClient(pipelines_server.http_url), th)):
+        tensor = np.frombuffer(encoded_image(COLOURS_RGB["green"]), dtype=np.uint8)
+        for name, (inp, out) in {"image_preprocess": ("IMAGE", "PIXELS"), "image_cnn": ("PIXELS", "LOGITS"),
+                                 "image_label": ("LOGITS", "LABEL")}.items():
+            request = module.InferInput(inp, list(tensor.shape), "UINT8" if tensor.dtype == np.uint8 else "FP32")
+            request.set_data_from_numpy(tensor)
+            tensor = client.infer(name, [request]).as_numpy(out)
+        assert tensor.tolist() == [b"green"], module.__name__
 
 
 @pytest.mark.parametrize("data", [b"", b"not an image at all", b"BM" + bytes(64), None],
@@ -258,3 +279,41 @@ def test_the_image_client_script_prints_the_label(pipelines_server, tmp_path):
     path.write_bytes(encoded_image(COLOURS_RGB["red"]))
     assert _script("pipeline_image.py", "--url", pipelines_server.url, "--steps", str(path)).startswith(
         f"{path}: red ")
+
+
+# -- the ensemble configs, run by the client as the server will run them --------------
+
+
+def _run_ensemble_by_hand(client: icow.Client, config: mc.ModelConfig, inputs: dict[str, np.ndarray]):
+    """Each step of ``config`` in order, its input_map and output_map followed: the ensemble's
+    tensors by name, as an ensemble scheduler keeps them."""
+    tensors = dict(inputs)
+    for step in config.ensemble_scheduling.step:
+        feeds = {own: tensors[ensemble] for own, ensemble in step.input_map.items()}
+        out = client.infer(step.model_name, feeds, outputs=list(step.output_map))
+        tensors.update({step.output_map[own]: array for own, array in out.items()})
+    return {o.name: tensors[o.name] for o in config.output}
+
+
+def test_the_ensemble_configs_wire_the_steps(pipelines_server, pipelines_repo):
+    """Every tensor an ensemble step reads is the ensemble's input or an earlier step's output,
+    with the datatype both sides declare; following the maps gives the expected labels."""
+    configs = {name: _parse((pipelines_repo / name / "config.pbtxt").read_text()) for name in make_pipelines.CONFIGS}
+    for name in make_pipelines.ENSEMBLES:
+        ensemble = configs[name]
+        assert ensemble.platform == "ensemble" and (pipelines_repo / name / "1").is_dir()
+        types = {t.name: t.data_type for t in ensemble.input}
+        for step in ensemble.ensemble_scheduling.step:
+            model = configs[step.model_name]
+            assert step.model_version == -1
+            for own, tensor in step.input_map.items():
+                assert types[tensor] == next(i.data_type for i in model.input if i.name == own), (name, own)
+            types.update({tensor: next(o.data_type for o in model.output if o.name == own)
+                          for own, tensor in step.output_map.items()})
+        assert [s.model_name for s in ensemble.ensemble_scheduling.step] == list(make_pipelines.STEPS[name])
+        assert all(types[o.name] == o.data_type for o in ensemble.output), name
+    with icow.Client(pipelines_server.url) as client:
+        text = _run_ensemble_by_hand(client, configs["text_sentiment"], {"TEXT": texts()})
+        assert [[label.decode() for label in row] for row in text["LABELS"]] == expected_labels()
+        image = np.frombuffer(encoded_image(COLOURS_RGB["blue"]), dtype=np.uint8)
+        assert _run_ensemble_by_hand(client, configs["image_colour"], {"IMAGE": image})["LABEL"].tolist() == [b"blue"]
