@@ -59,7 +59,7 @@ def register(options: ort.SessionOptions, config: mc.ModelConfig) -> None:
         path = _extensions_library()
         try:
             options.register_custom_ops_library(path)
-        except Exception as e:  # noqa: BLE001 - ONNX Runtime raises its own types; the reason is the message
+        except Exception as e:  # ONNX Runtime raises its own types; the reason is in the message
             raise ConfigError(f"onnxruntime could not register the custom operators of {name} ({path}): {e}") from e
 
 
