@@ -20,6 +20,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from .._proto import model_config_pb2 as mc
+from . import custom_ops
 from .config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ ACTED = frozenset({
     "optimization.execution_accelerators.gpu_execution_accelerator.name",  # "tensorrt": _accelerators
     "parameters",  # the keys icow knows are acted on; others are logged (_parameters)
     "model_warmup", "response_cache",
+    "model_operations",  # onnxruntime-extensions' library only (custom_ops.py)
 })
 
 # Harmless to ignore: no answer, placement or queueing decision depends on them here.
@@ -68,10 +70,11 @@ REFUSED = {
 }
 
 # icow's own keys of `parameters` (runtime/execution.py, runtime/providers.py,
-# runtime/model.py's echo, repository/routing.py). Triton passes unknown keys to
+# runtime/model.py's echo, runtime/custom_ops.py, repository/routing.py). Triton passes unknown keys to
 # the backend; Triton's ONNX Runtime backend knows more, which icow does not act on.
 KNOWN_PARAMETERS = frozenset({"intra_op_thread_count", "inter_op_thread_count", "allow_cpu_fallback",
-                              "execution_providers", "version_labels", "traffic_split"})
+                              "execution_providers", "version_labels", "traffic_split",
+                              custom_ops.PARAMETER})
 
 TENSORRT = "tensorrt"
 
@@ -91,6 +94,7 @@ def check(config: mc.ModelConfig, model: str) -> None:
             raise ConfigError(f"config field '{path}' is not supported by icow (docs/config.md lists the "
                               "fields it acts on)")
     _accelerators(config)
+    custom_ops.names(config)  # a library icow would not load is refused before any session
     unknown = sorted(set(config.parameters) - KNOWN_PARAMETERS)
     if unknown:
         ignored["parameters"] = f"icow knows no key {', '.join(map(repr, unknown))}"

@@ -20,7 +20,7 @@ from ..protocol.datatypes import DATATYPES, from_numpy
 from ..protocol.errors import InferenceServerError, invalid
 from ..protocol.names import shorten
 from ..protocol.tensors import from_raw, to_raw
-from . import bf16, execution, providers
+from . import bf16, custom_ops, execution, providers
 from . import config as cfg
 from .binding import Binder
 from .cache import CachedOutput, Entry, ResponseCache, new_owner, request_key
@@ -83,7 +83,7 @@ class Model:
         self.version = version
         self.path = path
         plan = execution.instances(config, execution.available_cpus(), default_device)
-        options = _session_options(plan)
+        options = _session_options(plan, config)
         self.instances = [Instance(path, options, device, config) for device in plan.devices]
         self.session = self.instances[0].session
         self.config = cfg.complete_config(config, name, self.session, default_max_batch_size)
@@ -469,14 +469,16 @@ def _describe_placement(config: mc.ModelConfig, instances: list[Instance]) -> No
     config.parameters[PROVIDERS_PARAMETER].string_value = ",".join(used)
 
 
-def _session_options(plan: execution.Instances) -> ort.SessionOptions:
+def _session_options(plan: execution.Instances, config: mc.ModelConfig) -> ort.SessionOptions:
     """Thread counts as planned (execution.instances). Stated explicitly because
     with the default (0) ONNX Runtime pins its threads to CPUs of its own choice,
-    outside a taskset/cgroup mask the server was started with."""
+    outside a taskset/cgroup mask the server was started with. The custom operator
+    libraries the config asks for (custom_ops.py)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = plan.intra_op_threads
     if plan.inter_op_threads:
         options.inter_op_num_threads = plan.inter_op_threads
+    custom_ops.register(options, config)
     return options
 
 
