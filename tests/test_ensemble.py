@@ -34,10 +34,10 @@ def ensemble_config(steps: list[Step], inputs: list[Tensor], outputs: list[Tenso
     def maps(kind: str, mapping: dict[str, str]) -> str:
         return " ".join(f'{kind} {{ key: "{k}" value: "{v}" }}' for k, v in mapping.items())
 
-    text = "\n".join(f'{{ model_name: "{m}" model_version: {v} {maps("input_map", i)} {maps("output_map", o)} }}'
-                     for m, v, i, o in steps)
+    text = ",\n".join(f'{{ model_name: "{m}" model_version: {v} {maps("input_map", i)} {maps("output_map", o)} }}'
+                      for m, v, i, o in steps)
     return (f'platform: "ensemble"\nmax_batch_size: {max_batch_size}\n{tensors("input", inputs)}\n'
-            f'{tensors("output", outputs)}\n{extra}ensemble_scheduling {{ step [\n{",".join(text.splitlines())}\n] }}\n')
+            f'{tensors("output", outputs)}\n{extra}ensemble_scheduling {{ step [\n{text}\n] }}\n')
 
 
 def write_ensemble(repo: Path, name: str, config: str) -> None:
@@ -70,6 +70,15 @@ def build_repository(repo: Path) -> Path:
         [FP32_IN], [("OUT", "TYPE_FP32", [3])]))
     write_ensemble(repo, "waiting", ensemble_config(
         [("paired", -1, {"x": "IN"}, {"y": "P"}), ("after", -1, {"x": "P"}, {"y": "OUT"})], [FP32_IN], [FP32_OUT]))
+    for version, factor in ((1, 2.0), (2, 3.0)):
+        make_models.write(make_models.elementwise("Mul", factor), repo, "scaled", version)
+    (repo / "scaled" / "config.pbtxt").write_text(
+        'version_policy: { all: {} }\nparameters { key: "version_labels" value { string_value: "stable=1" } }\n')
+    scaled = [("scaled", -1, {"x": "IN"}, {"y": "OUT"})]
+    write_ensemble(repo, "latest", ensemble_config(scaled, [FP32_IN], [FP32_OUT]))
+    write_ensemble(repo, "labelled", ensemble_config(
+        scaled, [FP32_IN], [FP32_OUT],
+        extra='parameters { key: "step_version_labels" value { string_value: "scaled=stable" } }\n'))
     return repo
 
 
@@ -180,7 +189,7 @@ def test_statistics_count_the_ensemble_and_each_step(server):
     before = {n: stats(client, n) for n in ("chain", "double", "inc")}
     for _ in range(3):
         client.infer("chain", [grpc_input(X)])
-    with pytest.raises(Exception):
+    with expect_error(grpc.StatusCode.INVALID_ARGUMENT, "input 'IN'"):
         client.infer("chain", [grpc_input(np.zeros((2, 5), np.float32))])
     after = {n: stats(client, n) for n in ("chain", "double", "inc")}
 
@@ -281,3 +290,99 @@ class _Slots:
 
     def mark_written(self, index: int) -> None:
         pass
+
+
+def test_model_version_minus_one_follows_the_model_and_a_label_names_a_version(server):
+    client = tc.InferenceServerClient(server.url)
+    np.testing.assert_allclose(client.infer("latest", [grpc_input(X)]).as_numpy("OUT"), 3 * X)  # version 2
+    np.testing.assert_allclose(client.infer("labelled", [grpc_input(X)]).as_numpy("OUT"), 2 * X)  # stable=1
+
+
+# -- what loading refuses ------------------------------------------------------------
+
+D = {"y": "D"}
+BAD = {  # name: (steps, inputs, outputs, extra config, what the refusal says)
+    "unknown": ([("nope", -1, {"x": "IN"}, {"y": "OUT"})], [FP32_IN], [FP32_OUT], "",
+                ["step 0 (model 'nope')", "no model 'nope'"]),
+    "cycle": ([("double", -1, {"x": "T1"}, {"y": "T2"}), ("inc", -1, {"x": "T2"}, {"y": "T1"}),
+               ("add", -1, {"a": "IN", "b": "T2"}, {"sum": "OUT"})], [FP32_IN], [FP32_OUT], "",
+              ["the steps form a cycle: step 0 (model 'double'), step 1 (model 'inc')"]),
+    "twice": ([("double", -1, {"x": "IN"}, {"y": "OUT"}), ("inc", -1, {"x": "IN"}, {"y": "OUT"})],
+              [FP32_IN], [FP32_OUT], "", ["step 1 (model 'inc'): tensor 'OUT' is produced twice"]),
+    "unproduced": ([("add", -1, {"a": "IN", "b": "GHOST"}, {"sum": "OUT"})], [FP32_IN], [FP32_OUT], "",
+                   ["step 0 (model 'add'): its input 'b' is fed tensor 'GHOST'", "produces"]),
+    "unused": ([("double", -1, {"x": "IN"}, D), ("inc", -1, {"x": "IN"}, {"y": "OUT"})], [FP32_IN], [FP32_OUT],
+               "", ["tensor 'D' (output of step 0 (model 'double')) is never used"]),
+    "no_output": ([("double", -1, {"x": "IN"}, D)], [FP32_IN], [("D", "TYPE_FP32", ROW), FP32_OUT], "",
+                  ["ensemble output 'OUT' is produced by no step"]),
+    "datatype": ([("double", -1, {"x": "IN"}, {"y": "OUT"})], [("IN", "TYPE_INT32", ROW)], [FP32_OUT], "",
+                 ["step 0 (model 'double'): input 'x' is FP32 but tensor 'IN' (ensemble input) is INT32"]),
+    "shape": ([("double", -1, {"x": "IN"}, {"y": "OUT"})], [("IN", "TYPE_FP32", [5])], [FP32_OUT], "",
+              ["step 0 (model 'double'): input 'x' has shape [-1, 4] but tensor 'IN' (ensemble input) has "
+               "shape [-1, 5]"]),
+    "output_type": ([("double", -1, {"x": "IN"}, {"y": "OUT"})], [FP32_IN], [("OUT", "TYPE_FP16", ROW)], "",
+                    ["ensemble output 'OUT' is FP16 but output 'y' of step 0 (model 'double') is FP32"]),
+    "wrong_input": ([("double", -1, {"z": "IN"}, {"y": "OUT"})], [FP32_IN], [FP32_OUT], "",
+                    ["step 0 (model 'double'): input_map names input 'z', which model 'double' does not have"]),
+    "wrong_output": ([("double", -1, {"x": "IN"}, {"w": "OUT"})], [FP32_IN], [FP32_OUT], "",
+                     ["step 0 (model 'double'): output_map names output 'w'"]),
+    "instances": ([("double", -1, {"x": "IN"}, {"y": "OUT"})], [FP32_IN], [FP32_OUT], "instance_group { count: 2 }\n",
+                  ["config field 'instance_group' does not apply to an ensemble"]),
+    "label": ([("double", -1, {"x": "IN"}, {"y": "OUT"})], [FP32_IN], [FP32_OUT],
+              'parameters { key: "step_version_labels" value { string_value: "double=gold" } }\n',
+              ["step 0 (model 'double')", "label 'gold'"]),
+}
+
+
+@pytest.fixture(scope="module")
+def explicit(repo: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A server of the repository and the bad ensembles, loading on request."""
+    from conftest import start_server
+
+    bad = tmp_path_factory.mktemp("bad") / "models"
+    shutil.copytree(repo, bad)
+    for name, (steps, inputs, outputs, extra, _) in BAD.items():
+        write_ensemble(bad, f"bad_{name}", ensemble_config(steps, inputs, outputs, extra=extra))
+    srv = start_server(bad, "--model-control-mode", "explicit", "--no-metrics", log_dir=tmp_path_factory.mktemp("l"))
+    yield srv
+    srv.stop()
+
+
+@pytest.mark.parametrize("name", list(BAD))
+def test_loading_refuses_a_bad_graph_naming_the_step(explicit, name):
+    client = tc.InferenceServerClient(explicit.url)
+    with expect_error(grpc.StatusCode.INTERNAL, f"failed to load model 'bad_{name}'", *BAD[name][-1]):
+        client.load_model(f"bad_{name}")
+    assert not client.is_model_ready(f"bad_{name}")
+
+
+def test_unloading_a_composing_model_makes_the_ensemble_unready_and_loading_it_restores_it(explicit):
+    client = tc.InferenceServerClient(explicit.url)
+    http = th.InferenceServerClient(explicit.http_url)
+    client.load_model("chain")  # its composing models load with it, as in Triton
+    assert client.is_model_ready("inc") and client.is_model_ready("chain")
+    np.testing.assert_allclose(client.infer("chain", [grpc_input(X)]).as_numpy("OUT"), (2 * X + 1) * 2)
+    client.unload_model("inc")
+    assert not client.is_model_ready("chain") and not http.is_model_ready("chain")
+    with expect_error(grpc.StatusCode.UNAVAILABLE, "ensemble 'chain' is not ready: step 1 (model 'inc')"):
+        client.infer("chain", [grpc_input(X)])
+    with expect_error(grpc.StatusCode.UNAVAILABLE, "step 1 (model 'inc')"):
+        http.infer("chain", [http_input(X, True)])
+    client.load_model("inc")
+    assert client.is_model_ready("chain") and http.is_model_ready("chain")
+    np.testing.assert_allclose(client.infer("chain", [grpc_input(X)]).as_numpy("OUT"), (2 * X + 1) * 2)
+
+
+def test_poll_mode_reloads_an_ensemble_whose_config_changed(repo, make_server, tmp_path):
+    polled = tmp_path / "models"
+    shutil.copytree(repo, polled)
+    srv = make_server(polled, "--model-control-mode", "poll", "--repository-poll-secs", "0.2")
+    client = tc.InferenceServerClient(srv.url)
+    np.testing.assert_allclose(client.infer("chain", [grpc_input(X)]).as_numpy("OUT"), (2 * X + 1) * 2)
+    thrice = [("double", -1, {"x": "IN"}, {"y": "A"}), ("double", -1, {"x": "A"}, {"y": "B"}),
+              ("double", -1, {"x": "B"}, {"y": "OUT"})]
+    (polled / "chain" / "config.pbtxt").write_text(ensemble_config(thrice, [FP32_IN], [FP32_OUT]))
+    wait_for("the changed ensemble to serve",
+             lambda: np.allclose(client.infer("chain", [grpc_input(X)]).as_numpy("OUT"), 8 * X))
+    steps = client.get_model_config("chain", as_json=True)["config"]["ensemble_scheduling"]["step"]
+    assert [s["output_map"] for s in steps] == [{"y": "A"}, {"y": "B"}, {"y": "OUT"}]
