@@ -386,3 +386,14 @@ def test_poll_mode_reloads_an_ensemble_whose_config_changed(repo, make_server, t
              lambda: np.allclose(client.infer("chain", [grpc_input(X)]).as_numpy("OUT"), 8 * X))
     steps = client.get_model_config("chain", as_json=True)["config"]["ensemble_scheduling"]["step"]
     assert [s["output_map"] for s in steps] == [{"y": "A"}, {"y": "B"}, {"y": "OUT"}]
+
+
+def test_steps_without_the_ensemble_platform_are_refused():
+    from icow._proto import model_config_pb2 as mc
+    from icow.runtime import config_fields
+    from icow.runtime.config import ConfigError
+
+    config = mc.ModelConfig()
+    config.ensemble_scheduling.step.add(model_name="double")
+    with pytest.raises(ConfigError, match="'ensemble_scheduling' needs platform"):
+        config_fields.check(config, "m")

@@ -90,7 +90,6 @@ TENSORRT = "tensorrt"
 def check(config: mc.ModelConfig, model: str) -> None:
     """Refuse ``config`` (ConfigError naming the field) if it sets a field icow does
     not act on; log the ignored ones, once per call (a load)."""
-    _ensemble(config)
     ignored: dict[str, str] = {}
     for path in _set_fields(config, ""):
         if path in IGNORED:
@@ -100,6 +99,7 @@ def check(config: mc.ModelConfig, model: str) -> None:
         else:
             raise ConfigError(f"config field '{path}' is not supported by icow (docs/config.md lists the "
                               "fields it acts on)")
+    _ensemble(config)
     _accelerators(config)
     unknown = sorted(set(config.parameters) - KNOWN_PARAMETERS)
     if unknown:
@@ -111,7 +111,7 @@ def check(config: mc.ModelConfig, model: str) -> None:
 def _ensemble(config: mc.ModelConfig) -> None:
     """An ensemble sets only what an ensemble acts on; ensemble_scheduling makes one only with its platform."""
     if config.platform != "ensemble":
-        if config.HasField("ensemble_scheduling"):
+        if config.ensemble_scheduling.step:
             raise ConfigError("config field 'ensemble_scheduling' needs platform: \"ensemble\"")
         return
     for field, _ in config.ListFields():
