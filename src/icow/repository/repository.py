@@ -328,7 +328,9 @@ class Repository:
             log.error("model '%s' is unavailable: %s", name, e)
             return loaded
         if not versions:
-            loaded.error = f"no version folder (a positive integer) with a model file in {model_dir}"
+            loaded.error = (f"no version folder (a positive integer) in {model_dir}: an ensemble has one, empty "
+                            "(as in Triton)" if graph is not None else
+                            f"no version folder (a positive integer) with a model file in {model_dir}")
             log.error("model '%s' is unavailable: %s", name, loaded.error)
         filename = config.default_model_filename or cfg.DEFAULT_MODEL_FILENAME
         config_key = routing.without_routing(config)
