@@ -72,10 +72,14 @@ def step_model(seed: int) -> onnx.ModelProto:
     return model
 
 
-def build(repo: Path) -> None:
+def build(repo: Path, threads: int = 0) -> None:
+    """The three models (``threads``: their intra-op threads, 0: icow's default) and ``chain``."""
     for seed, name in enumerate(STEPS):
         (repo / name / "1").mkdir(parents=True)
         (repo / name / "1" / "model.onnx").write_bytes(step_model(seed).SerializeToString())
+        if threads:
+            (repo / name / "config.pbtxt").write_text(
+                f'parameters {{ key: "intra_op_thread_count" value {{ string_value: "{threads}" }} }}\n')
     (repo / "chain" / "1").mkdir(parents=True)
     (repo / "chain" / "config.pbtxt").write_text(CHAIN)
 
@@ -90,10 +94,10 @@ def output(answer: bytes) -> bytes:
     return pb.ModelInferResponse.FromString(answer).raw_output_contents[0]
 
 
-def in_process(repo: Path, x: np.ndarray, seconds: float) -> float:
-    """Seconds per request of the three sessions run in turn (one intra-op thread per CPU, as icow)."""
+def in_process(repo: Path, x: np.ndarray, seconds: float, threads: int) -> float:
+    """Seconds per request of the three sessions run in turn (intra-op threads as icow gives them)."""
     options = ort.SessionOptions()
-    options.intra_op_num_threads = len(os.sched_getaffinity(0))
+    options.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
     sessions = [ort.InferenceSession(str(repo / n / "1" / "model.onnx"), options) for n in STEPS]
 
     def once() -> np.ndarray:
@@ -144,14 +148,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--concurrency", default="1,8")
     parser.add_argument("--plane", choices=["native", "grpcio"], default="native")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="intra-op threads of each step model (0: icow's default, one per CPU; with several, "
+                             "ONNX Runtime's pools spin between the steps' runs and the CPU figures measure that)")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args(argv)
     x = np.random.default_rng(9).standard_normal((1, WIDTH)).astype(np.float32)
     data = x.tobytes()
     with tempfile.TemporaryDirectory() as tmp:
         repo = Path(tmp) / "models"
-        build(repo)
-        floor = in_process(repo, x, args.seconds)
+        build(repo, args.threads)
+        floor = in_process(repo, x, args.seconds, args.threads)
         server = Server("icow", lambda port: ["-m", "icow", "serve", "--model-repository", str(repo), "--host",
                                              "127.0.0.1", "--port", str(port), "--data-plane", args.plane,
                                              "--no-metrics"], _ready, Path(tmp) / "server.log", None)
@@ -202,7 +209,8 @@ def summarize(rows: dict, floor: float, args: argparse.Namespace) -> dict:
     overhead_us = one["server_cpu_us_per_request"] - floor / 3 * 1e6 if one else float("nan")
     target_us = floor * 1e6 + 1.3 * overhead_us
     lines = [f"# Ensemble bench ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, plane {args.plane}, "
-             f"{len(os.sched_getaffinity(0))} CPUs, load {os.getloadavg()[0]:.1f})", "",
+             f"{len(os.sched_getaffinity(0))} CPUs, load {os.getloadavg()[0]:.1f}, intra-op threads per step "
+             f"{args.threads or 'one per CPU'})", "",
              f"in-process, three steps: {floor * 1e6:.1f} us per request (the compute floor)",
              f"one ModelInfer's overhead (s1's server CPU less a third of the floor): {overhead_us:.1f} us",
              f"target server CPU per ensemble request: <= {target_us:.1f} us", "",
