@@ -4,7 +4,8 @@ policy), its execution providers (providers.py), the ONNX Runtime session and IO
 (model.py, binding.py), the queue in front of its instances (scheduler.py), its
 statistics (stats.py), its warm-up before it serves (warmup.py) and the response cache
 that keeps its answers (cache.py); and an ensemble, a graph of steps on other models served
-as one (ensemble.py, its graph and checks: ensemble_graph.py). Knows nothing of the wire, the repository or shared memory.
+as one (ensemble.py, its graph and checks: ensemble_graph.py). Knows nothing of the wire,
+the repository or shared memory.
 
 May import: icow.protocol (and the compiled base: icow._wire, icow._proto).
 """
