@@ -70,6 +70,8 @@ def build_repository(repo: Path) -> Path:
         [FP32_IN], [("OUT", "TYPE_FP32", [3])]))
     write_ensemble(repo, "waiting", ensemble_config(
         [("paired", -1, {"x": "IN"}, {"y": "P"}), ("after", -1, {"x": "P"}, {"y": "OUT"})], [FP32_IN], [FP32_OUT]))
+    write_ensemble(repo, "nested", ensemble_config(  # an ensemble as a step
+        [("chain", -1, {"IN": "IN"}, {"OUT": "C"}), ("inc", -1, {"x": "C"}, {"y": "OUT"})], [FP32_IN], [FP32_OUT]))
     for version, factor in ((1, 2.0), (2, 3.0)):
         make_models.write(make_models.elementwise("Mul", factor), repo, "scaled", version)
     (repo / "scaled" / "config.pbtxt").write_text(
@@ -298,6 +300,11 @@ def test_model_version_minus_one_follows_the_model_and_a_label_names_a_version(s
     np.testing.assert_allclose(client.infer("labelled", [grpc_input(X)]).as_numpy("OUT"), 2 * X)  # stable=1
 
 
+def test_an_ensemble_runs_as_a_step_of_another(server):
+    client = tc.InferenceServerClient(server.url)
+    np.testing.assert_allclose(client.infer("nested", [grpc_input(X)]).as_numpy("OUT"), (2 * X + 1) * 2 + 1)
+
+
 # -- what loading refuses ------------------------------------------------------------
 
 D = {"y": "D"}
@@ -343,6 +350,8 @@ def explicit(repo: Path, tmp_path_factory: pytest.TempPathFactory):
     shutil.copytree(repo, bad)
     for name, (steps, inputs, outputs, extra, _) in BAD.items():
         write_ensemble(bad, f"bad_{name}", ensemble_config(steps, inputs, outputs, extra=extra))
+    for name, other in (("loop_a", "loop_b"), ("loop_b", "loop_a")):  # each runs the other
+        write_ensemble(bad, name, ensemble_config([(other, -1, {"IN": "IN"}, {"OUT": "OUT"})], [FP32_IN], [FP32_OUT]))
     srv = start_server(bad, "--model-control-mode", "explicit", "--no-metrics", log_dir=tmp_path_factory.mktemp("l"))
     yield srv
     srv.stop()
@@ -356,6 +365,12 @@ def test_loading_refuses_a_bad_graph_naming_the_step(explicit, name):
     assert not client.is_model_ready(f"bad_{name}")
 
 
+def test_ensembles_that_run_each_other_are_refused(explicit):
+    client = tc.InferenceServerClient(explicit.url)
+    with expect_error(grpc.StatusCode.INTERNAL, "failed to load model 'loop_a'", "a cycle of ensembles"):
+        client.load_model("loop_a")
+
+
 def test_unloading_a_composing_model_makes_the_ensemble_unready_and_loading_it_restores_it(explicit):
     client = tc.InferenceServerClient(explicit.url)
     http = th.InferenceServerClient(explicit.http_url)
@@ -364,6 +379,8 @@ def test_unloading_a_composing_model_makes_the_ensemble_unready_and_loading_it_r
     np.testing.assert_allclose(client.infer("chain", [grpc_input(X)]).as_numpy("OUT"), (2 * X + 1) * 2)
     client.unload_model("inc")
     assert not client.is_model_ready("chain") and not http.is_model_ready("chain")
+    index = {(m.name, m.version): m for m in client.get_model_repository_index().models}
+    assert index[("chain", "1")].state == "UNAVAILABLE" and "step 1 (model 'inc')" in index[("chain", "1")].reason
     with expect_error(grpc.StatusCode.UNAVAILABLE, "ensemble 'chain' is not ready: step 1 (model 'inc')"):
         client.infer("chain", [grpc_input(X)])
     with expect_error(grpc.StatusCode.UNAVAILABLE, "step 1 (model 'inc')"):

@@ -483,9 +483,18 @@ class Repository:
             elif loaded.error:
                 entries.append(IndexEntry(name, "", UNAVAILABLE, loaded.error))
             else:
-                entries.extend(IndexEntry(name, str(v), s.state, s.reason)
-                               for v, s in sorted(loaded.versions.items()))
+                entries.extend(_index_entry(name, v, s) for v, s in sorted(loaded.versions.items()))
         return [e for e in entries if e.state == READY] if ready_only else entries
+
+
+def _index_entry(name: str, version: int, state: VersionState) -> IndexEntry:
+    """A version as the index shows it: an ensemble is UNAVAILABLE while a model it runs is not ready."""
+    if isinstance(state.model, Ensemble):
+        try:
+            state.model.composing()
+        except InferenceServerError as e:
+            return IndexEntry(name, str(version), UNAVAILABLE, e.message)
+    return IndexEntry(name, str(version), state.state, state.reason)
 
 
 def _placement(model: Model) -> str:
