@@ -159,6 +159,9 @@ class Ensemble:
         def one(step: Step) -> dict[str, np.ndarray]:
             return self._run_step(step, models[step.index], tensors, deadline_ns, alive, steps)
 
+        if len(level) == 1:  # the common case (a chain): no pool, no futures
+            _keep(level[0], one(level[0]), tensors)
+            return
         others: list[Future] = [_shared_pool().submit(one, s) for s in level[1:]]
         outcomes: list[dict[str, np.ndarray] | BaseException] = []
         try:
@@ -171,8 +174,7 @@ class Ensemble:
         for step, outcome in zip(level, outcomes):
             if isinstance(outcome, BaseException):
                 raise outcome
-            for model_output, tensor in step.outputs.items():
-                tensors[tensor] = outcome[model_output]
+            _keep(step, outcome, tensors)
 
     def _run_step(self, step: Step, model: Composing, tensors: dict[str, np.ndarray], deadline_ns: int | None,
                   alive: Callable[[], bool] | None, steps: Timings) -> dict[str, np.ndarray]:
@@ -182,6 +184,12 @@ class Ensemble:
         except InferenceServerError as e:
             raise InferenceServerError(e.code, f"ensemble '{self.name}' {step} version {model.version} failed: "
                                        f"{e.message}") from None
+
+
+def _keep(step: Step, outputs: dict[str, np.ndarray], tensors: dict[str, np.ndarray]) -> None:
+    """A step's outputs, as the ensemble tensors its output_map names: the same arrays, no copy."""
+    for model_output, tensor in step.outputs.items():
+        tensors[tensor] = outputs[model_output]
 
 
 def _check_live(name: str, step: Step, deadline_ns: int | None, alive: Callable[[], bool] | None) -> None:
