@@ -126,6 +126,31 @@ def identity_all_types() -> onnx.ModelProto:
     return _model(nodes, inputs, outputs)
 
 
+def elementwise(op: str, constant: float, width: int = 4) -> onnx.ModelProto:
+    """y = op(x, constant) (``op``: Add, Mul, ...) on FP32 rows of ``width``, batch dimension
+    dynamic: a step of the ensemble tests."""
+    k = numpy_helper.from_array(np.array(constant, dtype=np.float32), "k")
+    return _model([helper.make_node(op, ["x", "k"], ["y"])],
+                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width])], [k])
+
+
+def add(width: int = 4) -> onnx.ModelProto:
+    """sum = a + b on FP32 rows of ``width``, batch dimension dynamic: two steps joined."""
+    return _model([helper.make_node("Add", ["a", "b"], ["sum"])],
+                  [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", width]) for n in ("a", "b")],
+                  [helper.make_tensor_value_info("sum", TensorProto.FLOAT, ["batch", width])])
+
+
+def regroup(columns: int = 3, width: int = 4) -> onnx.ModelProto:
+    """y = x reshaped to rows of ``columns``: fails at run time unless the batch's
+    ``width`` * rows divide by ``columns`` (a step that fails, in the ensemble tests)."""
+    shape = numpy_helper.from_array(np.array([-1, columns], dtype=np.int64), "shape")
+    return _model([helper.make_node("Reshape", ["x", "shape"], ["y"])],
+                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", columns])], [shape])
+
+
 CONFIGS = {
     "scale": 'name: "scale"\nplatform: "onnxruntime_onnx"\nversion_policy: { all: {} }\n',
     "strings": (

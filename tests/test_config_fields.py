@@ -159,9 +159,10 @@ def test_the_docs_table_names_every_field_the_table_decides():
 REFUSED_CONFIGS = {
     "stateful": ("max_batch_size: 8\nsequence_batching { max_sequence_idle_microseconds: 5000000 }\n",
                  "config field 'sequence_batching' is not supported by icow"),
-    "pipeline": ('platform: "ensemble"\nmax_batch_size: 8\nensemble_scheduling { step { model_name: "mlp" '
+    "pipeline": ('platform: "ensemble"\nmax_batch_size: 8\ninstance_group { count: 2 }\n'
+                 'ensemble_scheduling { step { model_name: "mlp" '
                  'model_version: -1 input_map { key: "input" value: "input" } } }\n',
-                 "config field 'platform' is 'ensemble': ensembles are not built yet (issue 22)"),
+                 "config field 'instance_group' does not apply to an ensemble"),
     "prioritised": ("max_batch_size: 8\ndynamic_batching { priority_levels: 2 default_priority_level: 1 }\n",
                     "config field 'dynamic_batching.priority_levels' is not supported by icow"),
     "ragged": ('max_batch_size: 8\ninput { name: "input" data_type: TYPE_FP32 dims: [16] allow_ragged_batch: true }\n',
@@ -210,7 +211,7 @@ def test_a_refused_field_makes_the_model_unavailable_with_a_reason_naming_it(fie
         client.infer("stateful", [infer_input("input", np.zeros((1, 16), np.float32), "FP32")])
     http = th.InferenceServerClient(fields_server.http_url)
     index = {m["name"]: m for m in http.get_model_repository_index()}
-    assert "ensembles are not built yet" in index["pipeline"]["reason"]
+    assert "does not apply to an ensemble" in index["pipeline"]["reason"]
 
 
 def test_a_harmless_field_loads_is_logged_once_and_echoed(fields_server):

@@ -31,6 +31,8 @@ from ..protocol.names import check_name, shorten
 from ..runtime import config as cfg
 from ..runtime import config_fields
 from ..runtime.cache import ResponseCache
+from ..runtime.ensemble import Ensemble
+from ..runtime.ensemble_graph import Graph, is_ensemble, read_graph
 from ..runtime.model import Model
 from ..runtime.warmup import warm_up
 from . import routing
@@ -58,7 +60,7 @@ class IndexEntry(NamedTuple):
 @dataclass
 class VersionState:
     version: int
-    model: Model | None = None
+    model: Model | Ensemble | None = None
     reason: str = ""  # why it is not ready, or why a reload failed while the previous load serves
     stamp: tuple = ()  # what it was loaded from (config, files): unchanged, a reload keeps the Model
 
@@ -138,6 +140,7 @@ class Repository:
         self.listeners: list[Callable[[str], None]] = []  # called with a model's name after it (un)loads
         self.drainer = drainer or Drainer()  # closes versions that left, once their requests finished
         self.cache = cache  # the response cache, for models whose config enables it; None: no cache
+        self._loading: set[str] = set()  # ensembles being loaded: one that needs itself is a cycle
 
     # -- what is on disk --------------------------------------------------
     def model_names(self) -> list[str]:
@@ -300,7 +303,7 @@ class Repository:
     def load_all(self, names: list[str] | None = None) -> None:
         with self._load_lock:
             failed = self.store.sync(names) if self.store is not None else {}
-            for name in self.model_names() if names is None else names:
+            for name in sorted(self.model_names() if names is None else names, key=self._ensembles_last):
                 try:
                     self._load_fetched(name, failed.get(name, {}))
                 except InferenceServerError as e:  # over --max-loaded-models: the others still serve
@@ -316,6 +319,7 @@ class Repository:
             on_disk = versions_on_disk(model_dir)
             versions = sorted(set(policy_versions(on_disk, config.version_policy))
                               | (loaded.routing.pinned() & set(on_disk)))
+            graph = self._ensemble_graph(name, config)
         except cfg.ConfigError as e:
             if previous is not None and previous.ready():  # a bad edit: what was loaded serves on
                 log.error("model '%s': reload failed, the versions loaded before serve on: %s", name, e)
@@ -324,7 +328,9 @@ class Repository:
             log.error("model '%s' is unavailable: %s", name, e)
             return loaded
         if not versions:
-            loaded.error = f"no version folder (a positive integer) with a model file in {model_dir}"
+            loaded.error = (f"no version folder (a positive integer) in {model_dir}: an ensemble has one, empty "
+                            "(as in Triton)" if graph is not None else
+                            f"no version folder (a positive integer) with a model file in {model_dir}")
             log.error("model '%s' is unavailable: %s", name, loaded.error)
         filename = config.default_model_filename or cfg.DEFAULT_MODEL_FILENAME
         config_key = routing.without_routing(config)
@@ -334,7 +340,8 @@ class Repository:
             if old is not None and old.model is not None and old.stamp == stamp:
                 loaded.versions[version] = dataclasses.replace(old, reason="")  # unchanged: it serves on
                 continue
-            state = self._load_version(name, version, model_dir / str(version) / filename, config)
+            state = self._load_ensemble(name, version, config, graph) if graph is not None else \
+                self._load_version(name, version, model_dir / str(version) / filename, config)
             state.stamp = stamp
             if state.model is None and old is not None and old.model is not None:
                 log.error("model '%s' version %d: the version loaded before serves on", name, version)
@@ -366,6 +373,47 @@ class Repository:
         log.info("model '%s' version %d is ready (%s) on %s", name, version, path, _placement(model))
         return VersionState(version, model=model)
 
+    # -- ensembles ----------------------------------------------------------
+    def _ensembles_last(self, name: str) -> tuple[bool, str]:
+        """Sort key of a startup load: ensembles after the models they run."""
+        try:
+            return is_ensemble(cfg.read_config(self.root / name)), name
+        except (cfg.ConfigError, OSError):
+            return False, name
+
+    def _ensemble_graph(self, name: str, config: mc.ModelConfig) -> Graph | None:
+        """An ensemble's checked graph, its composing models loaded first where they are
+        not (as Triton does); None for any other model."""
+        if not is_ensemble(config):
+            return None
+        graph = read_graph(config)
+        self._loading.add(name)
+        try:
+            for step in graph.steps:
+                if step.model in self._loading:
+                    raise cfg.ConfigError(f"{step}: ensemble '{step.model}' runs, through its steps, ensemble "
+                                          f"'{name}' (a cycle of ensembles)")
+                if step.model not in self._models and step.model in self.model_names():
+                    try:
+                        self.load(step.model)
+                    except InferenceServerError as e:  # e.g. --max-loaded-models: the check below says so
+                        log.error("model '%s' (run by ensemble '%s') is not loaded: %s", step.model, name, e.message)
+        finally:
+            self._loading.discard(name)
+        return graph
+
+    def _load_ensemble(self, name: str, version: int, config: mc.ModelConfig, graph: Graph) -> VersionState:
+        """An ensemble version, ready once every step's model is ready and fits the graph."""
+        ensemble = Ensemble(name, version, config, graph, self.get)
+        try:
+            ensemble.composing()
+        except InferenceServerError as e:
+            log.error("model '%s' version %d is unavailable: %s", name, version, e.message)
+            return VersionState(version, reason=e.message)
+        log.info("ensemble '%s' version %d is ready: %s", name, version,
+                 " -> ".join(" + ".join(map(str, level)) for level in graph.levels))
+        return VersionState(version, model=ensemble)
+
     # -- lookups ----------------------------------------------------------
     def get(self, name: str, version: str = "", request_id: str | None = None) -> Model:
         """The ready model for a call: ``version`` is a version number or a label.
@@ -381,6 +429,8 @@ class Repository:
         loaded = self._loaded(name)
         check_name(version, "version or label")  # a 5000-digit "version" must not reach int()
         model = loaded.pick(version, request_id)
+        if isinstance(model, Ensemble):
+            model.composing()  # UNAVAILABLE, naming the step, while a model it runs is not ready
         if model is not None:
             return model
         if not version:
@@ -398,6 +448,11 @@ class Repository:
             f"{named} loaded" if number is not None else f"version or label '{shorten(version)}'"
         raise not_found(f"model '{name}' has no {what}; ready versions: {listed}"
                         + (f"; labels: {labels}" if labels else ""))
+
+    def composing_names(self) -> set[str]:
+        """The models that the ready ensembles run."""
+        return {step.model for loaded in self.loaded() for model in loaded.ready().values()
+                if isinstance(model, Ensemble) for step in model.graph.steps}
 
     def get_loaded(self, name: str) -> LoadedModel:
         return self._loaded(name)
@@ -428,9 +483,18 @@ class Repository:
             elif loaded.error:
                 entries.append(IndexEntry(name, "", UNAVAILABLE, loaded.error))
             else:
-                entries.extend(IndexEntry(name, str(v), s.state, s.reason)
-                               for v, s in sorted(loaded.versions.items()))
+                entries.extend(_index_entry(name, v, s) for v, s in sorted(loaded.versions.items()))
         return [e for e in entries if e.state == READY] if ready_only else entries
+
+
+def _index_entry(name: str, version: int, state: VersionState) -> IndexEntry:
+    """A version as the index shows it: an ensemble is UNAVAILABLE while a model it runs is not ready."""
+    if isinstance(state.model, Ensemble):
+        try:
+            state.model.composing()
+        except InferenceServerError as e:
+            return IndexEntry(name, str(version), UNAVAILABLE, e.message)
+    return IndexEntry(name, str(version), state.state, state.reason)
 
 
 def _placement(model: Model) -> str:

@@ -3,7 +3,9 @@ the graph (config.py), how it runs (execution.py: instances, threads, batching, 
 policy), its execution providers (providers.py), the ONNX Runtime session and IOBinding
 (model.py, binding.py), the queue in front of its instances (scheduler.py), its
 statistics (stats.py), its warm-up before it serves (warmup.py) and the response cache
-that keeps its answers (cache.py). Knows nothing of the wire, the repository or shared memory.
+that keeps its answers (cache.py); and an ensemble, a graph of steps on other models served
+as one (ensemble.py, its graph and checks: ensemble_graph.py). Knows nothing of the wire,
+the repository or shared memory.
 
 May import: icow.protocol (and the compiled base: icow._wire, icow._proto).
 """

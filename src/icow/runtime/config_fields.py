@@ -39,7 +39,15 @@ ACTED = frozenset({
     "parameters",  # the keys icow knows are acted on; others are logged (_parameters)
     "model_warmup", "response_cache",
     "model_operations",  # onnxruntime-extensions' library only (custom_ops.py)
+    # an ensemble's graph (ensemble_graph.py); model_version -1 or a number, a label by parameter
+    "ensemble_scheduling.step.model_name", "ensemble_scheduling.step.model_version",
+    "ensemble_scheduling.step.input_map", "ensemble_scheduling.step.output_map",
 })
+
+# What an ensemble's config may set: it runs no session of its own, so what shapes one
+# (instances, batching, warm-up, cache, optimization) belongs in its composing models.
+ENSEMBLE_FIELDS = frozenset({"name", "platform", "version_policy", "max_batch_size", "input", "output",
+                             "parameters", "ensemble_scheduling"})
 
 # Harmless to ignore: no answer, placement or queueing decision depends on them here.
 IGNORED = {
@@ -52,12 +60,14 @@ IGNORED = {
     "optimization.gather_kernel_buffer_threshold": "a hint for host-device copies; ONNX Runtime makes its own",
     "optimization.eager_batching": "a hint for Triton's batcher",
     "metric_tags": "icow's metrics carry the labels model and version only",
+    "ensemble_scheduling.max_inflight_requests": "an ensemble's steps wait in their composing models' queues, "
+                                                 "which max_queue_size bounds",
     "model_metrics": "icow's metrics have fixed histogram buckets",
 }
 
 # Refused with a reason of their own (any other field not above is refused too).
 REFUSED = {
-    "ensemble_scheduling": "ensembles are not built yet (issue 22)",
+    "ensemble_scheduling.step.model_namespace": "icow has no model namespaces: model names are unique",
     "sequence_batching": "icow has no sequence batcher for stateful models",
     "model_transaction_policy.decoupled": "every request gets exactly one response",
     "batch_input": "icow batches only requests of equal shapes (no ragged batching)",
@@ -74,7 +84,7 @@ REFUSED = {
 # the backend; Triton's ONNX Runtime backend knows more, which icow does not act on.
 KNOWN_PARAMETERS = frozenset({"intra_op_thread_count", "inter_op_thread_count", "allow_cpu_fallback",
                               "execution_providers", "version_labels", "traffic_split",
-                              custom_ops.PARAMETER})
+                              custom_ops.PARAMETER, "step_version_labels"})
 
 TENSORRT = "tensorrt"
 
@@ -82,8 +92,6 @@ TENSORRT = "tensorrt"
 def check(config: mc.ModelConfig, model: str) -> None:
     """Refuse ``config`` (ConfigError naming the field) if it sets a field icow does
     not act on; log the ignored ones, once per call (a load)."""
-    if config.platform == "ensemble":
-        raise ConfigError(f"config field 'platform' is 'ensemble': {REFUSED['ensemble_scheduling']}")
     ignored: dict[str, str] = {}
     for path in _set_fields(config, ""):
         if path in IGNORED:
@@ -93,6 +101,7 @@ def check(config: mc.ModelConfig, model: str) -> None:
         else:
             raise ConfigError(f"config field '{path}' is not supported by icow (docs/config.md lists the "
                               "fields it acts on)")
+    _ensemble(config)
     _accelerators(config)
     custom_ops.names(config)  # a library icow would not load is refused before any session
     unknown = sorted(set(config.parameters) - KNOWN_PARAMETERS)
@@ -100,6 +109,18 @@ def check(config: mc.ModelConfig, model: str) -> None:
         ignored["parameters"] = f"icow knows no key {', '.join(map(repr, unknown))}"
     for path, why in ignored.items():
         log.warning("model '%s': config field '%s' is ignored: %s", model, path, why)
+
+
+def _ensemble(config: mc.ModelConfig) -> None:
+    """An ensemble sets only what an ensemble acts on; ensemble_scheduling makes one only with its platform."""
+    if config.platform != "ensemble":
+        if config.ensemble_scheduling.step:
+            raise ConfigError("config field 'ensemble_scheduling' needs platform: \"ensemble\"")
+        return
+    for field, _ in config.ListFields():
+        if field.name not in ENSEMBLE_FIELDS:
+            raise ConfigError(f"config field '{field.name}' does not apply to an ensemble (platform \"ensemble\"): "
+                              "set it in the config of its composing models")
 
 
 def _set_fields(message: Message, prefix: str) -> Iterator[str]:

@@ -122,15 +122,17 @@ class Model:
 
     def run(self, inputs: Mapping[str, np.ndarray], requested: Sequence[str] = (), *,
             non_tensor: bool = False, deadline_ns: int | None = None,
-            alive: Callable[[], bool] | None = None) -> dict[str, np.ndarray]:
+            alive: Callable[[], bool] | None = None, timings: list | None = None) -> dict[str, np.ndarray]:
         """Check ``inputs`` against the config, run the model, return the ``requested``
         outputs (all when empty) in the order asked for.
 
         With ``non_tensor``, outputs that are not tensors may be asked for (and
         "all" includes them): they come back as ONNX Runtime gives them (a list
         of dicts for a sequence of maps). ``deadline_ns`` (time.monotonic_ns) and
-        ``alive`` (False once the caller has gone) end a wait in the queue."""
-        return self._submit(inputs, requested, None, non_tensor, deadline_ns, alive)
+        ``alive`` (False once the caller has gone) end a wait in the queue. ``timings``, when
+        given, gets the request's (queue, compute input, infer, output) ns appended (an
+        ensemble's step: the ensemble's statistics add them up)."""
+        return self._submit(inputs, requested, None, non_tensor, deadline_ns, alive, timings)
 
     def run_into(self, inputs: Mapping[str, np.ndarray], requested: Sequence[str],
                  allocate: Callable[[list[OutputSpec]], ResponseSlots], *, deadline_ns: int | None = None,
@@ -149,7 +151,7 @@ class Model:
         job = Job(Work(feeds, self.output_names(), allocate), batch or 1, None, None, None)
         self._run_one(instance, job)
 
-    def _submit(self, inputs, requested, allocate, non_tensor, deadline_ns, alive):
+    def _submit(self, inputs, requested, allocate, non_tensor, deadline_ns, alive, timings=None):
         """Check the request, queue it, wait for its result; account for it."""
         arrived = time.monotonic_ns()
         self.stats.begin()
@@ -171,8 +173,11 @@ class Model:
             self.stats.record_failure(time.monotonic_ns() - arrived)
             raise
         input_ns, infer_ns, output_ns = job.timings
-        self.stats.record_request(batch or 1, time.monotonic_ns() - arrived, job.started_ns - job.queued_ns,
-                                  job.queued_ns - arrived + input_ns, infer_ns, output_ns, job.ran_alone)
+        queue_ns, input_ns = job.started_ns - job.queued_ns, job.queued_ns - arrived + input_ns
+        self.stats.record_request(batch or 1, time.monotonic_ns() - arrived, queue_ns, input_ns, infer_ns,
+                                  output_ns, job.ran_alone)
+        if timings is not None:
+            timings.append((queue_ns, input_ns, infer_ns, output_ns))
         return result
 
     # -- the response cache ------------------------------------------------
@@ -233,7 +238,7 @@ class Model:
             self._shape_cache.clear()
             for listener in self.on_unbindable:
                 listener()
-        result = _copy_into(allocate, results) if allocate is not None else results
+        result = copy_into(allocate, results) if allocate is not None else results
         self._timed([job], start, fed, ran)
         return result
 
@@ -256,7 +261,7 @@ class Model:
             results = {n: self._shape_output(n, r[first:last], job.rows) if n in self.outputs else r[first:last]
                        for n, r in zip(names, outputs)}
             allocate = job.payload.allocate
-            job.result = _copy_into(allocate, results) if allocate is not None else results
+            job.result = copy_into(allocate, results) if allocate is not None else results
             first = last
         self._timed(jobs, start, fed, ran)
 
@@ -309,16 +314,7 @@ class Model:
         return feeds, batch
 
     def _check(self, spec: cfg.TensorSpec, array: np.ndarray) -> None:
-        got = from_numpy(array.dtype).name
-        if got != spec.datatype.name:
-            raise invalid(f"input '{spec.name}': expected datatype {spec.datatype.name}, got {got}")
-        expected = spec.shape(self.max_batch_size)
-        shape = list(array.shape)
-        if len(shape) != len(expected) or any(w != -1 and g != w for g, w in zip(shape, expected)):
-            raise invalid(f"input '{spec.name}': expected shape {expected}, got {shape}")
-        if self.max_batch_size > 0 and not 1 <= shape[0] <= self.max_batch_size:
-            raise invalid(f"input '{spec.name}': batch size {shape[0]} is outside 1..{self.max_batch_size} "
-                          f"(max_batch_size of model '{self.name}')")
+        check_input(spec, array, self.max_batch_size, self.name)
 
     def _model_array(self, spec: cfg.TensorSpec, array: np.ndarray) -> np.ndarray:
         if spec.reshape is not None:
@@ -401,7 +397,22 @@ class Model:
         return True
 
 
-def _copy_into(allocate: Callable[[list[OutputSpec]], ResponseSlots],
+def check_input(spec: cfg.TensorSpec, array: np.ndarray, max_batch_size: int, model: str) -> int:
+    """Refuse an input whose datatype or shape the config does not allow; its batch size (0: none)."""
+    got = from_numpy(array.dtype).name
+    if got != spec.datatype.name:
+        raise invalid(f"input '{spec.name}': expected datatype {spec.datatype.name}, got {got}")
+    expected = spec.shape(max_batch_size)
+    shape = list(array.shape)
+    if len(shape) != len(expected) or any(w != -1 and g != w for g, w in zip(shape, expected)):
+        raise invalid(f"input '{spec.name}': expected shape {expected}, got {shape}")
+    if max_batch_size > 0 and not 1 <= shape[0] <= max_batch_size:
+        raise invalid(f"input '{spec.name}': batch size {shape[0]} is outside 1..{max_batch_size} "
+                      f"(max_batch_size of model '{model}')")
+    return shape[0] if max_batch_size > 0 else 0
+
+
+def copy_into(allocate: Callable[[list[OutputSpec]], ResponseSlots],
                results: dict[str, np.ndarray]) -> ResponseSlots:
     """Outputs computed elsewhere, copied once into a new response."""
     datas = {}

@@ -21,6 +21,7 @@ import weakref
 from collections.abc import Sequence
 
 from ..repository.repository import Repository
+from ..runtime.ensemble import Ensemble
 from ..runtime.model import Model
 from ..runtime.stats import LATENCY_BUCKETS_US
 from .auth import Token
@@ -68,8 +69,13 @@ class ModelTable:
     def entries(self) -> dict[str, object]:
         """Table key (name, newline, version or label or "") -> ModelEntry."""
         table = {}
+        # A batching model that an ensemble runs stays on the Python path, where its queue is
+        # the one its ensemble steps wait in: direct requests and steps then batch together.
+        steps = self.repository.composing_names()
         for loaded in self.repository.loaded():  # the repository's rule, for every fixed key
             for key, model in loaded.fixed_picks().items():
+                if loaded.name in steps and getattr(model, "batching", None):
+                    continue
                 entry = self._entry(model)
                 if entry is not None:
                     table[f"{loaded.name}\n{key}"] = entry
@@ -81,11 +87,14 @@ class ModelTable:
         return self._entries[model]
 
 
-def model_entry(model: Model):
+def model_entry(model: Model | Ensemble):
     """The fast path's entry for ``model``, or None where only the full path serves it
     as it must: strings, config reshapes, outputs that cannot be bound before the run,
     onnxruntime without the calls beneath its IOBinding wrapper, the response cache
-    (kept by the full path only: there a request is looked up before it runs)."""
+    (kept by the full path only: there a request is looked up before it runs), an
+    ensemble (its steps run in Python, each through its composing model's queue)."""
+    if isinstance(model, Ensemble):
+        return None
     specs = (*model.inputs.values(), *model.outputs.values())
     if (model.cache is not None or not model.bind_outputs
             or any(s.datatype.name == "BYTES" or s.reshape is not None for s in specs)
