@@ -79,6 +79,12 @@ class Routing:
         return Routing(new_labels, new_split, self.generation + 1)
 
 
+def check_routing(labels: Mapping[str, int | str], split: Sequence[Sequence], generation: int) -> Routing:
+    """A Routing from plain labels and split pairs (a routing file's). Raises ValueError."""
+    checked = {_check_label(str(k)): _check_version(v, str(k)) for k, v in labels.items()}
+    return Routing(checked, _check_split((t, w) for t, w in split), generation)
+
+
 def from_config(config: mc.ModelConfig) -> Routing:
     """The routing that ``config``'s parameters declare. Raises cfg.ConfigError."""
     try:
