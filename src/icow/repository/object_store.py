@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..runtime.config import ConfigError, read_config
-from .routing_store import ROUTING_FILE
+from .routing import ROUTING_FILE
 from .versions import policy_versions
 
 log = logging.getLogger(__name__)

@@ -29,6 +29,7 @@ from ..runtime import config as cfg
 if TYPE_CHECKING:
     from ..runtime.model import Model
 
+ROUTING_FILE = "routing.json"  # in a model's folder: the routing changed since (routing_store.py)
 LABELS_PARAMETER = "version_labels"
 SPLIT_PARAMETER = "traffic_split"
 _LABEL = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")  # never all digits: digits are versions

@@ -35,12 +35,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from ..runtime.config import ConfigError
-from .routing import Routing, check_routing
+from .routing import ROUTING_FILE, Routing, check_routing
 
 if TYPE_CHECKING:
     from .object_store import ObjectStore
 
-ROUTING_FILE = "routing.json"
+__all__ = ["ROUTING_FILE", "Conflict", "ReadOnly", "StoredRouting", "FolderRoutingStore", "ObjectRoutingStore"]
 _LOCK_FILE = ".routing.json.lock"
 _READ_ONLY_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS}
 _READ_ONLY_CODES = {"AccessDenied", "NotImplemented", "MethodNotAllowed"}
