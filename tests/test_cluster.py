@@ -39,7 +39,7 @@ from icow._proto import inference_pb2 as pb
 from icow._proto import inference_pb2_grpc as pb_grpc
 from icow.repository.object_store import ObjectStore, StoreLocation
 from icow.repository.routing import Routing
-from icow.repository.routing_store import ROUTING_FILE, Conflict, ObjectRoutingStore, StoredRouting
+from icow.repository.routing_store import ROUTING_FILE, Conflict, ObjectRoutingStore, ReadOnly, StoredRouting
 
 CALLS = 10_000
 X = np.ones(4, np.float32)  # version k answers k * x
@@ -220,6 +220,15 @@ def test_the_store_refuses_the_second_of_two_writes(s3, bucket_with_m):
         body = s3.client().get_object(Bucket=bucket_with_m, Key=f"m/{ROUTING_FILE}")["Body"].read()
         assert StoredRouting.from_json(body, outcome) == written, outcome
         written = StoredRouting(Routing({}, (("2", 1),), 3), Routing())
+
+
+def test_a_model_of_one_object_gets_no_routing_folder(s3, bucket_with_m):
+    """lIteCOW's layout (one object per model): a "<name>/routing.json" beside it would make the
+    model both an object and a folder, so its routing stays in memory."""
+    s3.client().put_object(Bucket=bucket_with_m, Key="plain.onnx", Body=make_models.scale(1.0).SerializeToString())
+    routing_store = ObjectRoutingStore(ObjectStore(StoreLocation(bucket_with_m), client=s3.client()))
+    with pytest.raises(ReadOnly, match="lIteCOW's layout"), routing_store.transaction("plain"):
+        pass
 
 
 def test_a_read_only_store_keeps_the_routing_in_memory(s3, s3_proxy, bucket_with_m, make_server, tmp_path):

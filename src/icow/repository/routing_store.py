@@ -11,7 +11,7 @@ config.pbtxt routing it was made over::
 
 When config.pbtxt's own labels or split change later, they win (as before), with
 the next generation. A write is a compare-and-swap on what was read: in a folder,
-under an flock, the file re-read and replaced by a rename; in an object store, a
+under an flock of the model's folder, the file re-read and replaced by a rename; in an object store, a
 conditional PutObject (If-Match on the ETag read, If-None-Match: * for a first
 write), which S3 and SeaweedFS refuse with 412 when another writer got there
 first. Either way the loser gets ABORTED and nothing half-applied.
@@ -41,7 +41,6 @@ if TYPE_CHECKING:
     from .object_store import ObjectStore
 
 __all__ = ["ROUTING_FILE", "Conflict", "ReadOnly", "StoredRouting", "FolderRoutingStore", "ObjectRoutingStore"]
-_LOCK_FILE = ".routing.json.lock"
 _READ_ONLY_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS}
 _READ_ONLY_CODES = {"AccessDenied", "NotImplemented", "MethodNotAllowed"}
 
@@ -130,8 +129,9 @@ class Writer(Protocol):
 
 
 class FolderRoutingStore:
-    """routing.json files in the repository's folders, written under an flock and replaced by a rename
-    (replicas sharing the folder on one host or on a file system whose locks work across hosts)."""
+    """routing.json files in the repository's folders, written under an flock of the model's folder and
+    replaced by a rename (replicas sharing the folder on one host, or on a file system whose locks work
+    across hosts)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -139,12 +139,7 @@ class FolderRoutingStore:
     @contextmanager
     def transaction(self, name: str) -> Iterator[tuple[StoredRouting | None, Writer]]:
         model_dir = self.root / name
-        try:
-            lock = os.open(model_dir / _LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            if e.errno in _READ_ONLY_ERRNOS:
-                raise ReadOnly(f"the model folder {model_dir} is read-only ({os.strerror(e.errno)})") from None
-            raise
+        lock = os.open(model_dir, os.O_RDONLY | os.O_DIRECTORY)  # the folder itself: no lock file left behind
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)  # the read and the write below, as one
             yield read_cached(model_dir), lambda stored: _replace(model_dir / ROUTING_FILE, stored.to_json())
@@ -176,6 +171,10 @@ class ObjectRoutingStore:
 
     @contextmanager
     def transaction(self, name: str) -> Iterator[tuple[StoredRouting | None, Writer]]:
+        stored_model = self.store.models().get(name)
+        if stored_model is not None and stored_model.layout != "triton":  # a folder beside it would clash
+            raise ReadOnly(f"model '{name}' is one object in {self.store.url} (lIteCOW's layout), with no folder "
+                           "for a routing file")
         key = self.store.location.key(name, ROUTING_FILE)
         data, etag = self.store.get_bytes(key)
         stored = StoredRouting.from_json(data, f"{self.store.url}/{name}/{ROUTING_FILE}") if data is not None \
