@@ -9,7 +9,9 @@ parameters it does not know, so the same repository still serves there)::
 Labels name versions wherever the protocol carries a version string. The split
 weighs versions or labels for inference requests that name no version: sticky on
 the request id when there is one, weighted random otherwise. A `Routing` is
-immutable; a change publishes a new one (see Repository.set_routing).
+immutable; a change publishes a new one (see Repository.set_routing), and is
+written beside config.pbtxt as ``routing.json`` for every replica to follow
+(routing_store.py).
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ import json
 import os
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -118,7 +118,7 @@ def routing_stamp(model_dir: Path) -> bytes | None:
 class RoutingStore(Protocol):
     """Where the routing files of a repository are read fresh and written."""
 
-    def transaction(self, name: str) -> Iterator[tuple[StoredRouting | None, Writer]]:
+    def transaction(self, name: str) -> AbstractContextManager[tuple[StoredRouting | None, Writer]]:
         """The stored routing of model ``name`` as it is now, and a writer that replaces it
         only if it is still so (else Conflict). Raises ReadOnly, OSError."""
         ...
