@@ -156,12 +156,15 @@ class FaultyProxy:
     """An HTTP proxy to the store. While ``fault`` is set, a GET of an object whose key
     ends with ``key_suffix`` is cut off halfway ("truncate": the connection closes
     after half the body that Content-Length announces) or gets one byte flipped
-    ("corrupt"). ``faulted`` counts the downloads it broke."""
+    ("corrupt"). ``faulted`` counts the downloads it broke. While ``read_only`` is set,
+    every write (PUT, POST, DELETE) is refused with 403 AccessDenied, as a store answers
+    credentials without write permission."""
 
     upstream: str
     fault: str | None = None
     key_suffix: str = ""
     faulted: int = 0
+    read_only: bool = False
     _server: http.server.ThreadingHTTPServer | None = field(default=None, repr=False)
 
     @property
@@ -182,6 +185,9 @@ class FaultyProxy:
             def forward(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
+                if proxy.read_only and self.command in ("PUT", "POST", "DELETE"):
+                    self.refuse()
+                    return
                 upstream = http.client.HTTPConnection(up.hostname, up.port, timeout=60)
                 try:
                     # Headers go as they came, Host included: the request's signature covers them.
@@ -211,6 +217,15 @@ class FaultyProxy:
                     data = data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1:]
                 if self.command != "HEAD":
                     self.wfile.write(data)
+
+            def refuse(self) -> None:
+                denied = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code>'
+                          b"<Message>Access Denied</Message></Error>")
+                self.send_response(403, "Forbidden")
+                self.send_header("Content-Type", "application/xml")
+                self.send_header("Content-Length", str(len(denied)))
+                self.end_headers()
+                self.wfile.write(denied)
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = forward
 

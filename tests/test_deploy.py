@@ -1,22 +1,28 @@
 """The deployment files: Kubernetes manifests validated offline against the
-Kubernetes schemas (kubernetes-validate), the KServe ServingRuntime, and the
-Dockerfiles. Every icow command line in them must parse with icow's own parser."""
+Kubernetes schemas (kubernetes-validate), the KServe ServingRuntime and InferenceService
+against KServe's CRD schemas (the subset in kserve_crd.py, which says where it comes
+from), the queue autoscaling through the Prometheus adapter, and the Dockerfiles. Every
+icow command line in them must parse with icow's own parser."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
+import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
 
+import kserve_crd
 from icow.cli import build_parser
+from icow.services.metrics import TRITON_FAMILIES
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S_VERSION = "1.30.0"  # the oldest Kubernetes these manifests target (gRPC probes are GA since 1.27)
 MANIFESTS = sorted((ROOT / "deploy" / "kubernetes").glob("*.yaml"))
-KSERVE_HTTP_PORT = 8080  # where KServe and Knative route when a runtime declares no port
+KSERVE_HTTP_PORT = kserve_crd.DEFAULT_HTTP_PORT  # where KServe and Knative route when a runtime declares no port
+QUEUE = ROOT / "deploy" / "kubernetes" / "queue-autoscaling"
 
 
 def documents(path: Path) -> list[dict]:
@@ -56,7 +62,7 @@ def test_deployment_probes_health_and_runs_as_non_root():
         assert container[probe]["grpc"]["port"] == 8001, probe
     assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"] != 0
     args = icow_args(container["args"])
-    assert [Path(p) for p in args.model_repository] == [Path("/models")] and args.host == "0.0.0.0"
+    assert args.model_repository == ["/models"] and args.host == "0.0.0.0"
     mounts = {m["name"]: m for m in container["volumeMounts"]}
     assert mounts["models"]["mountPath"] == "/models" and mounts["models"]["readOnly"]
     # the pod gets more time than the server's own grace period plus the preStop pause
@@ -109,17 +115,12 @@ def test_kserve_serving_runtime():
     spec = runtime["spec"]
     assert {"name": "onnx", "version": "1"}.items() <= spec["supportedModelFormats"][0].items()
     assert spec["protocolVersions"] == ["v2", "grpc-v2"]  # REST and gRPC
-    assert set(spec) <= {"annotations", "supportedModelFormats", "protocolVersions", "containers",
-                         "multiModel", "disabled", "nodeSelector", "tolerations", "affinity", "volumes",
-                         "imagePullSecrets", "labels", "builtInAdapter", "grpcEndpoint", "grpcDataEndpoint",
-                         "replicas", "storageHelper", "httpDataEndpoint"}
+    jsonschema.validate(runtime, kserve_crd.SERVING_RUNTIME)
     (container,) = spec["containers"]
-    # KServe's containers are Kubernetes containers: validate them inside a Pod
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "icow"}, "spec": {"containers": [container]}}
-    kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
+    validate_container(container)
     args = icow_args(container["args"])
-    # where KServe's storage initializer puts models
-    assert [Path(p) for p in args.model_repository] == [Path("/mnt/models")]
+    assert args.routing_in_memory  # /mnt/models is each pod's own copy: no change there reaches the others
+    assert args.model_repository == ["/mnt/models"]  # where KServe's storage initializer puts models
     # No ports: Knative routes one port per pod, and an InferenceService's ports are merged into
     # these; REST goes to KServe's default 8080, gRPC to the h2c port an InferenceService names.
     assert "ports" not in container
@@ -127,6 +128,76 @@ def test_kserve_serving_runtime():
     probe = container["readinessProbe"]["httpGet"]
     assert probe == {"path": "/v2/health/ready", "port": args.http_port}
     assert f"containerPort: {args.port}" in (ROOT / "deploy" / "kserve" / "servingruntime.yaml").read_text()
+
+
+def validate_container(container: dict) -> None:
+    """KServe's containers are Kubernetes containers: validated inside a Pod."""
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "icow"}, "spec": {"containers": [container]}}
+    kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
+
+
+def test_kserve_inference_service():
+    (service,) = documents(ROOT / "deploy" / "kserve" / "inferenceservice.yaml")
+    jsonschema.validate(service, kserve_crd.INFERENCE_SERVICE)
+    model = dict(service["spec"]["predictor"]["model"])
+    (runtime,) = documents(ROOT / "deploy" / "kserve" / "servingruntime.yaml")
+    assert model["runtime"] == runtime["metadata"]["name"]
+    assert model["modelFormat"]["name"] in {f["name"] for f in runtime["spec"]["supportedModelFormats"]}
+    assert model["protocolVersion"] in runtime["spec"]["protocolVersions"]
+    # gRPC: the one port Knative routes is icow's gRPC port, named h2c
+    args = icow_args(runtime["spec"]["containers"][0]["args"])
+    assert [(p["name"], p["containerPort"]) for p in model["ports"]] == [("h2c", args.port)]
+    for field in kserve_crd.MODEL_SPEC_FIELDS:  # what is left is a container's
+        model.pop(field, None)
+    validate_container({"name": "kserve-container", **model})
+
+
+@pytest.mark.parametrize("schema, path, field", [
+    (kserve_crd.SERVING_RUNTIME, "servingruntime.yaml", ("spec", "supportedModelFormat")),
+    (kserve_crd.SERVING_RUNTIME, "servingruntime.yaml", ("spec", "supportedModelFormats", 0, "autoselect")),
+    (kserve_crd.INFERENCE_SERVICE, "inferenceservice.yaml", ("spec", "predictor", "minReplica")),
+    (kserve_crd.INFERENCE_SERVICE, "inferenceservice.yaml", ("spec", "predictor", "model", "storageURI")),
+], ids=["runtime-spec", "model-format", "predictor", "model"])
+def test_kserve_validation_catches_a_wrong_field(schema, path, field):
+    (doc,) = documents(ROOT / "deploy" / "kserve" / path)
+    *parents, name = field
+    target = doc
+    for key in parents:
+        target = target[key]
+    target[name] = "x"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(doc, schema)
+
+
+def test_kserve_validation_catches_a_wrong_protocol():
+    (doc,) = documents(ROOT / "deploy" / "kserve" / "inferenceservice.yaml")
+    doc["spec"]["predictor"]["model"]["protocolVersion"] = "grpc_v2"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(doc, kserve_crd.INFERENCE_SERVICE)
+
+
+def test_queue_autoscaling_reads_a_metric_icow_exports():
+    """The HPA's Pods metric is the adapter rule's name for a gauge icow serves."""
+    (hpa,) = documents(QUEUE / "hpa.yaml")
+    kubernetes_validate.validate(hpa, K8S_VERSION, strict=True)
+    (default_hpa,) = documents(ROOT / "deploy" / "kubernetes" / "hpa.yaml")
+    assert hpa["metadata"]["name"] == default_hpa["metadata"]["name"]  # it replaces the CPU one, never beside it
+    assert hpa["spec"]["scaleTargetRef"] == default_hpa["spec"]["scaleTargetRef"]
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["type"] == "Pods" and metric["pods"]["target"]["type"] == "AverageValue"
+    (values,) = documents(QUEUE / "prometheus-adapter-values.yaml")
+    (rule,) = values["rules"]["custom"]
+    assert rule["name"]["as"] == metric["pods"]["metric"]["name"]
+    series = re.fullmatch(r"(\w+)\{.*\}", rule["seriesQuery"]).group(1)
+    assert re.fullmatch(rule["name"]["matches"], series)
+    gauges = {name for name, kind, _ in TRITON_FAMILIES if kind == "gauge"}
+    assert series in gauges, gauges
+    assert set(rule["resources"]["overrides"]) == {"namespace", "pod"}  # per pod, as a Pods metric needs
+    (deployment,) = documents(ROOT / "deploy" / "kubernetes" / "deployment.yaml")
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"  # where the series come from
+    assert int(annotations["prometheus.io/port"]) == icow_args(
+        deployment["spec"]["template"]["spec"]["containers"][0]["args"]).metrics_port
 
 
 @pytest.mark.parametrize("name", ["Dockerfile", "Dockerfile.gpu"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import shutil
 import subprocess
 import sys
 import threading
@@ -43,8 +44,9 @@ def rollout_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def server(rollout_repo, make_server):
-    return make_server(rollout_repo, "--no-metrics")
+def server(rollout_repo, make_server, tmp_path):
+    """A server on a copy of its own: routing changes are written into the repository (routing.json)."""
+    return make_server(shutil.copytree(rollout_repo, tmp_path / "models"), "--no-metrics")
 
 
 def icow_cli(*args: str) -> subprocess.CompletedProcess:

@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "explicit (refuses another) and, without --load-model, loads every model at start")
     serve.add_argument("--repository-poll-secs", type=float, default=15.0, metavar="SECONDS",
                        help="with poll: how often the repository is looked at for changes")
+    serve.add_argument("--routing-in-memory", action="store_true",
+                       help="keep label and split changes (icow models promote|split) in this replica's memory "
+                            "instead of writing them to the model's routing.json for every replica to follow")
     serve.add_argument("--load-model", action="append", default=[], metavar="NAME",
                        help="with explicit control: a model to load at start (repeatable; '*' for all)")
     serve.add_argument("--workers", type=int, default=16,
@@ -218,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     options = ServerOptions(
         repository=repository, host=args.host, port=args.port, model_control_mode=args.model_control_mode,
-        repository_poll_secs=args.repository_poll_secs,
+        repository_poll_secs=args.repository_poll_secs, routing_in_memory=args.routing_in_memory,
         load_models=args.load_model, workers=args.workers, max_message_bytes=min(args.max_message_mb, 2047) << 20,
         default_max_batch_size=args.default_max_batch_size, max_queue_size=args.max_queue_size,
         device=args.device, cache_bytes=args.cache_size_mb << 20,

@@ -68,6 +68,7 @@ class ServerOptions:
     s3_endpoint: str | None = None
     shm: Limits = field(default_factory=Limits)  # client shared memory: off unless --allow-client-shm
     allow_deploy: bool = False  # load requests may write a config and model files into the repository
+    routing_in_memory: bool = False  # routing changes stay in this replica (not written to routing.json)
 
 
 class InferenceServer:
@@ -84,7 +85,8 @@ class InferenceServer:
         self.repository = Repository(options.repository, default_max_batch_size=options.default_max_batch_size,
                                      max_models=options.max_loaded_models, max_queue_size=options.max_queue_size,
                                      cache=ResponseCache(options.cache_bytes) if options.cache_bytes > 0 else None,
-                                     device=parse_device(options.device), store=store)
+                                     device=parse_device(options.device), store=store,
+                                     routing_in_memory=options.routing_in_memory)
         self.service = InferenceService(self.repository, control_mode=options.model_control_mode,
                                         codec=options.codec, max_message_bytes=options.max_message_bytes,
                                         shm=options.shm, allow_deploy=options.allow_deploy)

@@ -136,6 +136,8 @@ def routing_table(routings: Sequence[rp.Routing], extra: Sequence[tuple] = ()) -
         if routing.split:
             split = " ".join(f"{w.target}={w.weight}" for w in routing.split)
             notes.append(f"{routing.model_name}: split {split} (generation {routing.generation})")
+        if routing.kept_in == "memory":  # other replicas do not follow it: say so where it is read
+            notes.append(f"{routing.model_name}: routing {routing.kept_note or 'kept in memory only'}")
     rows += extra
     widths = [max(len(str(r[i])) for r in (HEADERS, *rows)) for i in range(len(HEADERS))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in (HEADERS, *rows)]

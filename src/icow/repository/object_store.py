@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..runtime.config import ConfigError, read_config
+from .routing import ROUTING_FILE
 from .versions import policy_versions
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,8 @@ _MD5_ETAG = re.compile(r"^[0-9a-f]{32}$")  # multipart ETags ("…-N") are no MD
 
 class StoreError(OSError):
     """The object store cannot be reached, listed or read, or holds something unusable."""
+
+    code = ""  # the store's error code ("AccessDenied", "PreconditionFailed", ...) when it gave one
 
 
 def is_store_url(text: str) -> bool:
@@ -191,19 +194,24 @@ class ObjectStore:
 
     def versions(self, model: StoredModel) -> tuple[dict[int, list[StoredFile]], StoredFile | None]:
         """The versions of ``model`` with the objects each is made of, and its config.pbtxt."""
+        versions, extra = self._model_files(model)
+        return versions, extra.get(CONFIG_FILE)
+
+    def _model_files(self, model: StoredModel) -> tuple[dict[int, list[StoredFile]], dict[str, StoredFile]]:
+        """The versions of ``model``, and its config.pbtxt and routing.json (those it has)."""
         if model.layout == "litecow":
-            return self._litecow_versions(model), None
+            return self._litecow_versions(model), {}
         versions: dict[int, list[StoredFile]] = {}
-        config = None
+        extra: dict[str, StoredFile] = {}
         for page in self._pages("list_objects_v2", Bucket=self.location.bucket, Prefix=model.key):
             for obj in page.get("Contents", []):
                 rel = obj["Key"][len(model.key):]
                 head, _, rest = rel.partition("/")
-                if rel == CONFIG_FILE:
-                    config = StoredFile(CONFIG_FILE, obj["Key"], obj["Size"], obj["ETag"])
+                if rel in (CONFIG_FILE, ROUTING_FILE):
+                    extra[rel] = StoredFile(rel, obj["Key"], obj["Size"], obj["ETag"])
                 elif head.isdigit() and int(head) > 0 and rest and not rest.endswith("/"):
                     versions.setdefault(int(head), []).append(StoredFile(rest, obj["Key"], obj["Size"], obj["ETag"]))
-        return dict(sorted(versions.items())), config
+        return dict(sorted(versions.items())), extra
 
     def _litecow_versions(self, model: StoredModel) -> dict[int, list[StoredFile]]:
         entries = [v for page in self._pages("list_object_versions", Bucket=self.location.bucket, Prefix=model.key)
@@ -268,8 +276,8 @@ class ObjectStore:
 
     def _sync_model(self, model: StoredModel) -> dict[int, str]:
         assert self.cache is not None
-        versions, config = self.versions(model)
-        if not versions and config is None:  # an empty "folder": some stores keep them once emptied
+        versions, extra = self._model_files(model)
+        if not versions and CONFIG_FILE not in extra:  # an empty "folder": some stores keep them once emptied
             self._drop(model.name)
             return {}
         model_dir = self.cache / model.name
@@ -281,9 +289,10 @@ class ObjectStore:
             if model.layout == "litecow":
                 _write_litecow_config(model_dir)
             else:
-                self._sync_config(model_dir, config)
+                for filename in (CONFIG_FILE, ROUTING_FILE):
+                    self._sync_file(model_dir, filename, extra.get(filename))
         except StoreError as e:
-            log.error("model '%s': keeping the cached config: %s", model.name, e)
+            log.error("model '%s': keeping the cached config and routing: %s", model.name, e)
         for version, files in self._wanted(model_dir, versions).items():
             target = model_dir / str(version)
             if _read_manifest(target / _MANIFEST) == _manifest(files):
@@ -314,15 +323,16 @@ class ObjectStore:
             return versions
         return {v: versions[v] for v in picked if v in versions}
 
-    def _sync_config(self, model_dir: Path, config: StoredFile | None) -> None:
-        path, manifest = model_dir / CONFIG_FILE, model_dir / _CONFIG_MANIFEST
+    def _sync_file(self, model_dir: Path, filename: str, config: StoredFile | None) -> None:
+        """Bring one file of the model's folder (config.pbtxt, routing.json) up to date; gone when not stored."""
+        path, manifest = model_dir / filename, model_dir / f".{filename}.icow-source.json"
         if config is None:
             path.unlink(missing_ok=True)
             manifest.unlink(missing_ok=True)
             return
         if _read_manifest(manifest) == _manifest([config]) and path.exists():
             return
-        temp = model_dir / f".staging-config-{uuid.uuid4().hex}"
+        temp = model_dir / f".staging-{filename}-{uuid.uuid4().hex}"
         try:
             self.download(config, temp)
             os.replace(temp, path)
@@ -392,6 +402,36 @@ class ObjectStore:
         self._call("put_object_tagging", Bucket=self.location.bucket, Key=key, **_version_arg(version_id),
                    Tagging={"TagSet": [{"Key": k, "Value": v} for k, v in tags.items()]})
 
+    def get_bytes(self, key: str) -> tuple[bytes | None, str | None]:
+        """A small object's content and ETag; (None, None) when there is no such object."""
+        try:
+            response = self._call("get_object", Bucket=self.location.bucket, Key=key)
+        except StoreError as e:
+            if e.code in ("NoSuchKey", "404"):
+                return None, None
+            raise
+        try:
+            return response["Body"].read(), response["ETag"]
+        except Exception as e:  # the connection cut: botocore says how
+            raise StoreError(f"{key}: read cut short: {type(e).__name__}: {e}") from e
+
+    def put_bytes_if(self, key: str, data: bytes, etag: str | None) -> str:
+        """Write ``data`` as ``key`` only if the object still has ``etag`` (None: only if there is none).
+
+        Returns "" when written, else the store's refusal: "PreconditionFailed" (it changed
+        meanwhile), "ConditionalRequestConflict", "AccessDenied" (no write permission)...
+        Raises StoreError when the store cannot be reached."""
+        condition = {"IfMatch": etag} if etag is not None else {"IfNoneMatch": "*"}
+        try:
+            self._call("put_object", Bucket=self.location.bucket, Key=key, Body=data,
+                       ContentType="application/json", **condition)
+        except StoreError as e:
+            if e.code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409", "AccessDenied",
+                          "NotImplemented", "MethodNotAllowed"):
+                return e.code
+            raise
+        return ""
+
     def versioning_enabled(self) -> bool:
         return self._call("get_bucket_versioning", Bucket=self.location.bucket).get("Status") == "Enabled"
 
@@ -412,8 +452,10 @@ class ObjectStore:
             return getattr(self.client, operation)(**kwargs)
         except ClientError as e:
             error = e.response.get("Error", {})
-            raise StoreError(f"{operation} on {self.location.bucket}/{kwargs.get('Key', kwargs.get('Prefix', ''))}: "
-                             f"{error.get('Code', '?')}: {error.get('Message', e)}") from e
+            where = f"{self.location.bucket}/{kwargs.get('Key', kwargs.get('Prefix', ''))}"
+            failure = StoreError(f"{operation} on {where}: {error.get('Code', '?')}: {error.get('Message', e)}")
+            failure.code = str(error.get("Code", ""))
+            raise failure from e
         except BotoCoreError as e:
             raise StoreError(f"{operation} on {self.url}: {e}") from e
 

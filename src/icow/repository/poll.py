@@ -8,6 +8,10 @@ changed (repository.py): a new version is ready before it takes traffic, a faile
 reload leaves the previous one serving, a removed version drains, then closes.
 A model folder that disappears is unloaded; a new one is loaded. With an object
 store, each poll first brings the local cache up to date with the store.
+
+A model's routing.json (routing_store.py: labels and split another replica set) is
+followed at the poll that sees it change, without waiting for it to hold still (it
+is replaced whole, by a rename or one PutObject) and without loading anything.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pathlib import Path
 from ..protocol.errors import InferenceServerError
 from ..runtime import config as cfg
 from .repository import Repository
+from .routing_store import routing_stamp
 from .versions import files_stamp, parse_version
 
 log = logging.getLogger(__name__)
@@ -49,12 +54,14 @@ class RepositoryPoller:
         self.interval = interval
         self._stamps: dict[str, tuple] = {}  # as last loaded
         self._seen: dict[str, tuple] = {}  # changed, seen at the previous poll: loads if it holds still
+        self._routings: dict[str, bytes | None] = {}  # each model's routing.json as last followed
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="icow-poll", daemon=True)
 
     def start(self) -> None:
         """Take the stamps of what the startup loading loaded, then poll."""
         self._stamps = self._scan()
+        self._routings = {name: routing_stamp(self.repository.root / name) for name in self._stamps}
         self._thread.start()
         log.info("polling %s every %g s for changes", self.repository.location, self.interval)
 
@@ -96,7 +103,19 @@ class RepositoryPoller:
                 log.info("model '%s' changed in the repository: loading it again", name)
                 self._load(name)
                 acted.append(name)
+        for name in now:
+            self._follow_routing(name)
         return acted
+
+    def _follow_routing(self, name: str) -> None:
+        stamp = routing_stamp(self.repository.root / name)
+        if self._routings.get(name, b"") == stamp:
+            return
+        self._routings[name] = stamp
+        try:
+            self.repository.follow_routing(name)
+        except Exception:  # one model's routing must not stop the others'
+            log.exception("model '%s': following its routing.json failed", name)
 
     def _load(self, name: str) -> None:
         try:
@@ -107,6 +126,7 @@ class RepositoryPoller:
     def _unload(self, name: str) -> None:
         self._stamps.pop(name, None)
         self._seen.pop(name, None)
+        self._routings.pop(name, None)
         try:
             self.repository.unload(name)
         except InferenceServerError as e:

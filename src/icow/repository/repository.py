@@ -39,6 +39,15 @@ from . import routing
 from .deploy import Deployment, Staged, same_as_folder, same_as_objects
 from .drain import Drainer
 from .routing import Routing, SplitTable
+from .routing_store import (
+    Conflict,
+    FolderRoutingStore,
+    ObjectRoutingStore,
+    ReadOnly,
+    RoutingStore,
+    StoredRouting,
+    read_cached,
+)
 from .versions import files_stamp, policy_versions, versions_on_disk
 
 if TYPE_CHECKING:
@@ -78,6 +87,8 @@ class LoadedModel:
     error: str = ""
     routing: Routing = field(default_factory=Routing)  # in force: the config's, or as changed since
     config_routing: Routing = field(default_factory=Routing)  # as config.pbtxt declares it
+    stored_routing: StoredRouting | None = None  # as routing.json holds it when loaded (None: no such file)
+    in_memory: str = ""  # why the routing in force is this replica's alone (the repository is read-only); "": it is
     _ready: dict[int, Model] | None = field(default=None, repr=False)
     _split: SplitTable | None = field(default=None, repr=False)
 
@@ -114,8 +125,8 @@ class LoadedModel:
         keys = [*map(str, self.ready()), *self.routing.labels, *([] if self.routing.split else [""])]
         return {key: model for key in keys if (model := self.pick(key)) is not None}
 
-    def with_routing(self, routing: Routing) -> LoadedModel:
-        return LoadedModel(self.name, self.versions, self.error, routing, self.config_routing)
+    def with_routing(self, routing: Routing, stored: StoredRouting | None, in_memory: str = "") -> LoadedModel:
+        return LoadedModel(self.name, self.versions, self.error, routing, self.config_routing, stored, in_memory)
 
     def models(self) -> set[Model]:
         return set(self.ready().values())
@@ -127,7 +138,8 @@ class Repository:
 
     def __init__(self, root: Path, *, default_max_batch_size: int = 32, max_models: int = 0,
                  max_queue_size: int = 0, device: int | None = None, store: ObjectStore | None = None,
-                 drainer: Drainer | None = None, cache: ResponseCache | None = None) -> None:
+                 drainer: Drainer | None = None, cache: ResponseCache | None = None,
+                 routing_in_memory: bool = False) -> None:
         self.root = Path(root)
         self.default_max_batch_size = default_max_batch_size
         self.max_queue_size = max_queue_size  # per version, where its config sets none; 0: no limit
@@ -141,6 +153,9 @@ class Repository:
         self.drainer = drainer or Drainer()  # closes versions that left, once their requests finished
         self.cache = cache  # the response cache, for models whose config enables it; None: no cache
         self._loading: set[str] = set()  # ensembles being loaded: one that needs itself is a cycle
+        # Where routing changes are written for every replica to follow (routing_store.py); None: memory only.
+        self.routing_store: RoutingStore | None = None if routing_in_memory else \
+            ObjectRoutingStore(store) if store is not None else FolderRoutingStore(self.root)
 
     # -- what is on disk --------------------------------------------------
     def model_names(self) -> list[str]:
@@ -264,30 +279,78 @@ class Repository:
                     split: Sequence[tuple[str, int]] | None = None, expected_generation: int = 0) -> LoadedModel:
         """Set or move ``labels``, drop ``removed`` ones, replace the split (unless None),
         all in one step. Every label and split target must name a ready version: a
-        change never sends traffic to a version that cannot answer."""
+        change never sends traffic to a version that cannot answer.
+
+        The change is made over the routing the repository holds now and written back
+        to it (routing_store.py) before it is put in force here; ABORTED when
+        ``expected_generation`` is not the generation now, or when another replica
+        wrote in between. A read-only repository keeps it in this replica's memory."""
+        def changed(current: LoadedModel, base: Routing) -> Routing:
+            return _changed_routing(current, base, labels, removed, split, expected_generation)
+
         with self._load_lock:
             current = self._loaded(name)
-            if expected_generation and expected_generation != current.routing.generation:
-                raise InferenceServerError(
-                    grpc.StatusCode.ABORTED, f"the routing of model '{name}' changed since generation "
-                    f"{expected_generation} (it is at {current.routing.generation}): read it again")
-            unknown = [label for label in removed if label not in current.routing.labels]
-            if unknown:
-                raise not_found(f"model '{name}' has no label {', '.join(repr(shorten(k)) for k in unknown)}")
-            try:
-                routing = current.routing.with_changes(labels, removed, split)
-            except ValueError as e:
-                raise invalid(f"model '{name}': {e}") from None
-            problems = routing.problems(current.ready())
-            if problems:
-                raise InferenceServerError(grpc.StatusCode.FAILED_PRECONDITION,
-                                           f"cannot route model '{name}' so: {'; '.join(problems)}")
-            updated = current.with_routing(routing)
+            if self.routing_store is not None:
+                updated = self._write_routing(current, changed)
+            else:
+                updated = current.with_routing(changed(current, current.routing), current.stored_routing,
+                                               current.in_memory or _IN_MEMORY_FLAG)
             self._models[name] = updated
-        log.info("model '%s' routing (generation %d): labels %s; split %s", name, routing.generation,
-                 describe_labels(routing) or "none", describe_split(routing) or "none (the highest version)")
+        routing = updated.routing
+        log.info("model '%s' routing (generation %d%s): labels %s; split %s", name, routing.generation,
+                 ", this replica only" if updated.in_memory else "", describe_labels(routing) or "none",
+                 describe_split(routing) or "none (the highest version)")
         self._notify(name)
         return updated
+
+    def _write_routing(self, current: LoadedModel,
+                       changed: Callable[[LoadedModel, Routing], Routing]) -> LoadedModel:
+        """Write the routing ``changed`` makes of the one the repository holds, in one compare-and-swap,
+        and return the entry to publish (a memory-only one when the repository is read-only)."""
+        assert self.routing_store is not None
+        name = current.name
+        try:
+            with self.routing_store.transaction(name) as (stored, write):
+                base = stored.in_force(current.config_routing) if stored is not None else current.routing
+                routing = changed(current, base)
+                new = StoredRouting(routing, current.config_routing)
+                write(new)
+        except ReadOnly as e:
+            log.warning("model '%s': the routing change stays in this replica's memory: %s", name, e)
+            return current.with_routing(changed(current, current.routing), current.stored_routing,
+                                        f"kept in this replica's memory only: {e}")
+        except Conflict as e:
+            raise InferenceServerError(grpc.StatusCode.ABORTED, f"the routing of model '{name}' was changed by "
+                                       f"another writer at the same time ({e}): read it again") from None
+        except cfg.ConfigError as e:
+            raise InferenceServerError(grpc.StatusCode.FAILED_PRECONDITION, f"model '{name}': {e}") from None
+        except OSError as e:
+            raise unavailable(f"cannot write the routing of model '{name}' to {self.location}: {e}") from None
+        return current.with_routing(routing, new)
+
+    def follow_routing(self, name: str) -> bool:
+        """Put in force the routing the repository holds for ``name`` now (routing.json changed:
+        another replica's change), without loading anything. Whether it changed."""
+        with self._load_lock:
+            current = self._models.get(name)
+            if current is None or current.error:
+                return False
+            try:
+                stored = read_cached(self.root / name)
+            except cfg.ConfigError as e:
+                log.error("model '%s': the routing in force stays: %s", name, e)
+                return False
+            routing = _routing_in_force(current.config_routing, stored, current)
+            if routing == current.routing:
+                return False
+            self._models[name] = updated = current.with_routing(routing, stored, "")
+        log.info("model '%s' follows the repository's routing (generation %d): labels %s; split %s", name,
+                 routing.generation, describe_labels(routing) or "none",
+                 describe_split(routing) or "none (the highest version)")
+        if updated.routing.problems(updated.ready()):
+            log.warning("model '%s': %s", name, "; ".join(updated.routing.problems(updated.ready())))
+        self._notify(name)
+        return True
 
     def sync_store(self) -> None:
         """With an object store, bring the whole cache up to date (poll mode: the poller
@@ -315,7 +378,10 @@ class Repository:
             config = cfg.read_config(model_dir)
             config_fields.check(config, name)  # a field icow would not act on is refused here
             loaded.config_routing = routing.from_config(config)
-            loaded.routing = _routing_in_force(loaded.config_routing, previous)
+            loaded.stored_routing = read_cached(model_dir)
+            loaded.routing = _routing_in_force(loaded.config_routing, loaded.stored_routing, previous)
+            if previous is not None and loaded.routing is previous.routing:
+                loaded.in_memory = previous.in_memory
             on_disk = versions_on_disk(model_dir)
             versions = sorted(set(policy_versions(on_disk, config.version_policy))
                               | (loaded.routing.pinned() & set(on_disk)))
@@ -516,14 +582,43 @@ def describe_split(routing: Routing) -> str:
     return ", ".join(f"{t}={w}" for t, w in routing.split)
 
 
-def _routing_in_force(from_config: Routing, previous: LoadedModel | None) -> Routing:
-    """The config's routing, unless it is unchanged since the last load: then what
-    was set over the protocol since stays (a reload does not undo a promotion)."""
+def _routing_in_force(from_config: Routing, stored: StoredRouting | None, previous: LoadedModel | None) -> Routing:
+    """What the repository says: routing.json's routing (config.pbtxt's when that changed since the file
+    was written, or when there is no file). Unless neither changed since the last load: then what is in
+    force stays (a reload does not undo a change kept in memory)."""
+    if previous is not None and previous.config_routing == from_config and previous.stored_routing == stored:
+        return previous.routing
+    if stored is not None:
+        return stored.in_force(from_config)
     if previous is None:
         return from_config
-    if previous.config_routing == from_config:
-        return previous.routing
     return dataclasses.replace(from_config, generation=previous.routing.generation + 1)
+
+
+_IN_MEMORY_FLAG = "kept in this replica's memory only: icow serve --routing-in-memory"
+
+
+def _changed_routing(current: LoadedModel, base: Routing, labels: Mapping[str, int] | None, removed: Sequence[str],
+                     split: Sequence[tuple[str, int]] | None, expected_generation: int) -> Routing:
+    """``base`` with a SetRouting's changes, each checked: the generation, the labels removed, the
+    result's form, and that it names only versions ready on this replica."""
+    name = current.name
+    if expected_generation and expected_generation != base.generation:
+        raise InferenceServerError(
+            grpc.StatusCode.ABORTED, f"the routing of model '{name}' changed since generation "
+            f"{expected_generation} (it is at {base.generation}): read it again")
+    unknown = [label for label in removed if label not in base.labels]
+    if unknown:
+        raise not_found(f"model '{name}' has no label {', '.join(repr(shorten(k)) for k in unknown)}")
+    try:
+        routing = base.with_changes(labels, removed, split)
+    except ValueError as e:
+        raise invalid(f"model '{name}': {e}") from None
+    problems = routing.problems(current.ready())
+    if problems:
+        raise InferenceServerError(grpc.StatusCode.FAILED_PRECONDITION,
+                                   f"cannot route model '{name}' so: {'; '.join(problems)}")
+    return routing
 
 
 def _keep_until_ready(loaded: LoadedModel, previous: LoadedModel | None) -> None:
@@ -545,4 +640,5 @@ def _kept(previous: LoadedModel, reason: str) -> LoadedModel:
     """``previous`` served on after a failed reload, each ready version saying why."""
     versions = {v: dataclasses.replace(s, reason=reason) if s.model is not None else s
                 for v, s in previous.versions.items()}
-    return LoadedModel(previous.name, versions, previous.error, previous.routing, previous.config_routing)
+    return LoadedModel(previous.name, versions, previous.error, previous.routing, previous.config_routing,
+                       previous.stored_routing, previous.in_memory)

@@ -9,7 +9,9 @@ parameters it does not know, so the same repository still serves there)::
 Labels name versions wherever the protocol carries a version string. The split
 weighs versions or labels for inference requests that name no version: sticky on
 the request id when there is one, weighted random otherwise. A `Routing` is
-immutable; a change publishes a new one (see Repository.set_routing).
+immutable; a change publishes a new one (see Repository.set_routing), and is
+written beside config.pbtxt as ``routing.json`` for every replica to follow
+(routing_store.py).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from ..runtime import config as cfg
 if TYPE_CHECKING:
     from ..runtime.model import Model
 
+ROUTING_FILE = "routing.json"  # in a model's folder: the routing changed since (routing_store.py)
 LABELS_PARAMETER = "version_labels"
 SPLIT_PARAMETER = "traffic_split"
 _LABEL = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")  # never all digits: digits are versions
@@ -77,6 +80,12 @@ class Routing:
             new_labels[_check_label(label)] = _check_version(version, label)
         new_split = self.split if split is None else _check_split(split)
         return Routing(new_labels, new_split, self.generation + 1)
+
+
+def check_routing(labels: Mapping[str, int | str], split: Sequence[Sequence], generation: int) -> Routing:
+    """A Routing from plain labels and split pairs (a routing file's). Raises ValueError."""
+    checked = {_check_label(str(k)): _check_version(v, str(k)) for k, v in labels.items()}
+    return Routing(checked, _check_split((t, w) for t, w in split), generation)
 
 
 def from_config(config: mc.ModelConfig) -> Routing:

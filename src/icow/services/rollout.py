@@ -37,6 +37,7 @@ def routing_message(loaded: LoadedModel) -> rp.Routing:
     routing = loaded.routing
     return rp.Routing(
         model_name=loaded.name, labels=dict(routing.labels), generation=routing.generation,
+        kept_in="memory" if loaded.in_memory else "repository", kept_note=loaded.in_memory,
         split=[rp.Weight(target=t, weight=w) for t, w in routing.split],
         versions=[rp.VersionStatus(version=v, state=s.state, reason=s.reason or loaded.error,
                                    labels=routing.labels_of(v),
