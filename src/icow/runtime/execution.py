@@ -1,7 +1,7 @@
 """How a model version runs, read from its config.pbtxt the way Triton's ONNX
 Runtime backend reads it: ``instance_group`` (how many sessions run at once),
 ``parameters`` ``intra_op_thread_count`` / ``inter_op_thread_count``, and
-``dynamic_batching`` with its ``default_queue_policy``."""
+``dynamic_batching`` with its ``default_queue_policy`` and priority levels."""
 
 from __future__ import annotations
 
@@ -35,6 +35,9 @@ class Batching:
 class QueuePolicy:
     max_size: int  # requests waiting for an instance; 0: no limit but the gRPC workers
     timeout_ns: int  # how long one may wait; 0: until its own deadline
+    allow_override: bool = False  # a request's ``timeout`` parameter may shorten timeout_ns (Triton's rule)
+    levels: int = 0  # priority levels, 1 the highest; 0: one level, a request's ``priority`` is not read
+    default_level: int = 0  # the level of a request that names none (priority 0)
 
 
 def parse_device(text: str) -> int | None:
@@ -96,11 +99,19 @@ def batching(config: mc.ModelConfig) -> Batching | None:
 
 
 def queue_policy(config: mc.ModelConfig, default_max_size: int) -> QueuePolicy:
-    """The request queue's bounds: the config's default_queue_policy, else the server's default."""
-    policy = config.dynamic_batching.default_queue_policy
+    """The request queue's bounds and order: the config's default_queue_policy (else the
+    server's default size) and its priority levels."""
+    dynamic = config.dynamic_batching
+    policy = dynamic.default_queue_policy
     if policy.timeout_action == mc.ModelQueuePolicy.DELAY:
         raise ConfigError("default_queue_policy timeout_action DELAY is not supported; use REJECT")
-    return QueuePolicy(policy.max_queue_size or default_max_size, policy.default_timeout_microseconds * 1000)
+    levels, default = dynamic.priority_levels, dynamic.default_priority_level
+    if levels and not 1 <= default <= levels:
+        raise ConfigError(f"default_priority_level {default} is outside 1..priority_levels ({levels})")
+    if default and not levels:
+        raise ConfigError("default_priority_level needs priority_levels")
+    return QueuePolicy(policy.max_queue_size or default_max_size, policy.default_timeout_microseconds * 1000,
+                       policy.allow_timeout_override, levels, default)
 
 
 def _thread_parameter(config: mc.ModelConfig, key: str) -> int:

@@ -4,7 +4,8 @@
 instance is free. ``BatchScheduler`` (dynamic batching) has one thread per
 instance that takes compatible requests from the queue and runs them as one
 batch. Both bound the queue, drop a request whose deadline passes or whose call
-is cancelled while it waits, and answer requests in the order they came. A request
+is cancelled while it waits, and answer requests in the order they came, a higher
+priority level first (``priority_levels``: 1 before 2, each level in order). A request
 in a batch being formed still waits: it counts against max_queue_size, and its
 queue timeout, deadline or cancel takes it out of the batch then, not when the
 batch's delay ends.
@@ -23,6 +24,7 @@ import grpc
 
 from ..protocol.errors import InferenceServerError, unavailable
 from .execution import Batching, QueuePolicy
+from .request_policy import DEFAULT, Scheduling, queue_timeout_ns
 
 QUEUED, FORMING, RUNNING, DONE = "queued", "forming", "running", "done"  # FORMING: in a batch not yet run
 POLL_SECONDS = 0.05  # how soon a cancelled call that waits in the queue is noticed
@@ -32,10 +34,11 @@ class Job:
     """One request on its way through a scheduler. ``payload`` is the model's business."""
 
     __slots__ = ("payload", "rows", "key", "deadline_ns", "alive", "state", "event", "instance",
-                 "result", "error", "queued_ns", "started_ns", "timings", "ran_alone", "expired_by_queue")
+                 "result", "error", "queued_ns", "started_ns", "timings", "ran_alone", "expired_by_queue",
+                 "scheduling")
 
     def __init__(self, payload: Any, rows: int, key: Hashable, deadline_ns: int | None,
-                 alive: Callable[[], bool] | None) -> None:
+                 alive: Callable[[], bool] | None, scheduling: Scheduling = DEFAULT) -> None:
         self.payload = payload
         self.rows = rows  # its share of a batch
         self.key = key  # jobs with equal keys can share a batch; None: never batched
@@ -51,7 +54,8 @@ class Job:
         self.queued_ns = self.started_ns = time.monotonic_ns()
         self.timings = (0, 0, 0)  # input, infer, output ns, set by whoever runs it
         self.ran_alone = False  # a run of its own (not part of a batch): its request records the execution
-        self.expired_by_queue = False
+        self.expired_by_queue = ""  # what set the deadline if not the caller: the config, or the request
+        self.scheduling = scheduling  # its priority level and its own queue timeout
 
 
 Execute = Callable[[Any, list[Job]], None]  # runs jobs on an instance; sets each job's result or error
@@ -99,14 +103,25 @@ class Scheduler:
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"model '{self.model}' has {self._waiting} requests queued, its limit (max_queue_size); "
                 "retry later")
-        if self.policy.timeout_ns:
-            limit = job.queued_ns + self.policy.timeout_ns
+        timeout_ns, by_request = queue_timeout_ns(job.scheduling, self.policy)
+        if timeout_ns:
+            limit = job.queued_ns + timeout_ns
             if job.deadline_ns is None or limit < job.deadline_ns:
-                job.deadline_ns, job.expired_by_queue = limit, True
+                job.deadline_ns = limit
+                job.expired_by_queue = "its timeout parameter" if by_request else "default_timeout_microseconds"
         job.event = threading.Event()
-        self._queue.append(job)
+        self._enqueue(job)
         self._waiting += 1
         self._cond.notify_all()
+
+    def _enqueue(self, job: Job) -> None:
+        """Behind every job of its level or a higher one (a lower number), ahead of the
+        rest: the deque stays ordered by level, then by arrival."""
+        level = job.scheduling.level
+        at = len(self._queue)
+        while at and self._queue[at - 1].scheduling.level > level:
+            at -= 1
+        self._queue.insert(at, job)
 
     def _take(self, job: Job) -> None:
         if job.state == QUEUED:  # a job of a batch being formed has left the deque already
@@ -295,8 +310,8 @@ def _expired(job: Job, now_ns: int) -> bool:
 
 
 def _deadline_error(model: str, job: Job) -> InferenceServerError:
-    if job.expired_by_queue:  # the config's queue timeout, not the caller's deadline
-        return unavailable(f"request timed out in the queue of model '{model}' (default_timeout_microseconds)")
+    if job.expired_by_queue:  # a queue timeout (the config's or the request's), not the caller's deadline
+        return unavailable(f"request timed out in the queue of model '{model}' ({job.expired_by_queue})")
     return InferenceServerError(grpc.StatusCode.DEADLINE_EXCEEDED,
                                 f"deadline passed while the request waited in the queue of model '{model}'")
 

@@ -85,9 +85,10 @@ def model_entry(model: Model):
     """The fast path's entry for ``model``, or None where only the full path serves it
     as it must: strings, config reshapes, outputs that cannot be bound before the run,
     onnxruntime without the calls beneath its IOBinding wrapper, the response cache
-    (kept by the full path only: there a request is looked up before it runs)."""
+    (kept by the full path only: there a request is looked up before it runs), priority
+    levels or request timeouts (the full path's queue orders and bounds by them)."""
     specs = (*model.inputs.values(), *model.outputs.values())
-    if (model.cache is not None or not model.bind_outputs
+    if (model.cache is not None or not model.bind_outputs or model.queue.levels or model.queue.allow_override
             or any(s.datatype.name == "BYTES" or s.reshape is not None for s in specs)
             or not all(i.binder.fast for i in model.instances)):
         return None
