@@ -274,3 +274,43 @@ def test_failures_carry_a_reason_label(srv):
     text = scrape(srv.metrics_port)
     for reason in ("REJECTED", "CANCELED", "BACKEND", "OTHER"):
         assert sample(text, "nv_inference_request_failure", model="ranked", version="1", reason=reason) is not None
+
+
+# -- in process: the order the scheduler forms batches in ---------------------------
+
+def test_a_batch_starts_with_the_highest_level_and_fills_in_level_order():
+    """One instance held by a first batch; then levels 3, 3, 2, 1 queue (batches of two):
+    the next batches are [1, 2] and [3, 3], each level's requests in arrival order."""
+    from icow.runtime.execution import Batching, QueuePolicy
+    from icow.runtime.request_policy import Scheduling
+    from icow.runtime.scheduler import BatchScheduler, Job
+
+    running, release, batches = threading.Event(), threading.Event(), []
+
+    def execute(instance: object, jobs: list[Job]) -> None:
+        if jobs[0].payload == "first":
+            running.set()
+            release.wait(60)
+        batches.append([job.payload for job in jobs])
+        for job in jobs:
+            job.result = job.payload
+
+    scheduler = BatchScheduler("m", [object()], QueuePolicy(0, 0, False, 3, 2), execute, Batching(2, frozenset(), 0))
+    threads = []
+
+    def submit(payload: str, level: int, rows: int = 1) -> None:
+        job = Job(payload, rows, "same", None, None, Scheduling(level))
+        threads.append(threading.Thread(target=scheduler.run, args=(job,), daemon=True))
+        threads[-1].start()
+
+    submit("first", 2, rows=2)  # a full batch: it leaves at once and holds the instance
+    assert running.wait(60), "the first batch never ran"
+    for n, (payload, level) in enumerate((("low-1", 3), ("low-2", 3), ("default", 2), ("high", 1))):
+        submit(payload, level)
+        wait_for(f"{payload} queued", lambda n=n: scheduler.queued == n + 1)
+    release.set()
+    for thread in threads:
+        thread.join(60)
+    scheduler.close()
+    assert batches == [["first"], ["high", "default"], ["low-1", "low-2"]]
+    assert scheduler.queued == 0
