@@ -159,6 +159,32 @@ def test_a_higher_priority_request_runs_before_those_queued_earlier(srv):
     assert answers.order == ["long", "high-http", "default", "low-1", "low-2"]
 
 
+def test_priority_orders_the_requests_of_a_stream(srv):
+    """ModelStreamInfer's requests share the model's queue: behind a long run, a stream's
+    two low requests and then its high one are answered high first (the stream writes its
+    answers as they come)."""
+    client = tc.InferenceServerClient(srv.url)
+    answers, order, lock = Answers(), [], threading.Lock()
+
+    def answered(result, error) -> None:
+        with lock:
+            order.append(error if error is not None else result.get_response().id)
+
+    busy(srv, answers, "ranked")
+    client.start_stream(callback=answered, stream_timeout=120)
+    try:
+        for request_id, priority in (("low-1", 3), ("low-2", 3), ("high", 1)):
+            before = queued(srv, "ranked")
+            client.async_stream_infer("ranked", inputs(SHORT), request_id=request_id, priority=priority)
+            wait_for(f"{request_id} in the queue", lambda b=before: queued(srv, "ranked") == b + 1)
+        assert not answers.done("long"), "the long run ended while requests were queued: the test proves nothing"
+        wait_for("the stream's answers", lambda: len(order) == 3)
+    finally:
+        client.stop_stream()
+    answers.join()
+    assert order == ["high", "low-1", "low-2"]
+
+
 def test_a_priority_over_the_models_levels_is_invalid(srv):
     client, http = tc.InferenceServerClient(srv.url), th.InferenceServerClient(srv.http_url)
     with expect_error(grpc.StatusCode.INVALID_ARGUMENT, "priority", "priority_levels (3)"):
