@@ -60,6 +60,7 @@ def priority_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def srv(request: pytest.FixtureRequest, priority_repo: Path,
         tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     server = start_server(priority_repo, "--data-plane", request.param, log_dir=tmp_path_factory.mktemp("logs"))
+    server.data_plane = request.param
     yield server
     server.stop()
 
@@ -121,14 +122,23 @@ def queue(srv: ServerProcess, answers: Answers, model: str, label: str, call: Ca
     wait_for(f"{label} in the queue", lambda: queued(srv, model) == before + 1)
 
 
+def served_fast(srv: ServerProcess, model: str) -> bool:
+    """Whether the model's ModelInfer calls wait and run in C++ (the native plane's queues,
+    or the grpcio plane's DirectPath for a model without batching)."""
+    return model == "direct" or (model == "plain" and srv.data_plane == "native")
+
+
 def busy(srv: ServerProcess, answers: Answers, model: str, tensors: list | None = None) -> None:
-    """The model's one instance taken by a long run: it is pending, and not in the queue.
-    (A model the native plane serves fast queues in C++: there pending counts from just
-    before the instance is taken.)"""
+    """The model's one instance taken by a long run. In C++, pending counts a call from just
+    before it takes an idle instance; the full path's gauge says when its instance is busy."""
     client = tc.InferenceServerClient(srv.url)
     before = pending(srv, model)
     answers.send("long", lambda: client.infer(model, tensors or inputs(LONG), client_timeout=120))
-    wait_for("the long run on the instance", lambda: pending(srv, model) == before + 1 and queued(srv, model) == 0)
+    if served_fast(srv, model):
+        wait_for("the long run on the instance", lambda: pending(srv, model) == before + 1)
+    else:
+        wait_for("the long run on the instance", lambda: sample(
+            scrape(srv.metrics_port), "icow_inference_busy_instance_count", model=model, version="1") == 1)
 
 
 def failures(srv: ServerProcess, model: str, reason: str) -> float:

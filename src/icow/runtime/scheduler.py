@@ -75,12 +75,18 @@ class Scheduler:
         # lazily) or in a batch being formed. max_queue_size bounds them all.
         self._waiting = 0
         self._free = list(instances)
+        self._instances = len(instances)
         self.closed = False
 
     @property
     def queued(self) -> int:
         """Requests waiting now: for an instance, or in a batch being formed (not those running)."""
         return self._waiting
+
+    @property
+    def busy(self) -> int:
+        """Instances running a request or a batch now."""
+        return self._instances - len(self._free)
 
     def run(self, job: Job) -> Any:
         """Run ``job``, blocking the caller until it is done; its result, or its error raised."""
@@ -216,6 +222,7 @@ class BatchScheduler(Scheduler):
                  batching: Batching) -> None:
         super().__init__(model, instances, policy, execute)
         self.batching = batching
+        self._running = 0  # batches running (an instance's thread owns its instance: _free is unused)
         self._threads = [threading.Thread(target=self._serve, args=(i,), daemon=True,
                                           name=f"icow-batch-{model}-{n}") for n, i in enumerate(instances)]
         for thread in self._threads:
@@ -244,9 +251,15 @@ class BatchScheduler(Scheduler):
                     job.error = job.error or e
             finally:
                 del execute
+                with self._cond:
+                    self._running -= 1
                 for job in jobs:
                     job.state = DONE
                     job.event.set()
+
+    @property
+    def busy(self) -> int:
+        return self._running
 
     def _form_batch(self) -> list[Job] | None:
         """Wait for a job, then add compatible ones until the batch is full, has a
@@ -265,6 +278,7 @@ class BatchScheduler(Scheduler):
                 jobs = self._fill(first)
             for job in jobs:
                 self._take(job)
+            self._running += 1
             return jobs
 
     def _fill(self, first: Job) -> list[Job]:

@@ -49,10 +49,13 @@ TRITON_FAMILIES = (
 )
 
 
-# icow's own: of the pending requests, those not running yet, in the full path's queue
-# (runtime/scheduler.py; a model the native planes serve fast waits in C++ queues too).
+# icow's own, of the full path's scheduler (runtime/scheduler.py; a model the native planes
+# serve fast also waits and runs in C++, counted in the pending gauge only): the pending
+# requests not running yet, and the instances busy.
 QUEUED = ("icow_inference_queued_request_count", "Requests waiting in the model's queue (the full path's), "
                                                  "not yet running")
+BUSY = ("icow_inference_busy_instance_count", "Instances of the model running a request or batch now "
+                                             "(the full path's)")
 FAILURE = "nv_inference_request_failure"  # labelled with its reason too: REJECTED, CANCELED, BACKEND, OTHER
 
 
@@ -100,8 +103,9 @@ def triton_text(repository: Repository) -> str:
                       for labels, s in snapshots for reason in FAILURE_REASONS]
         else:
             lines += [f"{name}{{{labels}}} {values[i]}" for labels, values in rows]
-    lines += [f"# HELP {QUEUED[0]} {QUEUED[1]}", f"# TYPE {QUEUED[0]} gauge"]
-    lines += [f"{QUEUED[0]}{{{_label_text(m)}}} {m.scheduler.queued}" for m in _ready_models(repository)]
+    for (name, doc), value in ((QUEUED, lambda m: m.scheduler.queued), (BUSY, lambda m: m.scheduler.busy)):
+        lines += [f"# HELP {name} {doc}", f"# TYPE {name} gauge"]
+        lines += [f"{name}{{{_label_text(m)}}} {value(m)}" for m in _ready_models(repository)]
     return "\n".join(lines + _cache_lines(repository)) + "\n"
 
 
