@@ -350,3 +350,8 @@ def test_a_batch_starts_with_the_highest_level_and_fills_in_level_order():
     scheduler.close()
     assert batches == [["first"], ["high", "default"], ["low-1", "low-2"]]
     assert scheduler.queued == 0
+
+
+def test_the_server_lists_the_schedule_policy_extension(srv):
+    assert "schedule_policy" in tc.InferenceServerClient(srv.url).get_server_metadata().extensions
+    assert "schedule_policy" in th.InferenceServerClient(srv.http_url).get_server_metadata()["extensions"]
