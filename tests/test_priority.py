@@ -40,6 +40,11 @@ MODELS = {
     # a default queue timeout of 60 s that a request may shorten, never lengthen
     "capped": ONE_AT_A_TIME + "dynamic_batching { default_queue_policy { allow_timeout_override: true\n"
                               "  default_timeout_microseconds: 60000000 } }\n",
+    # level 1 has a policy of its own: room for two, and a request's timeout; level 2 room for one
+    "levelled": ONE_AT_A_TIME + "dynamic_batching { priority_levels: 2 default_priority_level: 2\n"
+                                "  default_queue_policy { max_queue_size: 1 }\n"
+                                "  priority_queue_policy { key: 1 value { max_queue_size: 2\n"
+                                "    allow_timeout_override: true } } }\n",
     # no override: a request's timeout is not read (and the native planes serve it)
     "plain": ONE_AT_A_TIME + "dynamic_batching { }\n",
 }
@@ -193,6 +198,31 @@ def test_priority_orders_the_requests_of_a_stream(srv):
         client.stop_stream()
     answers.join()
     assert order == ["high", "low-1", "low-2"]
+
+
+def test_each_level_has_its_own_queue_policy(srv):
+    """priority_queue_policy: level 1 holds two requests and honours a request's timeout;
+    level 2 (the default_queue_policy) holds one and does not. A full level refuses at once
+    (REJECTED), while the other still takes requests; level 1 runs first."""
+    client = tc.InferenceServerClient(srv.url)
+    answers = Answers()
+    busy(srv, answers, "levelled")
+    rejected = failures(srv, "levelled", "REJECTED")
+    with expect_error(grpc.StatusCode.UNAVAILABLE, "timed out in the queue", "its timeout parameter"):
+        client.infer("levelled", inputs(2), priority=1, timeout=200_000, client_timeout=120)
+    queue(srv, answers, "levelled", "default", lambda: client.infer("levelled", inputs(SHORT), client_timeout=120))
+    with expect_error(grpc.StatusCode.RESOURCE_EXHAUSTED, "has 1 requests queued at priority level 2"):
+        client.infer("levelled", inputs(2), priority=2, timeout=1)
+    for label in ("high-1", "high-2"):
+        queue(srv, answers, "levelled", label,
+              lambda: client.infer("levelled", inputs(SHORT), priority=1, client_timeout=120))
+    with expect_error(grpc.StatusCode.RESOURCE_EXHAUSTED, "has 2 requests queued at priority level 1"):
+        client.infer("levelled", inputs(2), priority=1)
+    assert not answers.done("long"), "the long run ended while requests were queued: the test proves nothing"
+    answers.join()
+    assert not answers.errors, answers.errors
+    assert answers.order == ["long", "high-1", "high-2", "default"]
+    assert failures(srv, "levelled", "REJECTED") == rejected + 3
 
 
 def test_a_priority_over_the_models_levels_is_invalid(srv):

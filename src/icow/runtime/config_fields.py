@@ -36,6 +36,7 @@ ACTED = frozenset({
     "dynamic_batching.default_queue_policy.max_queue_size",
     "dynamic_batching.default_queue_policy.allow_timeout_override",  # request_policy.py
     "dynamic_batching.priority_levels", "dynamic_batching.default_priority_level",  # scheduler.py's order
+    "dynamic_batching.priority_queue_policy",  # a level's own bounds (execution.queue_policy)
     "optimization.execution_accelerators.gpu_execution_accelerator.name",  # "tensorrt": _accelerators
     "parameters",  # the keys icow knows are acted on; others are logged (_parameters)
     "model_warmup", "response_cache",
@@ -64,8 +65,6 @@ REFUSED = {
     "batch_output": "icow batches only requests of equal shapes (no ragged batching)",
     "input.allow_ragged_batch": "icow batches only requests of equal shapes (no ragged batching)",
     "input.optional": "every input of the config is required",
-    "dynamic_batching.priority_queue_policy":
-        "every priority level has the default_queue_policy (per-level queue policies are not built)",
     "model_repository_agents": "icow runs no repository agents (a checksum agent's check would not happen)",
     "optimization.execution_accelerators.gpu_execution_accelerator.parameters":
         "TensorRT runs with ONNX Runtime's defaults (precision, workspace)",

@@ -4,7 +4,8 @@ parameters, read against its model's queue policy (execution.QueuePolicy).
 As in Triton, they act only where the config gives them something to act on:
 ``priority`` with ``dynamic_batching { priority_levels }`` (0 or absent: the
 model's ``default_priority_level``; 1 the highest), ``timeout`` (µs) with
-``default_queue_policy { allow_timeout_override: true }``, where it bounds the
+``allow_timeout_override: true`` in the queue policy of its level (its
+``priority_queue_policy``, else ``default_queue_policy``), where it bounds the
 request's wait in the queue if it is shorter than ``default_timeout_microseconds``
 (0, no default timeout: whenever it is set). Elsewhere they are not read, on
 every path alike (the native planes serve only models where neither acts).
@@ -36,7 +37,7 @@ DEFAULT = Scheduling()
 def scheduling(parameters: Mapping[str, Any] | None, policy: QueuePolicy) -> Scheduling:
     """The request's level and queue timeout under ``policy``; InferenceServerError
     (INVALID_ARGUMENT) for a value the policy would act on that is not a valid one."""
-    if not parameters or not (policy.levels or policy.allow_override):
+    if not parameters or not (policy.levels or policy.any_override):
         return Scheduling(policy.default_level) if policy.levels else DEFAULT
     level = policy.default_level
     if policy.levels:
@@ -45,13 +46,14 @@ def scheduling(parameters: Mapping[str, Any] | None, policy: QueuePolicy) -> Sch
             raise invalid(f"parameter 'priority' is {priority}, over the model's priority_levels ({policy.levels}); "
                           "1 is the highest, 0 the model's default_priority_level")
         level = priority or level
-    timeout_ns = _count(parameters, "timeout") * 1000 if policy.allow_override else 0
+    timeout_ns = _count(parameters, "timeout") * 1000 if policy.at(level).allow_override else 0
     return Scheduling(level, timeout_ns)
 
 
 def queue_timeout_ns(request: Scheduling, policy: QueuePolicy) -> tuple[int, bool]:
-    """How long the request may wait in the queue (0: no limit), and whether its own
-    ``timeout`` set that: Triton's rule, a request may shorten the default, not lengthen it."""
+    """How long the request may wait in the queue (0: no limit) under its level's ``policy``,
+    and whether its own ``timeout`` set that: Triton's rule, a request may shorten the
+    default, not lengthen it."""
     default = policy.timeout_ns
     if request.timeout_ns and (not default or request.timeout_ns < default):
         return request.timeout_ns, True

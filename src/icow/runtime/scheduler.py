@@ -74,6 +74,7 @@ class Scheduler:
         # Jobs still wanted that have not started: queued (cancelled ones leave the deque
         # lazily) or in a batch being formed. max_queue_size bounds them all.
         self._waiting = 0
+        self._by_level: dict[int, int] = {}  # of _waiting, per priority level (each level's max_queue_size)
         self._free = list(instances)
         self._instances = len(instances)
         self.closed = False
@@ -104,12 +105,16 @@ class Scheduler:
     def _push(self, job: Job) -> None:
         if self.closed:
             raise unavailable(f"model '{self.model}' is being unloaded")
-        if self.policy.max_size and self._waiting >= self.policy.max_size:
+        level = job.scheduling.level
+        policy = self.policy.at(level)
+        waiting = self._by_level.get(level, 0)
+        if policy.max_size and waiting >= policy.max_size:
+            where = f" at priority level {level}" if self.policy.levels else ""
             raise InferenceServerError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"model '{self.model}' has {self._waiting} requests queued, its limit (max_queue_size); "
+                f"model '{self.model}' has {waiting} requests queued{where}, its limit (max_queue_size); "
                 "retry later")
-        timeout_ns, by_request = queue_timeout_ns(job.scheduling, self.policy)
+        timeout_ns, by_request = queue_timeout_ns(job.scheduling, policy)
         if timeout_ns:
             limit = job.queued_ns + timeout_ns
             if job.deadline_ns is None or limit < job.deadline_ns:
@@ -118,6 +123,7 @@ class Scheduler:
         job.event = threading.Event()
         self._enqueue(job)
         self._waiting += 1
+        self._by_level[level] = waiting + 1
         self._cond.notify_all()
 
     def _enqueue(self, job: Job) -> None:
@@ -129,10 +135,15 @@ class Scheduler:
             at -= 1
         self._queue.insert(at, job)
 
+    def _left(self, job: Job) -> None:
+        """``job`` waits no more (taken, or gone)."""
+        self._waiting -= 1
+        self._by_level[job.scheduling.level] -= 1
+
     def _take(self, job: Job) -> None:
         if job.state == QUEUED:  # a job of a batch being formed has left the deque already
             self._queue.remove(job)
-        self._waiting -= 1
+        self._left(job)
         job.state = RUNNING
         job.started_ns = time.monotonic_ns()
 
@@ -144,11 +155,11 @@ class Scheduler:
                 self._queue.remove(job)
             elif _expired(job, now):
                 self._queue.remove(job)
-                self._waiting -= 1
+                self._left(job)
                 self._finish(job, _deadline_error(self.model, job))
             elif job.alive is not None and not job.alive():
                 self._queue.remove(job)
-                self._waiting -= 1
+                self._left(job)
                 self._finish(job, _cancelled())
             elif key is None or (job.key == key and job.rows <= max_rows):
                 return job
@@ -175,7 +186,7 @@ class Scheduler:
                     if job.state in (QUEUED, FORMING):
                         if job.state == QUEUED:
                             self._queue.remove(job)
-                        self._waiting -= 1  # a forming batch drops it when it looks again (below)
+                        self._left(job)  # a forming batch drops it when it looks again (below)
                         self._finish(job, _cancelled() if gone else _deadline_error(self.model, job))
                         self._cond.notify_all()
                         return
@@ -312,7 +323,7 @@ class BatchScheduler(Scheduler):
                 continue
             gone = job.alive is not None and not job.alive()
             if gone or _expired(job, now):
-                self._waiting -= 1
+                self._left(job)
                 self._finish(job, _cancelled() if gone else _deadline_error(self.model, job))
             else:
                 wanted.append(job)

@@ -88,7 +88,7 @@ def model_entry(model: Model):
     (kept by the full path only: there a request is looked up before it runs), priority
     levels or request timeouts (the full path's queue orders and bounds by them)."""
     specs = (*model.inputs.values(), *model.outputs.values())
-    if (model.cache is not None or not model.bind_outputs or model.queue.levels or model.queue.allow_override
+    if (model.cache is not None or not model.bind_outputs or model.queue.levels or model.queue.any_override
             or any(s.datatype.name == "BYTES" or s.reshape is not None for s in specs)
             or not all(i.binder.fast for i in model.instances)):
         return None
