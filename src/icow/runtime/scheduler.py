@@ -72,7 +72,8 @@ class Scheduler:
         self._cond = threading.Condition()
         self._queue: deque[Job] = deque()
         # Jobs still wanted that have not started: queued (cancelled ones leave the deque
-        # lazily) or in a batch being formed. max_queue_size bounds them all.
+        # lazily) or in a batch being formed. max_queue_size bounds them all (with priority
+        # levels: those of each level).
         self._waiting = 0
         self._by_level: dict[int, int] = {}  # of _waiting, per priority level (each level's max_queue_size)
         self._free = list(instances)
