@@ -269,7 +269,7 @@ def test_a_request_timeout_is_not_read_without_the_override(srv):
     answers = Answers()
     busy(srv, answers, "plain")
     waiting = pending(srv, "plain")
-    answers.send("timed", lambda: client.infer("plain", inputs(2), timeout=1, client_timeout=120))
+    answers.send("timed", lambda: client.infer("plain", inputs(SHORT), timeout=1, client_timeout=120))
     wait_for("the timed call in the server", lambda: pending(srv, "plain") == waiting + 1)
     assert not answers.done("long")
     answers.join()
@@ -333,6 +333,23 @@ def test_a_cancelled_queued_request_counts_as_a_failure_canceled(srv, model):
     assert not answers.errors, answers.errors
     stats = client.get_inference_statistics(model, "1").model_stats[0]
     assert stats.inference_stats.fail.count == before[0] + 1  # the cancelled call never ran, nor failed again
+
+
+@pytest.mark.parametrize("model", ["ranked", "plain"])
+def test_a_deadline_that_passes_in_the_queue_counts_as_canceled(srv, model):
+    """A gRPC deadline is the client giving up (gRPC cancels the call): REJECTED is for the
+    server's own refusals. On the full path's queue and the native plane's alike."""
+    client = tc.InferenceServerClient(srv.url)
+    answers = Answers()
+    busy(srv, answers, model)
+    before = failures(srv, model, "CANCELED"), failures(srv, model, "REJECTED")
+    with expect_error(grpc.StatusCode.DEADLINE_EXCEEDED):
+        client.infer(model, inputs(2), client_timeout=0.3)
+    wait_for("the late call counted", lambda: failures(srv, model, "CANCELED") == before[0] + 1)
+    assert not answers.done("long"), "the long run ended first: the call may have run, the test proves nothing"
+    assert failures(srv, model, "REJECTED") == before[1]
+    answers.join()
+    assert not answers.errors, answers.errors
 
 
 def test_failures_carry_a_reason_label(srv):
