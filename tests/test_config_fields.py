@@ -133,6 +133,9 @@ def test_a_field_icow_does_not_act_on_is_refused_naming_it_or_logged(path, trail
     'instance_group { kind: KIND_GPU count: 2 gpus: [0, 1] }',
     'dynamic_batching { preferred_batch_size: [4] max_queue_delay_microseconds: 100 '
     'default_queue_policy { max_queue_size: 3 default_timeout_microseconds: 5 timeout_action: REJECT } }',
+    'dynamic_batching { priority_levels: 3 default_priority_level: 2 '
+    'default_queue_policy { allow_timeout_override: true } '
+    'priority_queue_policy { key: 1 value { max_queue_size: 4 default_timeout_microseconds: 9 } } }',
     'optimization { execution_accelerators { gpu_execution_accelerator { name: "tensorrt" } } }',
     'parameters { key: "intra_op_thread_count" value { string_value: "2" } }',
     'model_warmup { name: "w" batch_size: 1 inputs { key: "x" value { data_type: TYPE_FP32 dims: [4] zero_data: true '
@@ -163,8 +166,8 @@ REFUSED_CONFIGS = {
                  'ensemble_scheduling { step { model_name: "mlp" '
                  'model_version: -1 input_map { key: "input" value: "input" } } }\n',
                  "config field 'instance_group' does not apply to an ensemble"),
-    "prioritised": ("max_batch_size: 8\ndynamic_batching { priority_levels: 2 default_priority_level: 1 }\n",
-                    "config field 'dynamic_batching.priority_levels' is not supported by icow"),
+    "ordered": ("max_batch_size: 8\ndynamic_batching { preserve_ordering: true }\n",
+                "config field 'dynamic_batching.preserve_ordering' is not supported by icow"),
     "ragged": ('max_batch_size: 8\ninput { name: "input" data_type: TYPE_FP32 dims: [16] allow_ragged_batch: true }\n',
                "config field 'input.allow_ragged_batch' is not supported by icow"),
     "decoupled": ("model_transaction_policy { decoupled: true }\n",

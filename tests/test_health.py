@@ -103,7 +103,7 @@ def test_server_metadata_lists_only_served_extensions(server):
     client = tc.InferenceServerClient(server.url)
     metadata = client.get_server_metadata()
     assert metadata.name == "icow"
-    assert sorted(metadata.extensions) == ["model_configuration", "model_repository", "statistics"]
+    assert sorted(metadata.extensions) == ["model_configuration", "model_repository", "schedule_policy", "statistics"]
     # each one answers
     assert client.get_model_config("mlp").config.name == "mlp"
     assert client.get_model_repository_index().models

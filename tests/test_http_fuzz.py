@@ -34,7 +34,7 @@ LIMIT = 1 << 20
 def parse(body: bytes, header_length: bytes | None) -> None:
     """What the app does with an inference request's body, up to the model."""
     header, binary = bodies.split(body, header_length)
-    dispatch._deadline(header)
+    dispatch._check_timeout(header)
     with Leases(None) as held:
         infer.decode(header, binary, held)
 

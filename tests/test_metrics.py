@@ -41,7 +41,8 @@ def test_counts_follow_requests_per_model_and_version(make_server, ops_repo):
     assert "# TYPE nv_inference_pending_request_count gauge" in text
     assert sample(text, "nv_inference_request_success", model="scale", version="1") == 3
     assert sample(text, "nv_inference_request_success", model="scale", version="2") == 1
-    assert sample(text, "nv_inference_request_failure", model="scale", version="2") == 1
+    assert sample(text, "nv_inference_request_failure", model="scale", version="2", reason="OTHER") == 1
+    assert sample(text, "nv_inference_request_failure", model="scale", version="2", reason="REJECTED") == 0
     assert sample(text, "nv_inference_exec_count", model="mlp", version="1") == 1
     assert sample(text, "nv_inference_count", model="mlp", version="1") == 5
     assert sample(text, "nv_inference_pending_request_count", model="scale", version="1") == 0

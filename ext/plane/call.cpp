@@ -209,7 +209,7 @@ void Call::finish_failed(const grpc::Status &status) {
     {
         Gil gil;
         try {
-            entry_->record_failure(now_ns() - arrived_ns_, false);
+            entry_->record_failure(now_ns() - arrived_ns_, false, static_cast<int>(status.error_code()));
         } catch (py::error_already_set &) {
         }
     }

@@ -117,7 +117,7 @@ py::object new_bytes(size_t size, char **data) {
 
 // A request that leaves without running, counted as a failure (as the scheduler counts it).
 py::tuple refused(const ModelEntry &entry, int64_t arrived_ns, const Refusal &refusal) {
-    entry.record_failure(now_ns() - arrived_ns, false);
+    entry.record_failure(now_ns() - arrived_ns, false, refusal.code);  // the code: its reason (stats.py)
     return py::make_tuple(refusal.code, refusal.message, entry.spec.name, entry.spec.version);
 }
 

@@ -28,10 +28,10 @@ def decode_request(data: bytes, leases: Leases | None = None) -> InferRequest:
     the shared-memory regions they lie in (held by ``leases``; None: refused)."""
     leases = leases or Leases(None)
     try:
-        model_name, model_version, request_id, _, inputs, outputs = _wire.parse_request(data)
+        model_name, model_version, request_id, parameters, inputs, outputs = _wire.parse_request(data)
     except ValueError as e:
         raise invalid(str(e)) from None
-    request = InferRequest(model_name, model_version, request_id)
+    request = InferRequest(model_name, model_version, request_id, parameters=parameters)
     for name, datatype, shape, parameters, contents in inputs:
         what = f"input '{name}'"
         check_rank(shape, what)  # the parser took any rank; numpy takes 64
@@ -54,7 +54,7 @@ def infer(model: Model, request: InferRequest) -> bytes:
     if request.shm_outputs:
         allocate = shm_allocate(allocate, request.shm_outputs)
     return model.run_into(request.inputs, request.outputs, allocate, deadline_ns=request.deadline_ns,
-                          alive=request.alive).finish()
+                          alive=request.alive, parameters=request.parameters).finish()
 
 
 def _array(datatype: str, shape: tuple[int, ...], contents) -> np.ndarray:

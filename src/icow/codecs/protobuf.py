@@ -34,7 +34,7 @@ def decode_request(data: bytes, leases: Leases | None = None) -> InferRequest:
         raise invalid(f"raw_input_contents has {len(raw)} entries for {len(in_message)} inputs"
                       + (" outside shared memory" if len(in_message) != len(msg.inputs) else "")
                       + "; it needs one per input, in order")
-    request = InferRequest(msg.model_name, msg.model_version, msg.id)
+    request = InferRequest(msg.model_name, msg.model_version, msg.id, parameters=_parameters(msg.parameters))
     raw_next = iter(raw)  # raw_input_contents holds the inputs outside shared memory, in order
     for tensor in msg.inputs:
         what = f"input '{tensor.name}'"
@@ -73,7 +73,8 @@ def _parameters(parameters) -> dict:
 
 def infer(model: Model, request: InferRequest) -> bytes:
     """Run ``request`` on ``model``; the serialized response."""
-    outputs = model.run(request.inputs, request.outputs, deadline_ns=request.deadline_ns, alive=request.alive)
+    outputs = model.run(request.inputs, request.outputs, deadline_ns=request.deadline_ns, alive=request.alive,
+                        parameters=request.parameters)
     return encode_response(model.name, str(model.version), request.id, outputs, request.shm_outputs)
 
 

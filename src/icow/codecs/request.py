@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -20,3 +21,4 @@ class InferRequest:
     deadline_ns: int | None = None  # time.monotonic_ns() when the caller stops waiting
     alive: Callable[[], bool] | None = None  # False once the call is cancelled
     shm_outputs: dict[str, ShmRange] = field(default_factory=dict)  # outputs to write into shared memory
+    parameters: dict[str, Any] = field(default_factory=dict)  # the request's own (priority, timeout: Model.run)

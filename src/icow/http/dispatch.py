@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
@@ -101,8 +100,9 @@ class Dispatcher:
     def _fast(self, route: Route, data: bytes, parsed: Parsed, on_loop: bool,
               alive: Callable[[], bool] | None = None) -> Reply | None:
         header, binary = parsed
+        _check_timeout(header)
         answer = self.fast.answer(route.model, route.version, header, data, len(data) - len(binary),
-                                  _deadline(header), on_loop, alive)
+                                  None, on_loop, alive)
         if answer is None:
             return None
         body, header_length = answer
@@ -121,14 +121,15 @@ class Dispatcher:
             return self._infer(route, *parsed, alive)
 
     def _infer(self, route: Route, header: dict, binary: memoryview, alive: Callable[[], bool] | None) -> Reply:
-        deadline = _deadline(header)
+        _check_timeout(header)
         with Leases(self.service.shm) as held:  # regions the request names stay mapped until it is answered
             request, outputs = infer.decode(header, binary, held)
             model = self.service.repository.get(route.model, route.version, request.id)
             allocate = infer.allocator(model.name, str(model.version), request.id, outputs, request.shm_outputs)
             if request.shm_outputs:
                 allocate = shm_allocate(allocate, request.shm_outputs)
-            answer = model.run_into(request.inputs, request.outputs, allocate, deadline_ns=deadline, alive=alive)
+            answer = model.run_into(request.inputs, request.outputs, allocate, alive=alive,
+                                    parameters=request.parameters)
             held.check()
             body, header_length = answer.finish()
         if len(body) > self.max_response_bytes:
@@ -164,12 +165,11 @@ def _json_body(data: bytes) -> dict:
     return body
 
 
-def _deadline(header: dict) -> int | None:
-    """The request's ``timeout`` parameter (µs, as tritonclient sends it) as a deadline."""
+def _check_timeout(header: dict) -> None:
+    """Refuse a ``timeout`` parameter that is not a number of microseconds. It is the
+    request's queue timeout where its model allows that (allow_timeout_override), as over
+    gRPC and in Triton (runtime/request_policy.py): not the HTTP call's deadline."""
     parameters = header.get("parameters")
     timeout = parameters.get("timeout") if isinstance(parameters, dict) else None
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout <= 0:
-        raise invalid(f"parameters.timeout must be a positive number of microseconds, got {timeout!r}")
-    return time.monotonic_ns() + timeout * 1000
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 0):
+        raise invalid(f"parameters.timeout must be a non-negative number of microseconds, got {timeout!r}")

@@ -15,7 +15,8 @@ from .status import grpc_status
 _REQUEST_KEYS = frozenset({"id", "inputs", "outputs", "parameters"})
 _INPUT_KEYS = frozenset({"name", "datatype", "shape", "parameters"})
 _OUTPUT_KEYS = frozenset({"name", "parameters"})
-_PARAMETERS = frozenset({"binary_data_output", "timeout"})  # the timeout is the caller's deadline
+# priority and timeout act only on models the lane does not serve (runtime/request_policy.py)
+_PARAMETERS = frozenset({"binary_data_output", "timeout", "priority"})
 
 
 class Serve(Protocol):

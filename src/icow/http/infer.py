@@ -44,7 +44,7 @@ def decode(header: Mapping[str, Any], binary: memoryview, leases: Leases) -> tup
     """The request in ``header`` (a parsed JSON object) with its binary tensors in ``binary``."""
     request_id = _field(header, "id", str, "")
     parameters = _field(header, "parameters", dict, {})
-    request = InferRequest("", "", request_id)
+    request = InferRequest("", "", request_id, parameters=parameters)
     outputs = Outputs(_field(parameters, "binary_data_output", bool, False, "parameters.binary_data_output"))
     inputs = _field(header, "inputs", list, None)
     if not inputs:

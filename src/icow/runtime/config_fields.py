@@ -35,6 +35,9 @@ ACTED = frozenset({
     "dynamic_batching.default_queue_policy.timeout_action",  # REJECT; DELAY is refused by execution.py
     "dynamic_batching.default_queue_policy.default_timeout_microseconds",
     "dynamic_batching.default_queue_policy.max_queue_size",
+    "dynamic_batching.default_queue_policy.allow_timeout_override",  # request_policy.py
+    "dynamic_batching.priority_levels", "dynamic_batching.default_priority_level",  # scheduler.py's order
+    "dynamic_batching.priority_queue_policy",  # a level's own bounds (execution.queue_policy)
     "optimization.execution_accelerators.gpu_execution_accelerator.name",  # "tensorrt": _accelerators
     "parameters",  # the keys icow knows are acted on; others are logged (_parameters)
     "model_warmup", "response_cache",

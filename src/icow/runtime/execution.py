@@ -1,12 +1,14 @@
 """How a model version runs, read from its config.pbtxt the way Triton's ONNX
 Runtime backend reads it: ``instance_group`` (how many sessions run at once),
 ``parameters`` ``intra_op_thread_count`` / ``inter_op_thread_count``, and
-``dynamic_batching`` with its ``default_queue_policy``."""
+``dynamic_batching`` with its ``default_queue_policy`` and priority levels."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from .._proto import model_config_pb2 as mc
 from .config import ConfigError
@@ -35,6 +37,22 @@ class Batching:
 class QueuePolicy:
     max_size: int  # requests waiting for an instance; 0: no limit but the gRPC workers
     timeout_ns: int  # how long one may wait; 0: until its own deadline
+    allow_override: bool = False  # a request's ``timeout`` parameter may shorten timeout_ns (Triton's rule)
+    levels: int = 0  # priority levels, 1 the highest; 0: one level, a request's ``priority`` is not read
+    default_level: int = 0  # the level of a request that names none (priority 0)
+    # priority_queue_policy: a level's own max_size, timeout_ns, allow_override; the other
+    # levels have these. With levels, max_size bounds each level's waiting requests (Triton's
+    # queue per level), not their sum.
+    per_level: Mapping[int, QueuePolicy] = field(default_factory=dict)
+
+    def at(self, level: int) -> QueuePolicy:
+        """The policy of requests of ``level``."""
+        return self.per_level.get(level, self)
+
+    @property
+    def any_override(self) -> bool:
+        """Whether a request's timeout parameter may act at some level."""
+        return self.allow_override or any(p.allow_override for p in self.per_level.values())
 
 
 def parse_device(text: str) -> int | None:
@@ -96,11 +114,28 @@ def batching(config: mc.ModelConfig) -> Batching | None:
 
 
 def queue_policy(config: mc.ModelConfig, default_max_size: int) -> QueuePolicy:
-    """The request queue's bounds: the config's default_queue_policy, else the server's default."""
-    policy = config.dynamic_batching.default_queue_policy
+    """The request queue's bounds and order: the config's default_queue_policy (else the
+    server's default size) and its priority levels."""
+    dynamic = config.dynamic_batching
+    levels, default = dynamic.priority_levels, dynamic.default_priority_level
+    if levels and not 1 <= default <= levels:
+        raise ConfigError(f"default_priority_level {default} is outside 1..priority_levels ({levels})")
+    if default and not levels:
+        raise ConfigError("default_priority_level needs priority_levels")
+    base = _level_policy(dynamic.default_queue_policy, "default_queue_policy", default_max_size)
+    per_level = {}
+    for level, policy in sorted(dynamic.priority_queue_policy.items()):
+        if not 1 <= level <= levels:
+            raise ConfigError(f"priority_queue_policy names level {level}, outside 1..priority_levels ({levels})")
+        per_level[level] = _level_policy(policy, f"priority_queue_policy {level}", default_max_size)
+    return dataclasses.replace(base, levels=levels, default_level=default, per_level=per_level)
+
+
+def _level_policy(policy: mc.ModelQueuePolicy, what: str, default_max_size: int) -> QueuePolicy:
     if policy.timeout_action == mc.ModelQueuePolicy.DELAY:
-        raise ConfigError("default_queue_policy timeout_action DELAY is not supported; use REJECT")
-    return QueuePolicy(policy.max_queue_size or default_max_size, policy.default_timeout_microseconds * 1000)
+        raise ConfigError(f"{what} timeout_action DELAY is not supported; use REJECT")
+    return QueuePolicy(policy.max_queue_size or default_max_size, policy.default_timeout_microseconds * 1000,
+                       policy.allow_timeout_override)
 
 
 def _thread_parameter(config: mc.ModelConfig, key: str) -> int:

@@ -8,7 +8,7 @@ import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import grpc
 import numpy as np
@@ -20,12 +20,12 @@ from ..protocol.datatypes import DATATYPES, from_numpy
 from ..protocol.errors import InferenceServerError, invalid
 from ..protocol.names import shorten
 from ..protocol.tensors import from_raw, to_raw
-from . import bf16, custom_ops, execution, providers
+from . import bf16, custom_ops, execution, providers, request_policy
 from . import config as cfg
 from .binding import Binder
 from .cache import CachedOutput, Entry, ResponseCache, new_owner, request_key
 from .scheduler import BatchScheduler, DirectScheduler, Job
-from .stats import VersionStats
+from .stats import VersionStats, failure_reason
 
 log = logging.getLogger(__name__)
 
@@ -122,25 +122,28 @@ class Model:
 
     def run(self, inputs: Mapping[str, np.ndarray], requested: Sequence[str] = (), *,
             non_tensor: bool = False, deadline_ns: int | None = None,
-            alive: Callable[[], bool] | None = None, timings: list | None = None) -> dict[str, np.ndarray]:
+            alive: Callable[[], bool] | None = None, parameters: Mapping[str, Any] | None = None,
+            timings: list | None = None) -> dict[str, np.ndarray]:
         """Check ``inputs`` against the config, run the model, return the ``requested``
         outputs (all when empty) in the order asked for.
 
         With ``non_tensor``, outputs that are not tensors may be asked for (and
         "all" includes them): they come back as ONNX Runtime gives them (a list
         of dicts for a sequence of maps). ``deadline_ns`` (time.monotonic_ns) and
-        ``alive`` (False once the caller has gone) end a wait in the queue. ``timings``, when
-        given, gets the request's (queue, compute input, infer, output) ns appended (an
-        ensemble's step: the ensemble's statistics add them up)."""
-        return self._submit(inputs, requested, None, non_tensor, deadline_ns, alive, timings)
+        ``alive`` (False once the caller has gone) end a wait in the queue. ``parameters``:
+        the request's, of which ``priority`` and ``timeout`` may order and bound its wait
+        (request_policy.py). ``timings``, when given, gets the request's (queue, compute input,
+        infer, output) ns appended (an ensemble's step: the ensemble's statistics add them up)."""
+        return self._submit(inputs, requested, None, non_tensor, deadline_ns, alive, parameters, timings)
 
     def run_into(self, inputs: Mapping[str, np.ndarray], requested: Sequence[str],
                  allocate: Callable[[list[OutputSpec]], ResponseSlots], *, deadline_ns: int | None = None,
-                 alive: Callable[[], bool] | None = None) -> ResponseSlots:
+                 alive: Callable[[], bool] | None = None,
+                 parameters: Mapping[str, Any] | None = None) -> ResponseSlots:
         """As ``run``, but the outputs go into a response from ``allocate``: written
         there by ONNX Runtime when their shapes are known before the run, else
         copied there once."""
-        return self._submit(inputs, requested, allocate, False, deadline_ns, alive)
+        return self._submit(inputs, requested, allocate, False, deadline_ns, alive, parameters)
 
     def run_unrecorded(self, instance: Instance, inputs: Mapping[str, np.ndarray],
                        allocate: Callable[[list[OutputSpec]], ResponseSlots]) -> None:
@@ -151,11 +154,12 @@ class Model:
         job = Job(Work(feeds, self.output_names(), allocate), batch or 1, None, None, None)
         self._run_one(instance, job)
 
-    def _submit(self, inputs, requested, allocate, non_tensor, deadline_ns, alive, timings=None):
+    def _submit(self, inputs, requested, allocate, non_tensor, deadline_ns, alive, parameters, timings=None):
         """Check the request, queue it, wait for its result; account for it."""
         arrived = time.monotonic_ns()
         self.stats.begin()
         try:
+            scheduling = request_policy.scheduling(parameters, self.queue)
             names = self.output_names(requested, non_tensor=non_tensor)
             cached = self._cached(inputs, names)
             if cached is not None and cached.entry is not None:  # a hit: no run
@@ -165,12 +169,13 @@ class Model:
                 return result
             feeds, batch = self._feeds(inputs)
             key = (tuple(names), *((n, a.shape[1:]) for n, a in feeds.items())) if self.batching else None
-            job = Job(Work(feeds, names, allocate if cached is None else None), batch or 1, key, deadline_ns, alive)
+            job = Job(Work(feeds, names, allocate if cached is None else None), batch or 1, key, deadline_ns, alive,
+                      scheduling)
             result = self.scheduler.run(job)
             if cached is not None:  # a miss: keep the answer, then write it into the response
                 result = self._keep(cached.key, result, allocate, time.monotonic_ns() - cached.start_ns)
-        except BaseException:
-            self.stats.record_failure(time.monotonic_ns() - arrived)
+        except BaseException as e:
+            self.stats.record_failure(time.monotonic_ns() - arrived, reason=failure_reason(e))
             raise
         input_ns, infer_ns, output_ns = job.timings
         queue_ns, input_ns = job.started_ns - job.queued_ns, job.queued_ns - arrived + input_ns

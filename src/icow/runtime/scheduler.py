@@ -4,7 +4,8 @@
 instance is free. ``BatchScheduler`` (dynamic batching) has one thread per
 instance that takes compatible requests from the queue and runs them as one
 batch. Both bound the queue, drop a request whose deadline passes or whose call
-is cancelled while it waits, and answer requests in the order they came. A request
+is cancelled while it waits, and answer requests in the order they came, a higher
+priority level first (``priority_levels``: 1 before 2, each level in order). A request
 in a batch being formed still waits: it counts against max_queue_size, and its
 queue timeout, deadline or cancel takes it out of the batch then, not when the
 batch's delay ends.
@@ -23,6 +24,7 @@ import grpc
 
 from ..protocol.errors import InferenceServerError, unavailable
 from .execution import Batching, QueuePolicy
+from .request_policy import DEFAULT, Scheduling, queue_timeout_ns
 
 QUEUED, FORMING, RUNNING, DONE = "queued", "forming", "running", "done"  # FORMING: in a batch not yet run
 POLL_SECONDS = 0.05  # how soon a cancelled call that waits in the queue is noticed
@@ -32,10 +34,11 @@ class Job:
     """One request on its way through a scheduler. ``payload`` is the model's business."""
 
     __slots__ = ("payload", "rows", "key", "deadline_ns", "alive", "state", "event", "instance",
-                 "result", "error", "queued_ns", "started_ns", "timings", "ran_alone", "expired_by_queue")
+                 "result", "error", "queued_ns", "started_ns", "timings", "ran_alone", "expired_by_queue",
+                 "scheduling")
 
     def __init__(self, payload: Any, rows: int, key: Hashable, deadline_ns: int | None,
-                 alive: Callable[[], bool] | None) -> None:
+                 alive: Callable[[], bool] | None, scheduling: Scheduling = DEFAULT) -> None:
         self.payload = payload
         self.rows = rows  # its share of a batch
         self.key = key  # jobs with equal keys can share a batch; None: never batched
@@ -51,7 +54,8 @@ class Job:
         self.queued_ns = self.started_ns = time.monotonic_ns()
         self.timings = (0, 0, 0)  # input, infer, output ns, set by whoever runs it
         self.ran_alone = False  # a run of its own (not part of a batch): its request records the execution
-        self.expired_by_queue = False
+        self.expired_by_queue = ""  # what set the deadline if not the caller: the config, or the request
+        self.scheduling = scheduling  # its priority level and its own queue timeout
 
 
 Execute = Callable[[Any, list[Job]], None]  # runs jobs on an instance; sets each job's result or error
@@ -68,15 +72,23 @@ class Scheduler:
         self._cond = threading.Condition()
         self._queue: deque[Job] = deque()
         # Jobs still wanted that have not started: queued (cancelled ones leave the deque
-        # lazily) or in a batch being formed. max_queue_size bounds them all.
+        # lazily) or in a batch being formed. max_queue_size bounds them all (with priority
+        # levels: those of each level).
         self._waiting = 0
+        self._by_level: dict[int, int] = {}  # of _waiting, per priority level (each level's max_queue_size)
         self._free = list(instances)
+        self._instances = len(instances)
         self.closed = False
 
     @property
     def queued(self) -> int:
         """Requests waiting now: for an instance, or in a batch being formed (not those running)."""
         return self._waiting
+
+    @property
+    def busy(self) -> int:
+        """Instances running a request or a batch now."""
+        return self._instances - len(self._free)
 
     def run(self, job: Job) -> Any:
         """Run ``job``, blocking the caller until it is done; its result, or its error raised."""
@@ -94,24 +106,45 @@ class Scheduler:
     def _push(self, job: Job) -> None:
         if self.closed:
             raise unavailable(f"model '{self.model}' is being unloaded")
-        if self.policy.max_size and self._waiting >= self.policy.max_size:
+        level = job.scheduling.level
+        policy = self.policy.at(level)
+        waiting = self._by_level.get(level, 0)
+        if policy.max_size and waiting >= policy.max_size:
+            where = f" at priority level {level}" if self.policy.levels else ""
             raise InferenceServerError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"model '{self.model}' has {self._waiting} requests queued, its limit (max_queue_size); "
+                f"model '{self.model}' has {waiting} requests queued{where}, its limit (max_queue_size); "
                 "retry later")
-        if self.policy.timeout_ns:
-            limit = job.queued_ns + self.policy.timeout_ns
+        timeout_ns, by_request = queue_timeout_ns(job.scheduling, policy)
+        if timeout_ns:
+            limit = job.queued_ns + timeout_ns
             if job.deadline_ns is None or limit < job.deadline_ns:
-                job.deadline_ns, job.expired_by_queue = limit, True
+                job.deadline_ns = limit
+                job.expired_by_queue = "its timeout parameter" if by_request else "default_timeout_microseconds"
         job.event = threading.Event()
-        self._queue.append(job)
+        self._enqueue(job)
         self._waiting += 1
+        self._by_level[level] = waiting + 1
         self._cond.notify_all()
+
+    def _enqueue(self, job: Job) -> None:
+        """Behind every job of its level or a higher one (a lower number), ahead of the
+        rest: the deque stays ordered by level, then by arrival."""
+        level = job.scheduling.level
+        at = len(self._queue)
+        while at and self._queue[at - 1].scheduling.level > level:
+            at -= 1
+        self._queue.insert(at, job)
+
+    def _left(self, job: Job) -> None:
+        """``job`` waits no more (taken, or gone)."""
+        self._waiting -= 1
+        self._by_level[job.scheduling.level] -= 1
 
     def _take(self, job: Job) -> None:
         if job.state == QUEUED:  # a job of a batch being formed has left the deque already
             self._queue.remove(job)
-        self._waiting -= 1
+        self._left(job)
         job.state = RUNNING
         job.started_ns = time.monotonic_ns()
 
@@ -123,11 +156,11 @@ class Scheduler:
                 self._queue.remove(job)
             elif _expired(job, now):
                 self._queue.remove(job)
-                self._waiting -= 1
+                self._left(job)
                 self._finish(job, _deadline_error(self.model, job))
             elif job.alive is not None and not job.alive():
                 self._queue.remove(job)
-                self._waiting -= 1
+                self._left(job)
                 self._finish(job, _cancelled())
             elif key is None or (job.key == key and job.rows <= max_rows):
                 return job
@@ -154,7 +187,7 @@ class Scheduler:
                     if job.state in (QUEUED, FORMING):
                         if job.state == QUEUED:
                             self._queue.remove(job)
-                        self._waiting -= 1  # a forming batch drops it when it looks again (below)
+                        self._left(job)  # a forming batch drops it when it looks again (below)
                         self._finish(job, _cancelled() if gone else _deadline_error(self.model, job))
                         self._cond.notify_all()
                         return
@@ -201,6 +234,7 @@ class BatchScheduler(Scheduler):
                  batching: Batching) -> None:
         super().__init__(model, instances, policy, execute)
         self.batching = batching
+        self._running = 0  # batches running (an instance's thread owns its instance: _free is unused)
         self._threads = [threading.Thread(target=self._serve, args=(i,), daemon=True,
                                           name=f"icow-batch-{model}-{n}") for n, i in enumerate(instances)]
         for thread in self._threads:
@@ -229,9 +263,15 @@ class BatchScheduler(Scheduler):
                     job.error = job.error or e
             finally:
                 del execute
+                with self._cond:
+                    self._running -= 1
                 for job in jobs:
                     job.state = DONE
                     job.event.set()
+
+    @property
+    def busy(self) -> int:
+        return self._running
 
     def _form_batch(self) -> list[Job] | None:
         """Wait for a job, then add compatible ones until the batch is full, has a
@@ -250,6 +290,7 @@ class BatchScheduler(Scheduler):
                 jobs = self._fill(first)
             for job in jobs:
                 self._take(job)
+            self._running += 1
             return jobs
 
     def _fill(self, first: Job) -> list[Job]:
@@ -283,7 +324,7 @@ class BatchScheduler(Scheduler):
                 continue
             gone = job.alive is not None and not job.alive()
             if gone or _expired(job, now):
-                self._waiting -= 1
+                self._left(job)
                 self._finish(job, _cancelled() if gone else _deadline_error(self.model, job))
             else:
                 wanted.append(job)
@@ -295,8 +336,8 @@ def _expired(job: Job, now_ns: int) -> bool:
 
 
 def _deadline_error(model: str, job: Job) -> InferenceServerError:
-    if job.expired_by_queue:  # the config's queue timeout, not the caller's deadline
-        return unavailable(f"request timed out in the queue of model '{model}' (default_timeout_microseconds)")
+    if job.expired_by_queue:  # a queue timeout (the config's or the request's), not the caller's deadline
+        return unavailable(f"request timed out in the queue of model '{model}' ({job.expired_by_queue})")
     return InferenceServerError(grpc.StatusCode.DEADLINE_EXCEEDED,
                                 f"deadline passed while the request waited in the queue of model '{model}'")
 

@@ -11,10 +11,34 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import grpc
+
 # Upper bounds, in microseconds, of the request latency histogram that
 # services/metrics.py exports: 100 µs to 10 s, roughly 2.5x apart.
 LATENCY_BUCKETS_US = (100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000,
                       250_000, 500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000)
+
+
+# Why a request failed, as Triton's nv_inference_request_failure labels it (``reason``).
+FAILURE_REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")
+_REASON_OF_CODE = {
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "REJECTED",  # the queue was full
+    grpc.StatusCode.UNAVAILABLE: "REJECTED",  # a queue timeout, or the version unloading
+    grpc.StatusCode.CANCELLED: "CANCELED",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "CANCELED",  # the caller's deadline: gRPC cancels the call
+    grpc.StatusCode.INTERNAL: "BACKEND",  # the run failed
+}
+_CODE_OF_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def failure_reason(error: BaseException | grpc.StatusCode | int) -> str:
+    """The ``reason`` of a failed request: from its error, or its status code (a number
+    from the native plane). An error without a code is a failed run: BACKEND."""
+    code = error if isinstance(error, grpc.StatusCode) else _CODE_OF_NUMBER.get(error) \
+        if isinstance(error, int) else getattr(error, "code", None)
+    if isinstance(error, BaseException) and not isinstance(code, grpc.StatusCode):
+        return "BACKEND"
+    return _REASON_OF_CODE.get(code, "OTHER")
 
 
 @dataclass
@@ -51,6 +75,7 @@ class VersionStats:
         self.last_inference_ms = 0
         self.success = Duration()
         self.fail = Duration()
+        self.failures = dict.fromkeys(FAILURE_REASONS, 0)  # fail.count by reason
         self.queue = Duration()
         self.compute_input = Duration()
         self.compute_infer = Duration()
@@ -156,8 +181,13 @@ class VersionStats:
                                                  if k not in ("_lock", "pending_sources", "_tally")}))
         return clone
 
-    def record_failure(self, total_ns: int, begun: bool = True) -> None:
+    def record_failure(self, total_ns: int, begun: bool = True, reason: str | int = "OTHER") -> None:
+        """A request failed; ``reason``: one of FAILURE_REASONS, or the gRPC status code's
+        number it failed with (the native plane's refusals)."""
+        if isinstance(reason, int):
+            reason = failure_reason(reason)
         with self._lock:
             self._pending -= begun
             self.last_inference_ms = time.time_ns() // 1_000_000
             self.fail.add(total_ns)
+            self.failures[reason] += 1

@@ -25,7 +25,7 @@ from prometheus_client.registry import Collector
 
 from ..repository.repository import Repository
 from ..runtime.model import Model
-from ..runtime.stats import LATENCY_BUCKETS_US, VersionStats
+from ..runtime.stats import FAILURE_REASONS, LATENCY_BUCKETS_US, VersionStats
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,16 @@ TRITON_FAMILIES = (
                                                            "microseconds"),
     ("nv_inference_pending_request_count", "gauge", "Instantaneous number of pending requests awaiting execution"),
 )
+
+
+# icow's own, of the full path's scheduler (runtime/scheduler.py; a model the native planes
+# serve fast also waits and runs in C++, counted in the pending gauge only): the pending
+# requests not running yet, and the instances busy.
+QUEUED = ("icow_inference_queued_request_count", "Requests waiting in the model's queue (the full path's), "
+                                                 "not yet running")
+BUSY = ("icow_inference_busy_instance_count", "Instances of the model running a request or batch now "
+                                             "(the full path's)")
+FAILURE = "nv_inference_request_failure"  # labelled with its reason too: REJECTED, CANCELED, BACKEND, OTHER
 
 
 # Per model version whose answers the response cache keeps (Triton's, since 23.03).
@@ -83,11 +93,19 @@ def _ready_models(repository: Repository) -> list[Model]:
 def triton_text(repository: Repository) -> str:
     """Triton's ``nv_inference_*`` families in the Prometheus text format, one
     sample per ready model version."""
-    rows = [(_label_text(m), _values(m.stats.snapshot())) for m in _ready_models(repository)]
+    snapshots = [(_label_text(m), m.stats.snapshot()) for m in _ready_models(repository)]
+    rows = [(labels, _values(s)) for labels, s in snapshots]
     lines = []
     for i, (name, kind, doc) in enumerate(TRITON_FAMILIES):
         lines += [f"# HELP {name} {doc}", f"# TYPE {name} {kind}"]
-        lines += [f"{name}{{{labels}}} {values[i]}" for labels, values in rows]
+        if name == FAILURE:  # as recent Triton writes it: a sample per reason
+            lines += [f'{name}{{{labels},reason="{reason}"}} {s.failures[reason]}'
+                      for labels, s in snapshots for reason in FAILURE_REASONS]
+        else:
+            lines += [f"{name}{{{labels}}} {values[i]}" for labels, values in rows]
+    for (name, doc), value in ((QUEUED, lambda m: m.scheduler.queued), (BUSY, lambda m: m.scheduler.busy)):
+        lines += [f"# HELP {name} {doc}", f"# TYPE {name} gauge"]
+        lines += [f"{name}{{{_label_text(m)}}} {value(m)}" for m in _ready_models(repository)]
     return "\n".join(lines + _cache_lines(repository)) + "\n"
 
 

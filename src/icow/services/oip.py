@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SERVICE = "inference.GRPCInferenceService"
-EXTENSIONS = ["model_repository", "model_configuration", "statistics"]
+EXTENSIONS = ["model_repository", "model_configuration", "statistics", "schedule_policy"]  # priority, timeout
 SHM_EXTENSIONS = ["system_shared_memory", "cuda_shared_memory"]  # listed when --allow-client-shm is given
 CODECS = {"native": native_codec, "protobuf": protobuf_codec}  # how ModelInfer bytes are read and written
 _STATUS = {code.value[0]: code for code in grpc.StatusCode}

@@ -92,11 +92,12 @@ def model_entry(model: Model | Ensemble):
     as it must: strings, config reshapes, outputs that cannot be bound before the run,
     onnxruntime without the calls beneath its IOBinding wrapper, the response cache
     (kept by the full path only: there a request is looked up before it runs), an
-    ensemble (its steps run in Python, each through its composing model's queue)."""
+    ensemble (its steps run in Python, each through its composing model's queue), priority
+    levels or request timeouts (the full path's queue orders and bounds by them)."""
     if isinstance(model, Ensemble):
         return None
     specs = (*model.inputs.values(), *model.outputs.values())
-    if (model.cache is not None or not model.bind_outputs
+    if (model.cache is not None or not model.bind_outputs or model.queue.levels or model.queue.any_override
             or any(s.datatype.name == "BYTES" or s.reshape is not None for s in specs)
             or not all(i.binder.fast for i in model.instances)):
         return None
