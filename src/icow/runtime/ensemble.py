@@ -22,6 +22,7 @@ import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 import grpc
 import numpy as np
@@ -37,6 +38,7 @@ from .stats import VersionStats
 # (model name, version or label or "") -> the ready composing model; raises InferenceServerError.
 Resolve = Callable[[str, str], Composing]
 Timings = list[tuple[int, int, int, int]]  # per step: queue, compute input, infer, output ns
+_Call = tuple[int | None, Callable[[], bool] | None, Mapping[str, Any] | None]  # deadline_ns, alive, parameters
 
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
@@ -108,8 +110,9 @@ class Ensemble:
 
     def run(self, inputs: Mapping[str, np.ndarray], requested: Sequence[str] = (), *, non_tensor: bool = False,
             deadline_ns: int | None = None, alive: Callable[[], bool] | None = None,
-            timings: Timings | None = None) -> dict[str, np.ndarray]:
-        """Run every step; the ``requested`` outputs (all when empty), in the order asked for."""
+            parameters: Mapping[str, Any] | None = None, timings: Timings | None = None) -> dict[str, np.ndarray]:
+        """Run every step; the ``requested`` outputs (all when empty), in the order asked for.
+        ``parameters`` (the request's ``priority`` and ``timeout``) go with each step's request."""
         arrived = time.monotonic_ns()
         self.stats.begin()
         steps: Timings = []
@@ -120,7 +123,7 @@ class Ensemble:
             tensors: dict[str, np.ndarray] = dict(inputs)
             for level in self.graph.levels:
                 _check_live(self.name, level[0], deadline_ns, alive)
-                self._run_level(level, models, tensors, deadline_ns, alive, steps)
+                self._run_level(level, models, tensors, (deadline_ns, alive, parameters), steps)
             result = {n: tensors[n] for n in names}
         except BaseException:
             self.stats.record_failure(time.monotonic_ns() - arrived)
@@ -133,9 +136,10 @@ class Ensemble:
 
     def run_into(self, inputs: Mapping[str, np.ndarray], requested: Sequence[str],
                  allocate: Callable[[list[OutputSpec]], ResponseSlots], *, deadline_ns: int | None = None,
-                 alive: Callable[[], bool] | None = None) -> ResponseSlots:
+                 alive: Callable[[], bool] | None = None, parameters: Mapping[str, Any] | None = None) -> ResponseSlots:
         """As ``run``, the outputs copied once into a response from ``allocate``."""
-        return copy_into(allocate, self.run(inputs, requested, deadline_ns=deadline_ns, alive=alive))
+        return copy_into(allocate, self.run(inputs, requested, deadline_ns=deadline_ns, alive=alive,
+                                            parameters=parameters))
 
     def _check(self, inputs: Mapping[str, np.ndarray]) -> int:
         """Check the request's inputs against the ensemble's config; its batch size (0: none)."""
@@ -153,11 +157,11 @@ class Ensemble:
         return rows.pop()
 
     def _run_level(self, level: tuple[Step, ...], models: list[Composing], tensors: dict[str, np.ndarray],
-                   deadline_ns: int | None, alive: Callable[[], bool] | None, steps: Timings) -> None:
+                   call: _Call, steps: Timings) -> None:
         """Run the steps of one level, the first here and the others on the pool; all of
         them end before this returns, the first failure (in step order) is raised."""
         def one(step: Step) -> dict[str, np.ndarray]:
-            return self._run_step(step, models[step.index], tensors, deadline_ns, alive, steps)
+            return self._run_step(step, models[step.index], tensors, call, steps)
 
         if len(level) == 1:  # the common case (a chain): no pool, no futures
             _keep(level[0], one(level[0]), tensors)
@@ -176,11 +180,13 @@ class Ensemble:
                 raise outcome
             _keep(step, outcome, tensors)
 
-    def _run_step(self, step: Step, model: Composing, tensors: dict[str, np.ndarray], deadline_ns: int | None,
-                  alive: Callable[[], bool] | None, steps: Timings) -> dict[str, np.ndarray]:
+    def _run_step(self, step: Step, model: Composing, tensors: dict[str, np.ndarray], call: _Call,
+                  steps: Timings) -> dict[str, np.ndarray]:
         feeds = {model_input: tensors[tensor] for model_input, tensor in step.inputs.items()}
+        deadline_ns, alive, parameters = call
         try:
-            return model.run(feeds, list(step.outputs), deadline_ns=deadline_ns, alive=alive, timings=steps)
+            return model.run(feeds, list(step.outputs), deadline_ns=deadline_ns, alive=alive, parameters=parameters,
+                             timings=steps)
         except InferenceServerError as e:
             raise InferenceServerError(e.code, f"ensemble '{self.name}' {step} version {model.version} failed: "
                                        f"{e.message}") from None
