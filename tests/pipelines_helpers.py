@@ -9,10 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-import onnxruntime_extensions
 from onnx import TensorProto, helper
 
 import make_pipelines
+from icow.runtime.custom_ops import import_extensions
+
+# imported so as not to leave PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python to every server the tests start
+onnxruntime_extensions = import_extensions()
 
 # Sentences and the two labels the text pipeline ranks first for each.
 SENTENCES = {

@@ -317,3 +317,17 @@ def test_the_ensemble_configs_wire_the_steps(pipelines_server, pipelines_repo):
         assert [[label.decode() for label in row] for row in text["LABELS"]] == expected_labels()
         image = np.frombuffer(encoded_image(COLOURS_RGB["blue"]), dtype=np.uint8)
         assert _run_ensemble_by_hand(client, configs["image_colour"], {"IMAGE": image})["LABEL"].tolist() == [b"blue"]
+
+
+def test_importing_the_extensions_leaves_the_protobuf_implementation_alone(monkeypatch):
+    """onnxruntime_extensions sets PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python when imported;
+    every server and client started afterwards would inherit a pure-Python protobuf."""
+    import sys
+
+    from icow.runtime import custom_ops
+
+    monkeypatch.delenv("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", raising=False)
+    monkeypatch.delitem(sys.modules, "onnxruntime_extensions", raising=False)
+    monkeypatch.delitem(sys.modules, "onnxruntime_extensions.cvt", raising=False)
+    assert custom_ops.import_extensions().get_library_path()
+    assert "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION" not in os.environ

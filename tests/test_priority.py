@@ -146,6 +146,13 @@ def busy(srv: ServerProcess, answers: Answers, model: str, tensors: list | None 
             scrape(srv.metrics_port), "icow_inference_busy_instance_count", model=model, version="1") == 1)
 
 
+def queued_order(answers: Answers) -> list[str]:
+    """The order the queued requests were answered in. The long run is left out: it ended
+    before they ran (it was running while they queued), but its answer may reach its client
+    thread after the first of theirs reaches another on a busy machine (seen in CI-like runs)."""
+    return [label for label in answers.order if label != "long"]
+
+
 def failures(srv: ServerProcess, model: str, reason: str) -> float:
     return sample(scrape(srv.metrics_port), "nv_inference_request_failure", model=model, version="1", reason=reason)
 
@@ -171,7 +178,7 @@ def test_a_higher_priority_request_runs_before_those_queued_earlier(srv):
     assert not answers.done("long"), "the long run ended while requests were queued: the test proves nothing"
     answers.join()
     assert not answers.errors, answers.errors
-    assert answers.order == ["long", "high-http", "default", "low-1", "low-2"]
+    assert queued_order(answers) == ["high-http", "default", "low-1", "low-2"]
 
 
 def test_priority_orders_the_requests_of_a_stream(srv):
@@ -221,7 +228,7 @@ def test_each_level_has_its_own_queue_policy(srv):
     assert not answers.done("long"), "the long run ended while requests were queued: the test proves nothing"
     answers.join()
     assert not answers.errors, answers.errors
-    assert answers.order == ["long", "high-1", "high-2", "default"]
+    assert queued_order(answers) == ["high-1", "high-2", "default"]
     assert failures(srv, "levelled", "REJECTED") == rejected + 3
 
 
@@ -274,7 +281,7 @@ def test_a_request_timeout_is_not_read_without_the_override(srv):
     assert not answers.done("long")
     answers.join()
     assert not answers.errors, answers.errors
-    assert answers.order == ["long", "timed"]
+    assert queued_order(answers) == ["timed"]
 
 
 def test_a_malformed_timeout_or_priority_is_invalid(srv):

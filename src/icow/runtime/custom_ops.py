@@ -13,8 +13,10 @@ model repository, or a deploy request, is data.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import PurePath
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 from .._proto import model_config_pb2 as mc
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
 PARAMETER = "custom_ops"  # config.pbtxt parameters: library names, separated by commas
 EXTENSIONS = "onnxruntime_extensions"
 EXTRA = "icow[extensions]"
+_PROTOBUF_IMPLEMENTATION = "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION"
 # onnxruntime-extensions' library as its C/C++ packages name it (libortextensions.so,
 # ortextensions.dll) and as its Python wheel does (_extensions_pydll.cpython-311-....so).
 _EXTENSIONS_FILE = re.compile(r"^(lib)?ortextensions\.|^_extensions_pydll\.")
@@ -66,8 +69,24 @@ def register(options: ort.SessionOptions, config: mc.ModelConfig) -> None:
 def _extensions_library() -> str:
     """The path of the installed onnxruntime-extensions library."""
     try:
-        import onnxruntime_extensions
+        extensions = import_extensions()
     except ImportError as e:
         raise ConfigError(f"the config asks for the custom operators of onnxruntime-extensions, which is not "
                           f"installed ({e}): pip install {EXTRA}") from None
-    return onnxruntime_extensions.get_library_path()
+    return extensions.get_library_path()
+
+
+def import_extensions() -> ModuleType:
+    """onnxruntime_extensions, imported without its side effect: on import it sets
+    PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python in os.environ (0.15.2, cvt.py), which every
+    process started afterwards inherits (a pure-Python protobuf: slower, and its parse errors
+    are UnicodeDecodeError, not DecodeError). The variable is put back as it was."""
+    before = os.environ.get(_PROTOBUF_IMPLEMENTATION)
+    try:
+        import onnxruntime_extensions
+    finally:
+        if before is None:
+            os.environ.pop(_PROTOBUF_IMPLEMENTATION, None)
+        else:
+            os.environ[_PROTOBUF_IMPLEMENTATION] = before
+    return onnxruntime_extensions
