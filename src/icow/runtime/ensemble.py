@@ -32,7 +32,7 @@ from ..protocol.errors import InferenceServerError, invalid, unavailable
 from ..protocol.names import shorten
 from . import config as cfg
 from .ensemble_graph import Composing, ConfigError, Graph, Step, check_models
-from .model import OutputSpec, ResponseSlots, check_input, copy_into
+from .model import OutputSpec, ResponseSlots, check_input, check_input_names, copy_into
 from .stats import VersionStats
 
 # (model name, version or label or "") -> the ready composing model; raises InferenceServerError.
@@ -143,13 +143,7 @@ class Ensemble:
 
     def _check(self, inputs: Mapping[str, np.ndarray]) -> int:
         """Check the request's inputs against the ensemble's config; its batch size (0: none)."""
-        for name in inputs:
-            if name not in self.inputs:
-                raise invalid(f"model '{self.name}' has no input '{shorten(name)}'; "
-                              f"its inputs are: {', '.join(self.inputs)}")
-        missing = [n for n in self.inputs if n not in inputs]
-        if missing:
-            raise invalid(f"model '{self.name}' needs input(s) {', '.join(missing)}, which the request lacks")
+        check_input_names(self.name, self.inputs, inputs)
         rows = {check_input(spec, inputs[name], self.max_batch_size, self.name)
                 for name, spec in self.inputs.items()}
         if len(rows) > 1:

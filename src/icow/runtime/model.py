@@ -298,13 +298,7 @@ class Model:
         return list(requested)
 
     def _feeds(self, inputs: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
-        for name in inputs:
-            if name not in self.inputs:
-                raise invalid(f"model '{self.name}' has no input '{shorten(name)}'; "
-                              f"its inputs are: {', '.join(self.inputs)}")
-        missing = [n for n in self.inputs if n not in inputs]
-        if missing:
-            raise invalid(f"model '{self.name}' needs input(s) {', '.join(missing)}, which the request lacks")
+        check_input_names(self.name, self.inputs, inputs)
         batch = 0
         feeds = {}
         for name, spec in self.inputs.items():
@@ -400,6 +394,16 @@ class Model:
         for i in range(len(names)):
             response.mark_written(i)
         return True
+
+
+def check_input_names(model: str, expected: Mapping[str, object], inputs: Mapping[str, object]) -> None:
+    """Refuse a request whose inputs are not exactly the model's (INVALID_ARGUMENT naming them)."""
+    for name in inputs:
+        if name not in expected:
+            raise invalid(f"model '{model}' has no input '{shorten(name)}'; its inputs are: {', '.join(expected)}")
+    missing = [n for n in expected if n not in inputs]
+    if missing:
+        raise invalid(f"model '{model}' needs input(s) {', '.join(missing)}, which the request lacks")
 
 
 def check_input(spec: cfg.TensorSpec, array: np.ndarray, max_batch_size: int, model: str) -> int:
