@@ -8,6 +8,10 @@ the files are written to a hidden staging folder beside the models and every new
 version is loaded there (ONNX Runtime, the config completed against the graph).
 Only then are they moved into place (a folder) or uploaded (a store), and the
 model loads as any other: its version policy and labels govern it.
+
+An ensemble (``platform: "ensemble"``) comes as its config alone, as in Triton: its
+versions are empty folders (version 1, or those a ``specific`` policy names), and its
+graph is checked against the models its steps run instead of loading a file.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import hashlib
 import re
 import shutil
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,6 +33,7 @@ from ..protocol.errors import InferenceServerError, invalid
 from ..protocol.names import check_name, shorten
 from ..runtime import config as cfg
 from ..runtime import config_fields
+from ..runtime.ensemble_graph import is_ensemble, read_graph
 from . import routing
 from .versions import policy_versions, versions_on_disk
 
@@ -39,9 +44,12 @@ FILE_PREFIX = "file:"
 # "file:<version>/<file name>": a positive version and one plain file name, nothing else.
 _FILE_KEY = re.compile(r"^([1-9][0-9]{0,17})/([A-Za-z0-9_][A-Za-z0-9_.+-]{0,254})$")
 _MD5_ETAG = re.compile(r"^[0-9a-f]{32}$")
+MAX_ENSEMBLE_VERSIONS = 100  # empty folders one deploy may create: a policy listing a million is refused
 
 # Loads one version as the repository would: (version, model file, config); raises on any fault.
 CheckVersion = Callable[[int, Path, mc.ModelConfig], None]
+# Checks an ensemble's config against the models its steps run; raises InferenceServerError.
+CheckEnsemble = Callable[[mc.ModelConfig], None]
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,10 @@ class Deployment:
     @property
     def filename(self) -> str:
         return (self.config.default_model_filename if self.config is not None else "") or cfg.DEFAULT_MODEL_FILENAME
+
+    @property
+    def ensemble(self) -> bool:
+        return self.config is not None and is_ensemble(self.config)
 
 
 def parse(name: str, config_json: str | None, files: Mapping[str, bytes]) -> Deployment:
@@ -75,6 +87,9 @@ def parse(name: str, config_json: str | None, files: Mapping[str, bytes]) -> Dep
                           "version number, one file name of letters, digits, '_', '.', '+', '-'; no folders)")
         versions.setdefault(int(match[1]), {})[match[2]] = data
     deployment = Deployment(name, config, versions)
+    if deployment.ensemble and files:
+        raise invalid(f"model '{name}' is an ensemble (platform \"ensemble\"): an ensemble's versions hold no files "
+                      f"(as in Triton); send its config alone, without {', '.join(sorted(map(shorten, files))[:4])}")
     for version, named in versions.items():
         if deployment.filename not in named:
             raise invalid(f"model '{name}' version {version}: no 'file:{version}/{deployment.filename}' parameter, "
@@ -103,9 +118,24 @@ def _parse_config(name: str, text: str) -> mc.ModelConfig:
         config_fields.check(config, name)  # a field icow would not act on: refused before anything is written
         routing.from_config(config)
         policy_versions([1], config.version_policy)
+        if is_ensemble(config):
+            read_graph(config)  # what the config alone shows (a cycle, a tensor no step makes), naming the step
+            ensemble_versions(config, [])
     except cfg.ConfigError as e:
         raise invalid(f"model '{name}': {e}") from None
     return config
+
+
+def ensemble_versions(config: mc.ModelConfig, existing: Collection[int]) -> list[int]:
+    """The empty version folders a deployed ensemble adds: those its ``specific`` policy
+    names, else version 1 for a new one (one that has versions keeps them)."""
+    policy = config.version_policy
+    wanted = set(policy.specific.versions) if policy.WhichOneof("policy_choice") == "specific" else \
+        set() if existing else {1}
+    if any(v < 1 for v in wanted) or len(wanted) > MAX_ENSEMBLE_VERSIONS:
+        raise cfg.ConfigError(f"an ensemble's version_policy specific names positive versions, at most "
+                              f"{MAX_ENSEMBLE_VERSIONS}: they become its empty version folders")
+    return sorted(wanted - set(existing))
 
 
 class Staged:
@@ -124,6 +154,10 @@ class Staged:
         d = self.deployment
         if d.config is not None:
             (self.folder / cfg.CONFIG_FILE).write_text(text_format.MessageToString(d.config))
+        if d.ensemble and d.config is not None:
+            for version in ensemble_versions(d.config, existing):
+                (self.folder / str(version)).mkdir()
+                self.versions.append(version)
         for version, files in sorted(d.files.items()):
             same = existing.get(version)
             if same is not None:
@@ -139,11 +173,15 @@ class Staged:
                 path.write_bytes(data)
             self.versions.append(version)
 
-    def check(self, model_dir: Path, load: CheckVersion) -> None:
+    def check(self, model_dir: Path, load: CheckVersion, check_ensemble: CheckEnsemble) -> None:
         """Load every new version with the config it will be served with (the new one,
         else the repository's); with no new version (a config, or files it already
-        has), the versions the config's policy picks."""
+        has), the versions the config's policy picks. An ensemble has no file to load:
+        its graph is checked against the models it runs, once for all its versions."""
         config = self.deployment.config if self.deployment.config is not None else cfg.read_config(model_dir)
+        if is_ensemble(config):
+            check_ensemble(config)
+            return
         filename = config.default_model_filename or cfg.DEFAULT_MODEL_FILENAME
         targets = [(v, self.folder / str(v) / filename) for v in self.versions]
         if not self.versions and model_dir.is_dir():

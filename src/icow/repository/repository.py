@@ -32,7 +32,7 @@ from ..runtime import config as cfg
 from ..runtime import config_fields
 from ..runtime.cache import ResponseCache
 from ..runtime.ensemble import Ensemble
-from ..runtime.ensemble_graph import Graph, is_ensemble, read_graph
+from ..runtime.ensemble_graph import Graph, Step, check_models, is_ensemble, read_graph
 from ..runtime.model import Model
 from ..runtime.warmup import warm_up
 from . import routing
@@ -206,13 +206,17 @@ class Repository:
                     self.store.sync([name])  # the cache as the store has it: the config a new version checks with
                 self._check_room(name)  # before anything is written: a deploy that cannot load writes nothing
                 existing = self._deployed_versions(name)
-                if not deployment.files and not existing:
+                if deployment.ensemble and self.store is not None:
+                    raise InferenceServerError(grpc.StatusCode.FAILED_PRECONDITION, (
+                        f"cannot deploy ensemble '{name}' to the object store {self.location}: an object store "
+                        "keeps no empty version folder, which is all an ensemble's version is"))
+                if not deployment.files and not existing and not deployment.ensemble:
                     raise not_found(f"no model '{name}' in the repository {self.location}: a deploy of a new model "
                                     "gives its files ('file:<version>/model.onnx')")
                 staged = Staged(self.root, deployment)
                 try:
                     staged.write(existing)
-                    staged.check(self.root / name, self._check_version(name))
+                    staged.check(self.root / name, self._check_version(name), self._check_ensemble(name))
                     staged.upload(self.store) if self.store is not None else staged.move_into(self.root / name)
                 finally:
                     staged.remove()
@@ -252,6 +256,49 @@ class Repository:
         def load(version: int, path: Path, config: mc.ModelConfig) -> None:
             Model(name, version, path, config, self.default_max_batch_size, self.max_queue_size, self.device).close()
         return load
+
+    def _check_ensemble(self, name: str) -> Callable[[mc.ModelConfig], None]:
+        def check(config: mc.ModelConfig) -> None:
+            """The deployed ensemble's steps against the models they would run now: INVALID_ARGUMENT
+            naming the step for a fault of the config, FAILED_PRECONDITION for a step model not ready."""
+            try:
+                graph = self._ensemble_graph(name, config)  # loads the step models not loaded, as its load would
+                self._check_no_cycle(name, graph)
+                models = [self._step_model(name, step) for step in graph.steps]
+                check_models(graph, config, models)
+            except cfg.ConfigError as e:
+                raise invalid(f"ensemble '{name}' cannot run, nothing was written: {e}") from None
+        return check
+
+    def _step_model(self, name: str, step: Step) -> Model | Ensemble:
+        try:
+            return self.get(step.model, step.version)
+        except InferenceServerError as e:
+            if e.code == grpc.StatusCode.NOT_FOUND:  # no such model, version or label: the config's fault
+                raise cfg.ConfigError(f"{step}: {e.message}") from None
+            raise InferenceServerError(grpc.StatusCode.FAILED_PRECONDITION, (
+                f"ensemble '{name}' {step} is not ready, nothing was written: {e.message}; load or deploy "
+                f"'{step.model}' first")) from None
+
+    def _check_no_cycle(self, name: str, graph: Graph) -> None:
+        """Refuse an ensemble that runs itself through the loaded ensembles its steps run."""
+        for step in graph.steps:
+            seen: set[str] = set()
+            todo = [step.model]
+            while todo:
+                model = todo.pop()
+                if model == name:
+                    raise cfg.ConfigError(f"{step}: '{step.model}' runs, through its steps, ensemble '{name}' "
+                                          "(a cycle of ensembles)")
+                if model not in seen:
+                    seen.add(model)
+                    todo.extend(self._steps_run_by(model))
+
+    def _steps_run_by(self, model: str) -> set[str]:
+        """The models the ready versions of ensemble ``model`` run (none for any other model)."""
+        loaded = self._models.get(model)
+        versions = loaded.ready().values() if loaded is not None else ()
+        return {s.model for v in versions if isinstance(v, Ensemble) for s in v.graph.steps}
 
     def unload(self, name: str) -> None:
         """Stop serving ``name`` at once; requests already running finish on it, then its
