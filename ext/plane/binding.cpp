@@ -70,6 +70,15 @@ void Binding::release() {
 int64_t bind_and_run(const ModelEntry &entry, const Instance &instance, const std::vector<const char *> &inputs,
                      const std::vector<std::vector<int64_t>> &input_shapes, const std::vector<size_t> &outputs,
                      const std::vector<OutputSpec> &results, char *base, const std::vector<size_t> &offsets) {
+    thread_local std::vector<char *> places;
+    places.clear();
+    for (const size_t offset : offsets) places.push_back(base + offset);
+    return bind_and_run(entry, instance, inputs, input_shapes, outputs, results, places);
+}
+
+int64_t bind_and_run(const ModelEntry &entry, const Instance &instance, const std::vector<const char *> &inputs,
+                     const std::vector<std::vector<int64_t>> &input_shapes, const std::vector<size_t> &outputs,
+                     const std::vector<OutputSpec> &results, const std::vector<char *> &places) {
     const Names &n = names();
     Binding &b = instance.binding;
     if (!b.binding) {
@@ -105,7 +114,7 @@ int64_t bind_and_run(const ModelEntry &entry, const Instance &instance, const st
         }
         for (size_t i = 0; i < outputs.size(); ++i) {
             const size_t o = outputs[i];
-            const char *at = staged ? b.output_stage[o].reserve(results[i].nbytes) : base + offsets[i];
+            const char *at = staged ? b.output_stage[o].reserve(results[i].nbytes) : places[i];
             bind_once(b.bind_output, entry.output_names[o], instance.device, at, results[i].shape,
                       &b.output_places[o]);
         }
@@ -114,7 +123,7 @@ int64_t bind_and_run(const ModelEntry &entry, const Instance &instance, const st
         b.run(b.binding, instance.run_options);
         if (staged)
             for (size_t i = 0; i < outputs.size(); ++i)
-                std::memcpy(base + offsets[i], b.output_places[outputs[i]].at, results[i].nbytes);
+                std::memcpy(places[i], b.output_places[outputs[i]].at, results[i].nbytes);
         return fed;
     } catch (...) {
         b.drop();

@@ -64,4 +64,10 @@ int64_t bind_and_run(const ModelEntry &entry, const Instance &instance, const st
                      const std::vector<std::vector<int64_t>> &input_shapes, const std::vector<size_t> &outputs,
                      const std::vector<OutputSpec> &results, char *base, const std::vector<size_t> &offsets);
 
+// The same, output i written at `places[i]` (an ensemble's step: into the response, or
+// into memory the next step reads).
+int64_t bind_and_run(const ModelEntry &entry, const Instance &instance, const std::vector<const char *> &inputs,
+                     const std::vector<std::vector<int64_t>> &input_shapes, const std::vector<size_t> &outputs,
+                     const std::vector<OutputSpec> &results, const std::vector<char *> &places);
+
 }  // namespace icow::plane

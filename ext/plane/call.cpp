@@ -7,6 +7,7 @@
 
 #include "buffers.hpp"
 #include "core/clock.hpp"
+#include "ensemble.hpp"
 #include "gil.hpp"
 
 namespace icow::plane {
@@ -183,6 +184,10 @@ void Call::schedule() {
     entry_->pending.fetch_add(1);  // until the call is answered or handed on (done())
     deadline_ns_ = steady_deadline(context_->deadline());
     deadline_ns_ = entry_->queue_deadline(arrived_ns_, deadline_ns_, &queue_timeout_);
+    if (entry_->ensemble) {  // its steps wait in their models' lines: on a thread that may block
+        service_->ensembles.post([this] { run_ensemble_steps(); });
+        return;
+    }
     if (entry_->batching.max_rows > 0) {
         queue_for_batch();
         return;
@@ -240,6 +245,41 @@ void Call::execute(Call *job, size_t instance, bool inline_run) {
             service->workers.post([job, instance] { execute(job, instance, false); });
             return;
         }
+    }
+}
+
+// An ensemble's steps, one after the other on this thread (ensemble.hpp).
+void Call::run_ensemble_steps() {
+    EnsemblePlan ensemble;
+    if (!plan_ensemble(*service_->table(), *entry_, plan_, service_->options.max_message, &ensemble)) {
+        entry_->pending.fetch_sub(1);
+        hand_on(true);
+        return;
+    }
+    const ModelSpec &spec = entry_->spec;
+    const std::string id(data_ + request_.id.off, request_.id.len);
+    const size_t size = response_size(spec.name, spec.version, id, ensemble.response);
+    grpc::Slice out = buffers().slice(size);
+    char *data = reinterpret_cast<char *>(const_cast<uint8_t *>(out.begin()));
+    std::vector<char *> places;
+    for (const size_t offset : write_response(data, size, spec.name, spec.version, id, ensemble.response))
+        places.push_back(data + offset);
+    EnsembleOutcome outcome;
+    {
+        Gil gil;
+        outcome = run_ensemble(*entry_, &ensemble, places, arrived_ns_, deadline_ns_,
+                               [this] { return !cancelled_.load(); });
+        ensemble.steps.clear();  // the composing entries' last references may go here, under the GIL
+    }
+    if (outcome.kind == EnsembleOutcome::DONE) {
+        answer(out);
+        return;
+    }
+    entry_->pending.fetch_sub(1);
+    if (outcome.kind == EnsembleOutcome::FULL_PATH) {
+        hand_on(true);
+    } else {
+        Finish(status(outcome.refusal));
     }
 }
 

@@ -46,6 +46,7 @@ class Call final : public grpc::ServerGenericBidiReactor {
     bool plan();
     bool contiguous_request();
     void schedule();
+    void run_ensemble_steps();
     bool wait_in_queue();
     void queue_for_batch();
     void finish_failed(const grpc::Status &status);

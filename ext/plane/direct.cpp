@@ -10,31 +10,11 @@
 #include "core/clock.hpp"
 #include "core/http_layout.hpp"
 #include "core/release_gil.hpp"
+#include "ensemble.hpp"
+#include "line.hpp"
 
 namespace icow::plane {
 namespace {
-
-// ---- Waiting in line for an instance --------------------------------------
-constexpr int64_t POLL_NS = 50'000'000;  // how soon a cancelled caller in line is noticed (as scheduler.py)
-
-enum class Wait { TOOK, BUSY, QUEUE_FULL, EXPIRED, CANCELLED };  // BUSY: none idle, and the caller may not wait
-
-// Hand `instance` to the first in line, or leave it idle. An entry the native plane
-// shares with the HTTP lane has two lines: the plane's calls (`waiting`) and Direct's
-// callers; whichever came first takes it.
-void give_back(ModelEntry &entry, size_t instance) {
-    std::unique_lock<std::mutex> lock(entry.mu);
-    const int64_t first_call = entry.waiting.empty() ? 0 : entry.waiting.front()->arrived_ns();
-    if (entry.hand_to_waiter(instance, first_call)) return;
-    if (entry.waiting.empty()) {
-        entry.idle.push_back(instance);
-        return;
-    }
-    Call *job = entry.waiting.front();
-    entry.waiting.pop_front();
-    lock.unlock();
-    Call::take_over(job, instance);
-}
 
 // Whether the caller still waits for the answer; a failing check counts as no.
 bool still_wanted(const py::object &alive) {
@@ -45,74 +25,41 @@ bool still_wanted(const py::object &alive) {
     }
 }
 
-// Out of line without an instance; true if one was handed over meanwhile (then it is the caller's).
-bool leave_line(ModelEntry &entry, ModelEntry::Waiter *me) {
-    std::lock_guard<std::mutex> lock(entry.mu);
-    if (me->instance != ModelEntry::NO_INSTANCE) return true;
-    entry.direct_waiting.erase(std::find(entry.direct_waiting.begin(), entry.direct_waiting.end(), me));
-    return false;
-}
-
-// An instance for this caller: an idle one at once, else the first to free up,
-// waited for in line without the GIL (called with it held; whoever holds
-// entry.mu never waits for the GIL, so taking it here cannot deadlock).
-Wait take_instance(ModelEntry &entry, int64_t deadline_ns, const py::object &alive, size_t *instance,
-                   size_t *in_line, bool may_wait) {
-    ModelEntry::Waiter me;
-    {
-        std::lock_guard<std::mutex> lock(entry.mu);
-        if (!entry.idle.empty()) {  // then nobody is in line: instances go to the line first
-            *instance = entry.idle.back();
-            entry.idle.pop_back();
-            return Wait::TOOK;
-        }
-        if (!may_wait) return Wait::BUSY;
-        *in_line = entry.direct_waiting.size() + entry.waiting.size();  // both lines: one queue bound
-        if (entry.max_queue && *in_line >= entry.max_queue) return Wait::QUEUE_FULL;
-        me.arrived_ns = now_ns();
-        entry.direct_waiting.push_back(&me);
-    }
-    for (;;) {
-        bool expired = false;
-        {
-            py::gil_scoped_release nogil;
-            std::unique_lock<std::mutex> lock(entry.mu);
-            const int64_t poll = now_ns() + POLL_NS;
-            const int64_t until = deadline_ns ? std::min(deadline_ns, poll) : poll;
-            me.handed.wait_until(lock, at_ns(until), [&] { return me.instance != ModelEntry::NO_INSTANCE; });
-            if (me.instance != ModelEntry::NO_INSTANCE) {
-                *instance = me.instance;
-                return Wait::TOOK;
-            }
-            expired = deadline_ns && now_ns() >= deadline_ns;
-        }
-        if (expired || !still_wanted(alive)) {
-            if (!leave_line(entry, &me)) return expired ? Wait::EXPIRED : Wait::CANCELLED;
-            *instance = me.instance;  // handed over as it gave up: used after all
-            return Wait::TOOK;
-        }
-    }
-}
-
-// The instance reserved for this call, handed on when the call is done with it (or fails).
-class Reserved {
-  public:
-    Reserved(ModelEntry &entry, size_t instance) : entry_(entry), instance_(instance) {}
-    ~Reserved() { give_back(entry_, instance_); }
-    Reserved(const Reserved &) = delete;
-    Reserved &operator=(const Reserved &) = delete;
-
-  private:
-    ModelEntry &entry_;
-    const size_t instance_;
-};
-
 // A new bytes object of `size` bytes, not yet written; `*data` is where they go.
 py::object new_bytes(size_t size, char **data) {
     auto bytes = py::reinterpret_steal<py::object>(PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(size)));
     if (!bytes) throw py::error_already_set();
     *data = PyBytes_AS_STRING(bytes.ptr());
     return bytes;
+}
+
+// The response to `id` from `model` with `outputs`, all but their contents written;
+// `places`: where each output's contents go. HTTP: the JSON header, then the binary
+// outputs (`header_length`: its size).
+py::object new_response(const ModelSpec &model, const std::string &id, const std::vector<OutputSpec> &outputs,
+                        bool http, std::vector<char *> *places, size_t *header_length) {
+    char *out = nullptr;
+    py::object response;
+    places->clear();
+    if (!http) {
+        const size_t size = response_size(model.name, model.version, id, outputs);
+        response = new_bytes(size, &out);
+        for (const size_t offset : write_response(out, size, model.name, model.version, id, outputs))
+            places->push_back(out + offset);
+        return response;
+    }
+    const std::string header = http_header(model.name, model.version, id, outputs);
+    size_t size = header.size();
+    for (const auto &o : outputs) size += o.nbytes;
+    response = new_bytes(size, &out);
+    std::memcpy(out, header.data(), header.size());
+    *header_length = header.size();
+    char *at = out + header.size();
+    for (const auto &o : outputs) {
+        places->push_back(at);
+        at += o.nbytes;
+    }
+    return response;
 }
 
 // A request that leaves without running, counted as a failure (as the scheduler counts it).
@@ -217,6 +164,7 @@ py::object Direct::serve_http(const std::string &model, const std::string &versi
 // ---- Running a planned request ---------------------------------------------
 py::object Direct::execute(const std::shared_ptr<ModelEntry> &entry, const Plan &plan, const std::string &id,
                            int64_t deadline_ns, const py::object &alive, Layout layout, bool may_wait) {
+    if (entry->ensemble) return may_wait ? execute_ensemble(entry, plan, id, deadline_ns, alive, layout) : py::none();
     const int64_t arrived = now_ns();
     entry->pending.fetch_add(1);  // VersionStats.pending adds it: a drain waits for this call
     struct Pending {
@@ -226,18 +174,10 @@ py::object Direct::execute(const std::shared_ptr<ModelEntry> &entry, const Plan 
     bool by_queue = false;  // the deadline is the model's queue timeout
     deadline_ns = entry->queue_deadline(arrived, deadline_ns, &by_queue);
     size_t instance = 0, in_line = 0;
-    switch (take_instance(*entry, deadline_ns, alive, &instance, &in_line, may_wait)) {
-        case Wait::TOOK:
-            break;
-        case Wait::BUSY:
-            return py::none();
-        case Wait::QUEUE_FULL:
-            return refused(*entry, arrived, entry->queue_full(in_line));
-        case Wait::EXPIRED:
-            return refused(*entry, arrived, entry->expired(by_queue));
-        case Wait::CANCELLED:
-            return refused(*entry, arrived, ModelEntry::cancelled());
-    }
+    const Wait wait = take_instance(*entry, deadline_ns, [&alive] { return still_wanted(alive); }, &instance,
+                                    &in_line, may_wait);
+    if (wait == Wait::BUSY) return py::none();
+    if (wait != Wait::TOOK) return refused(*entry, arrived, refusal_of(*entry, wait, in_line, by_queue));
 
     const int64_t start = now_ns();
     int64_t fed = 0, ran = 0;
@@ -245,26 +185,11 @@ py::object Direct::execute(const std::shared_ptr<ModelEntry> &entry, const Plan 
     size_t header_length = 0;
     {
         const Reserved reserved(*entry, instance);
-        std::vector<size_t> offsets;
-        char *out = nullptr;
-        if (layout == Layout::GRPC) {
-            const size_t out_size = response_size(entry->spec.name, entry->spec.version, id, plan.response);
-            response = new_bytes(out_size, &out);
-            offsets = write_response(out, out_size, entry->spec.name, entry->spec.version, id, plan.response);
-        } else {
-            const std::string header = http_header(entry->spec.name, entry->spec.version, id, plan.response);
-            size_t out_size = header.size();
-            for (const auto &o : plan.response) {
-                offsets.push_back(out_size);
-                out_size += o.nbytes;
-            }
-            response = new_bytes(out_size, &out);
-            std::memcpy(out, header.data(), header.size());
-            header_length = header.size();
-        }
+        std::vector<char *> places;
+        response = new_response(entry->spec, id, plan.response, layout == Layout::HTTP, &places, &header_length);
         try {
             fed = bind_and_run(*entry, entry->instances[instance], plan.inputs, plan.input_shapes, plan.outputs,
-                               plan.response, out, offsets);
+                               plan.response, places);
         } catch (const std::exception &) {  // the full path runs it again: it reports the error, or copies
             return py::none();
         }
@@ -272,6 +197,29 @@ py::object Direct::execute(const std::shared_ptr<ModelEntry> &entry, const Plan 
     }  // the instance goes to the next caller before the statistics are written
     entry->ran(ran - fed);
     entry->tally->request(plan.rows, ran - arrived, start - arrived, fed - start, ran - fed, 0, true);
+    if (layout == Layout::HTTP) return py::make_tuple(response, header_length);
+    return response;
+}
+
+// An ensemble's steps, one after the other on this thread (ensemble.hpp).
+py::object Direct::execute_ensemble(const std::shared_ptr<ModelEntry> &entry, const Plan &plan, const std::string &id,
+                                    int64_t deadline_ns, const py::object &alive, Layout layout) {
+    const int64_t arrived = now_ns();
+    EnsemblePlan ensemble;
+    if (!plan_ensemble(*std::atomic_load(&table_), *entry, plan, max_message_, &ensemble)) return py::none();
+    entry->pending.fetch_add(1);
+    struct Pending {
+        ModelEntry &entry;
+        ~Pending() { entry.pending.fetch_sub(1); }
+    } pending{*entry};
+    std::vector<char *> places;
+    size_t header_length = 0;
+    py::object response = new_response(entry->spec, id, ensemble.response, layout == Layout::HTTP, &places, &header_length);
+    const EnsembleOutcome outcome =
+        run_ensemble(*entry, &ensemble, places, arrived, deadline_ns, [&alive] { return still_wanted(alive); });
+    if (outcome.kind == EnsembleOutcome::FULL_PATH) return py::none();
+    if (outcome.kind == EnsembleOutcome::REFUSED)
+        return py::make_tuple(outcome.refusal.code, outcome.refusal.message, entry->spec.name, entry->spec.version);
     if (layout == Layout::HTTP) return py::make_tuple(response, header_length);
     return response;
 }

@@ -45,6 +45,8 @@ class Direct {
     // `plan` run on an instance of `entry`, answered in `layout`.
     py::object execute(const std::shared_ptr<ModelEntry> &entry, const Plan &plan, const std::string &id,
                        int64_t deadline_ns, const py::object &alive, Layout layout, bool may_wait);
+    py::object execute_ensemble(const std::shared_ptr<ModelEntry> &entry, const Plan &plan, const std::string &id,
+                                int64_t deadline_ns, const py::object &alive, Layout layout);
     std::shared_ptr<ModelEntry> plan(const char *base, size_t size, Request *request, Plan *plan) const;
 
     const size_t max_message_;

@@ -2,6 +2,7 @@
 
 #include <stdexcept>
 
+#include "ensemble.hpp"
 #include "gil.hpp"
 
 namespace icow::plane {
@@ -29,12 +30,44 @@ void add_tensor(const py::handle &item, std::vector<TensorSpec> *specs, std::vec
     specs->push_back(std::move(spec));
 }
 
+// (name, slot) pairs of a step's map.
+std::vector<std::pair<std::string, size_t>> slot_map(const py::handle &seq) {
+    std::vector<std::pair<std::string, size_t>> out;
+    for (auto item : seq) {
+        auto t = item.cast<py::tuple>();
+        out.emplace_back(t[0].cast<std::string>(), t[1].cast<size_t>());
+    }
+    return out;
+}
+
+// ([(model, version key, label, [(input, slot)], [(output, slot)])], slot count, [output slot]):
+// slots below the ensemble's input count are its inputs; every slot is checked to lie below the count.
+std::shared_ptr<const EnsembleGraph> ensemble_graph(const py::object &graph, size_t inputs, size_t outputs) {
+    if (graph.is_none()) return nullptr;
+    auto t = graph.cast<py::tuple>();
+    auto out = std::make_shared<EnsembleGraph>();
+    out->slots = t[1].cast<size_t>();
+    for (auto item : t[0]) {
+        auto s = item.cast<py::tuple>();
+        out->steps.push_back({s[0].cast<std::string>(), s[1].cast<std::string>(), s[2].cast<std::string>(),
+                              slot_map(s[3]), slot_map(s[4])});
+    }
+    for (auto slot : t[2]) out->outputs.push_back(slot.cast<size_t>());
+    bool fits = out->outputs.size() == outputs && inputs <= out->slots;
+    for (const size_t slot : out->outputs) fits = fits && slot < out->slots;
+    for (const auto &step : out->steps)
+        for (const auto *map : {&step.inputs, &step.outputs})
+            for (const auto &named : *map) fits = fits && named.second < out->slots;
+    if (!fits) throw std::invalid_argument("an ensemble graph's slots do not fit its tensors");
+    return out;
+}
+
 }  // namespace
 
 ModelEntry::ModelEntry(std::string name_, int64_t version_, int64_t max_batch_size_, const py::list &inputs_,
                        const py::list &outputs_, const py::list &instances_, std::shared_ptr<Tally> tally_,
                        py::object record_failure_, size_t max_queue_, int64_t queue_timeout_ns_,
-                       const py::object &batching_)
+                       const py::object &batching_, const py::object &ensemble_)
     : tally(std::move(tally_)), record_failure(std::move(record_failure_)), max_queue(max_queue_),
       queue_timeout_ns(queue_timeout_ns_) {
     if (!tally) throw std::invalid_argument("a ModelEntry needs its version's Tally");
@@ -47,6 +80,7 @@ ModelEntry::ModelEntry(std::string name_, int64_t version_, int64_t max_batch_si
     spec.max_batch_size = max_batch_size_;
     for (auto item : inputs_) add_tensor(item, &spec.inputs, &input_names);
     for (auto item : outputs_) add_tensor(item, &spec.outputs, &output_names);
+    ensemble = ensemble_graph(ensemble_, spec.inputs.size(), spec.outputs.size());
     for (auto item : instances_) {
         auto t = item.cast<py::tuple>();
         instances.push_back({py::reinterpret_borrow<py::object>(t[0]), py::reinterpret_borrow<py::object>(t[1]),

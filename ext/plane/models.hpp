@@ -25,6 +25,7 @@ namespace py = pybind11;
 namespace icow::plane {
 
 class Call;
+struct EnsembleGraph;
 
 // The Python objects ONNX Runtime's bind calls take for one tensor: its name, its numpy type.
 struct BindNames {
@@ -56,7 +57,8 @@ class ModelEntry {
   public:
     ModelEntry(std::string name, int64_t version, int64_t max_batch_size, const py::list &inputs,
                const py::list &outputs, const py::list &instances, std::shared_ptr<Tally> tally,
-               py::object record_failure, size_t max_queue, int64_t queue_timeout_ns, const py::object &batching);
+               py::object record_failure, size_t max_queue, int64_t queue_timeout_ns, const py::object &batching,
+               const py::object &ensemble);
     ~ModelEntry();
     ModelEntry(const ModelEntry &) = delete;
     ModelEntry &operator=(const ModelEntry &) = delete;
@@ -68,9 +70,13 @@ class ModelEntry {
     Refusal expired(bool by_queue) const;
     static Refusal cancelled();
 
+    // An ensemble's plan leaves its outputs unsized: plan_ensemble sizes them through its graph.
     bool plan(const Request &request, const char *base, size_t max_response, Plan *plan,
               const char *text = nullptr) const {
-        return !disabled.load(std::memory_order_relaxed) && plan_request(spec, request, base, max_response, plan, text);
+        if (disabled.load(std::memory_order_relaxed)) return false;
+        if (!ensemble) return plan_request(spec, request, base, max_response, plan, text);
+        Symbols symbols;
+        return plan_inputs_and_outputs(spec, request, base, plan, &symbols, text);
     }
 
     ModelSpec spec;
@@ -79,6 +85,7 @@ class ModelEntry {
     const std::shared_ptr<Tally> tally;  // the version's statistics, shared by its entries
     py::object record_failure;           // VersionStats.record_failure
     Batching batching;
+    std::shared_ptr<const EnsembleGraph> ensemble;  // set: an ensemble, with no instances (ensemble.hpp)
     const size_t max_queue;             // 0: no bound
     const int64_t queue_timeout_ns;     // 0: none
     std::atomic<bool> disabled{false};  // the model's outputs cannot be bound before the run

@@ -143,13 +143,14 @@ PYBIND11_MODULE(_plane, m) {
 
     py::class_<ModelEntry, std::shared_ptr<ModelEntry>>(m, "ModelEntry")
         .def(py::init<std::string, int64_t, int64_t, const py::list &, const py::list &, const py::list &,
-                      std::shared_ptr<Tally>, py::object, size_t, int64_t, const py::object &>(),
+                      std::shared_ptr<Tally>, py::object, size_t, int64_t, const py::object &, const py::object &>(),
              py::arg("name"), py::arg("version"), py::arg("max_batch_size"), py::arg("inputs"), py::arg("outputs"),
              py::arg("instances"), py::arg("tally"), py::arg("record_failure"), py::arg("max_queue") = 0,
-             py::arg("queue_timeout_ns") = 0, py::arg("batching") = py::none())
+             py::arg("queue_timeout_ns") = 0, py::arg("batching") = py::none(), py::arg("ensemble") = py::none())
         .def_property_readonly("name", [](const ModelEntry &e) { return e.spec.name; })
         .def_property_readonly("version", [](const ModelEntry &e) { return e.spec.version; })
         .def_property_readonly("disabled", [](const ModelEntry &e) { return e.disabled.load(); })
+        .def_property_readonly("is_ensemble", [](const ModelEntry &e) { return e.ensemble != nullptr; })
         .def_property_readonly("pending", [](const ModelEntry &e) { return e.pending.load(); })
         .def("disable", [](ModelEntry &e) { e.disabled.store(true); },
              "Leave the model to the full path from now on (its outputs cannot be bound before the run).");

@@ -25,6 +25,7 @@ Service::Service(const Options &options_)
     : options(options_),
       backend(backend_stub(options_.backend)),
       workers(options_.workers),
+      ensembles(options_.workers),
       expiry(&Call::expire_waiting) {}
 
 bool Service::token_allows(grpc::GenericCallbackServerContext *context, std::string_view model) const {

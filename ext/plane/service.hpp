@@ -59,6 +59,7 @@ class Service final : public grpc::CallbackGenericService {
     std::atomic<bool> fast{false};  // Python turns the fast path off where it cannot match the full path
     std::unique_ptr<grpc::GenericStub> backend;
     Workers workers;
+    Workers ensembles;  // an ensemble's steps wait for instances: never on `workers`, whose jobs free them
     Expiry expiry;  // after workers: gone before them, as it hands them work
     std::atomic<uint64_t> served_fast{0}, handed_on{0}, in_flight{0};
     Census calls;  // Call objects alive (in_flight counts calls until their OnDone)

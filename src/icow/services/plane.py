@@ -68,34 +68,40 @@ class ModelTable:
 
     def entries(self) -> dict[str, object]:
         """Table key (name, newline, version or label or "") -> ModelEntry."""
-        table = {}
+        table: dict[str, object] = {}
+        ensembles: dict[str, Ensemble] = {}
         # A batching model that an ensemble runs stays on the Python path, where its queue is
         # the one its ensemble steps wait in: direct requests and steps then batch together.
         steps = self.repository.composing_names()
         for loaded in self.repository.loaded():  # the repository's rule, for every fixed key
             for key, model in loaded.fixed_picks().items():
+                if isinstance(model, Ensemble):
+                    ensembles[f"{loaded.name}\n{key}"] = model
+                    continue
                 if loaded.name in steps and getattr(model, "batching", None):
                     continue
                 entry = self._entry(model)
                 if entry is not None:
                     table[f"{loaded.name}\n{key}"] = entry
+        for key, ensemble in ensembles.items():  # once every model's entry is known
+            if runs_on_fast_path(ensemble, table):
+                entry = self._entry(ensemble)
+                if entry is not None:
+                    table[key] = entry
         return table
 
-    def _entry(self, model: Model):
+    def _entry(self, model: Model | Ensemble):
         if model not in self._entries:
-            self._entries[model] = model_entry(model)
+            self._entries[model] = ensemble_entry(model) if isinstance(model, Ensemble) else model_entry(model)
         return self._entries[model]
 
 
-def model_entry(model: Model | Ensemble):
+def model_entry(model: Model):
     """The fast path's entry for ``model``, or None where only the full path serves it
     as it must: strings, config reshapes, outputs that cannot be bound before the run,
     onnxruntime without the calls beneath its IOBinding wrapper, the response cache
-    (kept by the full path only: there a request is looked up before it runs), an
-    ensemble (its steps run in Python, each through its composing model's queue), priority
+    (kept by the full path only: there a request is looked up before it runs), priority
     levels or request timeouts (the full path's queue orders and bounds by them)."""
-    if isinstance(model, Ensemble):
-        return None
     specs = (*model.inputs.values(), *model.outputs.values())
     if (model.cache is not None or not model.bind_outputs or model.queue.levels or model.queue.any_override
             or any(s.datatype.name == "BYTES" or s.reshape is not None for s in specs)
@@ -108,11 +114,9 @@ def model_entry(model: Model | Ensemble):
         return [d if isinstance(d, int) and d >= 0 else -2 - symbols.setdefault(d, len(symbols))
                 if isinstance(d, str) else _UNKNOWN for d in dims]
 
-    def spec(s, dims: list, shape: list[int]) -> tuple:
-        return (s.name, s.datatype.name, s.datatype.numpy.itemsize, shape, graph(dims), s.datatype.bind)
-
-    inputs = [spec(s, model.input_dims[s.name], s.shape(model.max_batch_size)) for s in model.inputs.values()]
-    outputs = [spec(s, model.output_dims[s.name], []) for s in model.outputs.values()]
+    inputs = [_spec(s, s.shape(model.max_batch_size), graph(model.input_dims[s.name]))
+              for s in model.inputs.values()]
+    outputs = [_spec(s, [], graph(model.output_dims[s.name])) for s in model.outputs.values()]
     instances = [(i.binder.c_session, i.binder.new_binding, i.binder.cpu, i.binder.run_options)
                  for i in model.instances]
     stats, batching = model.stats, model.batching
@@ -124,6 +128,46 @@ def model_entry(model: Model | Ensemble):
     model.on_unbindable.append(entry.disable)
     stats.pending_sources.append(weakref.ref(entry))  # weak: the entry holds the stats' methods
     return entry
+
+
+def runs_on_fast_path(ensemble: Ensemble, table: dict[str, object]) -> bool:
+    """Whether every step's model is one the fast path runs alone (not batching: those
+    batch with the ensemble's steps in Python's queue; not an ensemble itself)."""
+    for step in ensemble.graph.steps:
+        entry = table.get(f"{step.model}\n{step.version}")
+        if entry is None or entry.is_ensemble:
+            return False
+    return True
+
+
+def ensemble_entry(ensemble: Ensemble):
+    """The fast path's entry for ``ensemble`` (ext/plane/ensemble.hpp), or None where its
+    tensors are strings or reshaped. Its graph goes as slots: the ensemble's inputs
+    first, then each step's outputs; the steps in dependency order."""
+    specs = (*ensemble.inputs.values(), *ensemble.outputs.values())
+    if any(s.datatype.name == "BYTES" or s.reshape is not None for s in specs):
+        return None
+    slots = {name: i for i, name in enumerate(ensemble.inputs)}
+    steps = []
+    for step in (s for level in ensemble.graph.levels for s in level):
+        inputs = [(name, slots[tensor]) for name, tensor in step.inputs.items()]
+        outputs = [(name, slots.setdefault(tensor, len(slots))) for name, tensor in step.outputs.items()]
+        steps.append((step.model, step.version, str(step), inputs, outputs))
+    graph = (steps, len(slots), [slots[name] for name in ensemble.outputs])
+    inputs = [_spec(s, shape := s.shape(ensemble.max_batch_size), [_UNKNOWN] * len(shape))
+              for s in ensemble.inputs.values()]
+    outputs = [_spec(s, [], []) for s in ensemble.outputs.values()]  # sized through the graph
+    stats = ensemble.stats
+    entry = _plane.ModelEntry(ensemble.name, ensemble.version, ensemble.max_batch_size, inputs, outputs, [],
+                              stats.tally(lambda: _plane.Tally(LATENCY_BUCKETS_US)), stats.record_failure,
+                              ensemble=graph)
+    stats.pending_sources.append(weakref.ref(entry))
+    return entry
+
+
+def _spec(s, shape: list[int], graph: list[int]) -> tuple:
+    """A tensor as ModelEntry takes it: (name, datatype, itemsize, shape, graph dims, numpy type)."""
+    return (s.name, s.datatype.name, s.datatype.numpy.itemsize, shape, graph, s.datatype.bind)
 
 
 class NativePlane:

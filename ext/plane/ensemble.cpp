@@ -1,0 +1,215 @@
+#include "ensemble.hpp"
+
+#include "core/clock.hpp"
+#include "line.hpp"
+
+namespace icow::plane {
+namespace {
+
+// gRPC status codes (the protocol's numbers) of the refusals made here.
+constexpr int CANCELLED = 1, DEADLINE_EXCEEDED = 4;
+constexpr size_t ALIGN = 64;  // each intermediate tensor starts aligned for ONNX Runtime's kernels
+constexpr size_t NONE = SIZE_MAX;
+
+size_t index_of(const std::vector<TensorSpec> &specs, const std::string &name) {
+    for (size_t k = 0; k < specs.size(); ++k)
+        if (specs[k].name == name) return k;
+    return NONE;
+}
+
+// ---- Planning: every tensor's type and shape before anything runs -----------
+// The step's run from the slots it reads; its outputs' slots typed and sized.
+bool plan_step(const Table &table, const EnsembleStep &step, size_t max_response, std::vector<Slot> *slots,
+               StepPlan *out) {
+    out->entry = find_entry(table, step.model, step.version);
+    const ModelEntry *entry = out->entry.get();
+    // A composing model the fast path does not run alone is not run here either.
+    if (!entry || entry->ensemble || entry->batching.max_rows > 0 || entry->disabled.load(std::memory_order_relaxed))
+        return false;
+    const ModelSpec &spec = entry->spec;
+    const size_t n = spec.inputs.size();
+    if (step.inputs.size() != n) return false;
+    Plan &plan = out->plan;
+    plan.inputs.assign(n, nullptr);
+    plan.input_shapes.assign(n, {});
+    out->input_slots.assign(n, NONE);
+    Symbols symbols;
+    int64_t batch = -1;
+    for (const auto &[name, slot] : step.inputs) {
+        const size_t k = index_of(spec.inputs, name);
+        if (k == NONE || out->input_slots[k] != NONE) return false;
+        const Slot &s = (*slots)[slot];
+        if (!check_input(spec, k, s.datatype, s.shape, &symbols, &batch)) return false;
+        plan.input_shapes[k] = s.shape;
+        out->input_slots[k] = slot;
+    }
+    plan.rows = spec.max_batch_size > 0 ? batch : 1;
+    plan.outputs.clear();
+    plan.response.clear();
+    out->output_slots.clear();
+    for (const auto &[name, slot] : step.outputs) {
+        const size_t k = index_of(spec.outputs, name);
+        OutputSpec o;
+        if (k == NONE || !size_output(spec.outputs[k], symbols, max_response, &o)) return false;
+        Slot &s = (*slots)[slot];
+        s.datatype = o.datatype;
+        s.shape = o.shape;
+        s.nbytes = o.nbytes;
+        plan.outputs.push_back(k);
+        plan.response.push_back(std::move(o));
+        out->output_slots.push_back(slot);
+    }
+    return true;
+}
+
+// Where each step writes: the outputs asked for at their place in the response, the
+// other tensors in the plan's block.
+void place(EnsemblePlan *plan, size_t first_produced, const std::vector<char *> &places) {
+    auto &slots = plan->slots;
+    for (size_t s = first_produced; s < slots.size(); ++s) slots[s].place = nullptr;
+    for (size_t i = 0; i < places.size(); ++i) slots[plan->response_slots[i]].place = places[i];
+    auto aligned = [](size_t n) { return (n + ALIGN - 1) / ALIGN * ALIGN; };
+    size_t total = 0;
+    for (size_t s = first_produced; s < slots.size(); ++s)
+        if (!slots[s].place) total += aligned(slots[s].nbytes);
+    char *block = plan->block.reserve(total);
+    for (size_t s = first_produced; s < slots.size(); ++s) {
+        if (!slots[s].place) {
+            slots[s].place = block;
+            block += aligned(slots[s].nbytes);
+        }
+        slots[s].at = slots[s].place;
+    }
+}
+
+// ---- Running --------------------------------------------------------------
+// A Python callback that fails is not the caller's failure: its error is dropped.
+void record_failure(const ModelEntry &entry, int64_t ns, int code) {
+    try {
+        entry.record_failure(ns, false, code);
+    } catch (py::error_already_set &) {
+    }
+}
+
+EnsembleOutcome refuse(const ModelEntry &ensemble, int64_t arrived_ns, Refusal refusal) {
+    record_failure(ensemble, now_ns() - arrived_ns, refusal.code);
+    return {EnsembleOutcome::REFUSED, std::move(refusal)};
+}
+
+// The call is over before `step` ran: as ensemble.py's _check_live says it.
+bool over(const ModelEntry &ensemble, const EnsembleStep &step, int64_t deadline_ns,
+          const std::function<bool()> &alive, Refusal *refusal) {
+    const std::string what = step.label + " of ensemble '" + ensemble.spec.name + "' ran";
+    if (!alive()) {
+        *refusal = {CANCELLED, "the call was cancelled before " + what};
+        return true;
+    }
+    if (deadline_ns && now_ns() >= deadline_ns) {
+        *refusal = {DEADLINE_EXCEEDED, "the deadline passed before " + what};
+        return true;
+    }
+    return false;
+}
+
+struct StepTimes {
+    int64_t arrived = 0, start = 0, fed = 0, ran = 0;
+};
+
+// Counted once every step has run: a step that fails leaves the whole request to the
+// full path, which runs and counts it.
+void count(const ModelEntry &ensemble, const EnsemblePlan &plan, const std::vector<StepTimes> &times,
+           int64_t arrived_ns) {
+    int64_t queue = 0, input = 0, infer = 0;
+    for (size_t i = 0; i < times.size(); ++i) {
+        const ModelEntry &entry = *plan.steps[i].entry;
+        const StepTimes &t = times[i];
+        entry.ran(t.ran - t.fed);
+        entry.tally->request(plan.steps[i].plan.rows, t.ran - t.arrived, t.start - t.arrived, t.fed - t.start,
+                             t.ran - t.fed, 0, true);
+        queue += t.start - t.arrived;
+        input += t.fed - t.start;
+        infer += t.ran - t.fed;
+    }
+    ensemble.tally->request(plan.rows, now_ns() - arrived_ns, queue, input, infer, 0, true);
+}
+
+}  // namespace
+
+bool plan_ensemble(const Table &table, const ModelEntry &ensemble, const Plan &plan, size_t max_response,
+                   EnsemblePlan *out) {
+    const EnsembleGraph &graph = *ensemble.ensemble;
+    const ModelSpec &spec = ensemble.spec;
+    out->slots.assign(graph.slots, {});
+    for (size_t k = 0; k < spec.inputs.size(); ++k) {
+        Slot &s = out->slots[k];
+        s.datatype = spec.inputs[k].datatype;
+        s.shape = plan.input_shapes[k];
+        s.at = plan.inputs[k];
+    }
+    out->steps.resize(graph.steps.size());
+    for (size_t i = 0; i < graph.steps.size(); ++i)
+        if (!plan_step(table, graph.steps[i], max_response, &out->slots, &out->steps[i])) return false;
+    out->response.clear();
+    out->response_slots.clear();
+    for (const size_t k : plan.outputs) {
+        const size_t slot = graph.outputs[k];
+        const Slot &s = out->slots[slot];
+        if (slot < spec.inputs.size() || s.datatype != spec.outputs[k].datatype) return false;
+        out->response.push_back({spec.outputs[k].name, s.datatype, s.shape, s.nbytes});
+        out->response_slots.push_back(slot);
+    }
+    out->rows = plan.rows;
+    return true;
+}
+
+EnsembleOutcome run_ensemble(const ModelEntry &ensemble, EnsemblePlan *plan, const std::vector<char *> &places,
+                             int64_t arrived_ns, int64_t deadline_ns, const std::function<bool()> &alive) {
+    const EnsembleGraph &graph = *ensemble.ensemble;
+    place(plan, ensemble.spec.inputs.size(), places);
+    // Each composing version counts this request as pending while it runs: an unload drains it.
+    struct Pending {
+        explicit Pending(ModelEntry &e) : entry(e) { entry.pending.fetch_add(1); }
+        ~Pending() { entry.pending.fetch_sub(1); }
+        ModelEntry &entry;
+    };
+    std::vector<std::unique_ptr<Pending>> pending;
+    for (auto &step : plan->steps) pending.push_back(std::make_unique<Pending>(*step.entry));
+    std::vector<StepTimes> times(plan->steps.size());
+    std::vector<char *> outputs;
+    for (size_t i = 0; i < plan->steps.size(); ++i) {
+        StepPlan &step = plan->steps[i];
+        ModelEntry &entry = *step.entry;
+        Refusal refusal;
+        if (over(ensemble, graph.steps[i], deadline_ns, alive, &refusal)) return refuse(ensemble, arrived_ns, refusal);
+        for (size_t k = 0; k < step.input_slots.size(); ++k) step.plan.inputs[k] = plan->slots[step.input_slots[k]].at;
+        outputs.clear();
+        for (const size_t slot : step.output_slots) outputs.push_back(plan->slots[slot].place);
+
+        StepTimes &t = times[i];
+        t.arrived = now_ns();
+        bool by_queue = false;
+        const int64_t step_deadline = entry.queue_deadline(t.arrived, deadline_ns, &by_queue);
+        size_t instance = 0, in_line = 0;
+        const Wait wait = take_instance(entry, step_deadline, alive, &instance, &in_line, true);
+        if (wait != Wait::TOOK) {  // as the composing model refuses it, in the words of ensemble.py
+            const Refusal r = refusal_of(entry, wait, in_line, by_queue);
+            record_failure(entry, now_ns() - t.arrived, r.code);
+            return refuse(ensemble, arrived_ns,
+                          {r.code, "ensemble '" + ensemble.spec.name + "' " + graph.steps[i].label + " version " +
+                                       entry.spec.version + " failed: " + r.message});
+        }
+        const Reserved reserved(entry, instance);
+        t.start = now_ns();
+        try {
+            t.fed = bind_and_run(entry, entry.instances[instance], step.plan.inputs, step.plan.input_shapes,
+                                 step.plan.outputs, step.plan.response, outputs);
+        } catch (const std::exception &) {  // the full path runs the request again: it has the error
+            return {EnsembleOutcome::FULL_PATH, {}};
+        }
+        t.ran = now_ns();
+    }
+    count(ensemble, *plan, times, arrived_ns);
+    return {EnsembleOutcome::DONE, {}};
+}
+
+}  // namespace icow::plane
