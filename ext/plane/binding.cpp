@@ -1,5 +1,6 @@
 #include "binding.hpp"
 
+#include <atomic>
 #include <cstring>
 
 #include "core/clock.hpp"
@@ -14,6 +15,8 @@ struct Names {
     py::str bind_input{"bind_input"}, bind_output{"bind_output"}, clear_outputs{"clear_binding_outputs"},
         run{"run_with_iobinding"};
 };
+std::atomic<uint64_t> staged_total{0};
+
 const Names &names() {
     static const Names *n = new Names();  // never freed: outlives the interpreter's last use
     return *n;
@@ -42,6 +45,8 @@ void bind_once(const py::object &method, const BindNames &name, const py::object
 }
 
 }  // namespace
+
+uint64_t staged_bytes() { return staged_total.load(std::memory_order_relaxed); }
 
 // ---- The binding kept from run to run -------------------------------------
 char *StageBuffer::reserve(size_t bytes) {
@@ -121,9 +126,11 @@ int64_t bind_and_run(const ModelEntry &entry, const Instance &instance, const st
         b.outputs = outputs;
         const int64_t fed = now_ns();
         b.run(b.binding, instance.run_options);
-        if (staged)
+        if (staged) {
             for (size_t i = 0; i < outputs.size(); ++i)
                 std::memcpy(places[i], b.output_places[outputs[i]].at, results[i].nbytes);
+            staged_total.fetch_add(total, std::memory_order_relaxed);
+        }
         return fed;
     } catch (...) {
         b.drop();

@@ -24,6 +24,10 @@ struct Instance;
 // Requests whose tensors (inputs and outputs) total at most this many bytes are staged.
 constexpr size_t STAGE_LIMIT = 16 * 1024;
 
+// Bytes copied into and out of staging buffers since the process started: the only
+// copies of tensor data a bound run makes (the tests count them per request).
+uint64_t staged_bytes();
+
 // A buffer that only grows; aligned for ONNX Runtime's vectorized kernels.
 class StageBuffer {
   public:

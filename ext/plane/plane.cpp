@@ -22,6 +22,7 @@
 #include <optional>
 #include <string>
 
+#include "binding.hpp"
 #include "direct.hpp"
 #include "models.hpp"
 #include "service.hpp"
@@ -136,6 +137,8 @@ PYBIND11_MODULE(_plane, m) {
     m.attr("GRPC_VERSION") = grpc::Version();
     m.attr("MODEL_INFER") = icow::plane::MODEL_INFER;
     icow::plane::bind_buffer_pool(m);
+    m.def("staged_bytes", &icow::plane::staged_bytes,
+          "Tensor bytes copied into and out of staging buffers by bound runs (binding.hpp), since start.");
 
     py::class_<Tally, std::shared_ptr<Tally>>(m, "Tally")
         .def(py::init<std::vector<int64_t>>(), py::arg("bounds_us"))

@@ -20,6 +20,14 @@ MODEL_INFER: str
 # (name, datatype, itemsize, request shape (-1: any), graph dims (>= 0 fixed, -1 unknown,
 # -2-k the k-th symbol), numpy scalar type)
 TensorSpec = tuple[str, str, int, Sequence[int], Sequence[int], type]
+# An ensemble's graph in slots (0..n-1 its inputs, then the steps' outputs): ([(model, version
+# key, label for messages, [(model input, slot)], [(model output, slot)])] in dependency order,
+# slot count, [slot of each ensemble output]).
+EnsembleGraph = tuple[list[tuple[str, str, str, list[tuple[str, int]], list[tuple[str, int]]]], int, list[int]]
+
+def staged_bytes() -> int:
+    """Tensor bytes copied into and out of staging buffers by bound runs since start: the
+    only copies of tensor data the fast path's runs make (small requests only)."""
 
 class Tally:
     """The fast path's statistics of one model version, counted with no GIL."""
@@ -37,18 +45,22 @@ class ModelEntry:
     ``RunOptions`` its runs pass).
     ``tally``: the version's (VersionStats.tally); ``record_failure``: VersionStats.record_failure,
     called under the GIL with ``begun=False``. ``batching``: (max rows, preferred sizes, max
-    delay ns) or None."""
+    delay ns) or None. ``ensemble``: an ensemble's graph (no instances; its steps run on the
+    entries its steps name, looked up per request), or None."""
 
     def __init__(self, name: str, version: int, max_batch_size: int, inputs: list[TensorSpec],
                  outputs: list[TensorSpec], instances: list[tuple[object, type, object, object]], tally: Tally,
                  record_failure: Callable[..., None], max_queue: int = 0, queue_timeout_ns: int = 0,
-                 batching: tuple[int, list[int], int] | None = None) -> None: ...
+                 batching: tuple[int, list[int], int] | None = None,
+                 ensemble: EnsembleGraph | None = None) -> None: ...
     @property
     def name(self) -> str: ...
     @property
     def version(self) -> str: ...
     @property
     def disabled(self) -> bool: ...
+    @property
+    def is_ensemble(self) -> bool: ...
     @property
     def pending(self) -> int:
         """Calls queued or running on the fast path."""
