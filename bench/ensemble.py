@@ -13,6 +13,7 @@ as the ensemble ``chain``. Measured on one server (``icow serve``, ``--plane``):
 - ``in-process``: the three sessions run one after the other in this process (the
   compute floor), with icow's session options.
 
+The server runs on one CPU, this process (clients, in-process floor) on another.
 Each client row runs ``--seconds`` at each concurrency (threads, raw ModelInfer bytes)
 and reports requests/s and the server's CPU per request (/proc). The target: ensemble
 CPU per request <= the steps' in-process time + 1.3 x one ModelInfer's overhead, and
@@ -40,7 +41,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 from tritonclient.grpc import service_pb2 as pb
 
-from .harness import CHANNEL_OPTIONS, MODEL_INFER, Server
+from .harness import CHANNEL_OPTIONS, MODEL_INFER, Server, pin_client
 from .procstat import cpu_seconds
 from .scenarios import _ready
 
@@ -153,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
                              "ONNX Runtime's pools spin between the steps' runs and the CPU figures measure that)")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args(argv)
+    cpus = len(os.sched_getaffinity(0))
+    pinning = pin_client()  # this process (client, in-process floor) on one CPU, the server on another
     x = np.random.default_rng(9).standard_normal((1, WIDTH)).astype(np.float32)
     data = x.tobytes()
     with tempfile.TemporaryDirectory() as tmp:
@@ -161,13 +164,13 @@ def main(argv: list[str] | None = None) -> int:
         floor = in_process(repo, x, args.seconds, args.threads)
         server = Server("icow", lambda port: ["-m", "icow", "serve", "--model-repository", str(repo), "--host",
                                              "127.0.0.1", "--port", str(port), "--data-plane", args.plane,
-                                             "--no-metrics"], _ready, Path(tmp) / "server.log", None)
+                                             "--no-metrics"], _ready, Path(tmp) / "server.log", pinning.server_cpu)
         server.start()
         try:
             rows = measure(server, data, [int(c) for c in args.concurrency.split(",")], args.seconds, x)
         finally:
             server.stop()
-    report = summarize(rows, floor, args)
+    report = summarize(rows, floor, args, f"{cpus} CPUs, {pinning.note}")
     prefix = args.output or ROOT / "bench" / "results" / datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     prefix.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{prefix}-ensemble.json").write_text(json.dumps(report, indent=2))
@@ -204,12 +207,12 @@ def measure(server: Server, data: bytes, concurrencies: list[int], seconds: floa
     return rows
 
 
-def summarize(rows: dict, floor: float, args: argparse.Namespace) -> dict:
+def summarize(rows: dict, floor: float, args: argparse.Namespace, machine: str) -> dict:
     one = rows.get("one call (s1) c1")
     overhead_us = one["server_cpu_us_per_request"] - floor / 3 * 1e6 if one else float("nan")
     target_us = floor * 1e6 + 1.3 * overhead_us
     lines = [f"# Ensemble bench ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, plane {args.plane}, "
-             f"{len(os.sched_getaffinity(0))} CPUs, load {os.getloadavg()[0]:.1f}, intra-op threads per step "
+             f"{machine}, load {os.getloadavg()[0]:.1f}, intra-op threads per step "
              f"{args.threads or 'one per CPU'})", "",
              f"in-process, three steps: {floor * 1e6:.1f} us per request (the compute floor)",
              f"one ModelInfer's overhead (s1's server CPU less a third of the floor): {overhead_us:.1f} us",

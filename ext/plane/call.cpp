@@ -184,8 +184,8 @@ void Call::schedule() {
     entry_->pending.fetch_add(1);  // until the call is answered or handed on (done())
     deadline_ns_ = steady_deadline(context_->deadline());
     deadline_ns_ = entry_->queue_deadline(arrived_ns_, deadline_ns_, &queue_timeout_);
-    if (entry_->ensemble) {  // its steps wait in their models' lines: on a thread that may block
-        service_->ensembles.post([this] { run_ensemble_steps(); });
+    if (entry_->ensemble) {
+        start_ensemble();
         return;
     }
     if (entry_->batching.max_rows > 0) {
@@ -248,31 +248,51 @@ void Call::execute(Call *job, size_t instance, bool inline_run) {
     }
 }
 
-// An ensemble's steps, one after the other on this thread (ensemble.hpp).
-void Call::run_ensemble_steps() {
-    EnsemblePlan ensemble;
-    if (!plan_ensemble(*service_->table(), *entry_, plan_, service_->options.max_message, &ensemble)) {
+// ---- An ensemble ----------------------------------------------------------
+void Call::start_ensemble() {
+    ensemble_ = std::make_unique<EnsemblePlan>();
+    if (!plan_ensemble(*service_->table(), *entry_, plan_, service_->options.max_message, ensemble_.get())) {
         entry_->pending.fetch_sub(1);
         hand_on(true);
         return;
     }
     const ModelSpec &spec = entry_->spec;
     const std::string id(data_ + request_.id.off, request_.id.len);
-    const size_t size = response_size(spec.name, spec.version, id, ensemble.response);
-    grpc::Slice out = buffers().slice(size);
-    char *data = reinterpret_cast<char *>(const_cast<uint8_t *>(out.begin()));
-    std::vector<char *> places;
-    for (const size_t offset : write_response(data, size, spec.name, spec.version, id, ensemble.response))
-        places.push_back(data + offset);
+    const size_t size = response_size(spec.name, spec.version, id, ensemble_->response);
+    ensemble_response_ = buffers().slice(size);
+    char *data = reinterpret_cast<char *>(const_cast<uint8_t *>(ensemble_response_.begin()));
+    for (const size_t offset : write_response(data, size, spec.name, spec.version, id, ensemble_->response))
+        ensemble_->places.push_back(data + offset);
+    if (ensemble_->brief()) {  // a hand-off to the pool would cost more than the runs, if no step waits
+        EnsembleOutcome outcome;
+        {
+            Gil gil;
+            outcome = run_ensemble(*entry_, ensemble_.get(), arrived_ns_, deadline_ns_,
+                                   [this] { return !cancelled_.load(); }, false);
+        }
+        if (outcome.kind != EnsembleOutcome::BUSY) {
+            finish_ensemble(outcome);
+            return;
+        }
+    }
+    // Its steps wait in their models' lines: on a thread that may block, never a model worker.
+    service_->ensembles.post([this] { continue_ensemble(); });
+}
+
+void Call::continue_ensemble() {
     EnsembleOutcome outcome;
     {
         Gil gil;
-        outcome = run_ensemble(*entry_, &ensemble, places, arrived_ns_, deadline_ns_,
-                               [this] { return !cancelled_.load(); });
-        ensemble.steps.clear();  // the composing entries' last references may go here, under the GIL
+        outcome = run_ensemble(*entry_, ensemble_.get(), arrived_ns_, deadline_ns_,
+                               [this] { return !cancelled_.load(); }, true);
     }
+    finish_ensemble(outcome);
+}
+
+void Call::finish_ensemble(const EnsembleOutcome &outcome) {
+    ensemble_.reset();  // the composing models' pending counts go with it
     if (outcome.kind == EnsembleOutcome::DONE) {
-        answer(out);
+        answer(ensemble_response_);
         return;
     }
     entry_->pending.fetch_sub(1);

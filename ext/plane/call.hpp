@@ -12,6 +12,9 @@
 
 namespace icow::plane {
 
+struct EnsemblePlan;
+struct EnsembleOutcome;
+
 class Call final : public grpc::ServerGenericBidiReactor {
   public:
     Call(Service *service, grpc::GenericCallbackServerContext *context);
@@ -46,7 +49,11 @@ class Call final : public grpc::ServerGenericBidiReactor {
     bool plan();
     bool contiguous_request();
     void schedule();
-    void run_ensemble_steps();
+    // An ensemble (ensemble.hpp): tried here when its steps run briefly, else (or from the
+    // step whose instance was busy) on a thread of the plane's ensemble pool.
+    void start_ensemble();
+    void continue_ensemble();
+    void finish_ensemble(const EnsembleOutcome &outcome);
     bool wait_in_queue();
     void queue_for_batch();
     void finish_failed(const grpc::Status &status);
@@ -92,6 +99,8 @@ class Call final : public grpc::ServerGenericBidiReactor {
     int64_t arrived_ns_ = 0, deadline_ns_ = 0;  // deadline 0: none
     bool queue_timeout_ = false;                // the deadline is the model's queue timeout
     grpc::ByteBuffer response_;
+    std::unique_ptr<EnsemblePlan> ensemble_;  // an ensemble's request: its plan, and
+    grpc::Slice ensemble_response_;           // the response its steps write into
 
     // The backend call
     std::unique_ptr<Backend> backend_;

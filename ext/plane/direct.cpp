@@ -212,11 +212,11 @@ py::object Direct::execute_ensemble(const std::shared_ptr<ModelEntry> &entry, co
         ModelEntry &entry;
         ~Pending() { entry.pending.fetch_sub(1); }
     } pending{*entry};
-    std::vector<char *> places;
     size_t header_length = 0;
-    py::object response = new_response(entry->spec, id, ensemble.response, layout == Layout::HTTP, &places, &header_length);
+    py::object response =
+        new_response(entry->spec, id, ensemble.response, layout == Layout::HTTP, &ensemble.places, &header_length);
     const EnsembleOutcome outcome =
-        run_ensemble(*entry, &ensemble, places, arrived, deadline_ns, [&alive] { return still_wanted(alive); });
+        run_ensemble(*entry, &ensemble, arrived, deadline_ns, [&alive] { return still_wanted(alive); }, true);
     if (outcome.kind == EnsembleOutcome::FULL_PATH) return py::none();
     if (outcome.kind == EnsembleOutcome::REFUSED)
         return py::make_tuple(outcome.refusal.code, outcome.refusal.message, entry->spec.name, entry->spec.version);

@@ -64,8 +64,9 @@ bool plan_step(const Table &table, const EnsembleStep &step, size_t max_response
 
 // Where each step writes: the outputs asked for at their place in the response, the
 // other tensors in the plan's block.
-void place(EnsemblePlan *plan, size_t first_produced, const std::vector<char *> &places) {
+void place(EnsemblePlan *plan, size_t first_produced) {
     auto &slots = plan->slots;
+    const auto &places = plan->places;
     for (size_t s = first_produced; s < slots.size(); ++s) slots[s].place = nullptr;
     for (size_t i = 0; i < places.size(); ++i) slots[plan->response_slots[i]].place = places[i];
     auto aligned = [](size_t n) { return (n + ALIGN - 1) / ALIGN * ALIGN; };
@@ -110,10 +111,6 @@ bool over(const ModelEntry &ensemble, const EnsembleStep &step, int64_t deadline
     }
     return false;
 }
-
-struct StepTimes {
-    int64_t arrived = 0, start = 0, fed = 0, ran = 0;
-};
 
 // Counted once every step has run: a step that fails leaves the whole request to the
 // full path, which runs and counts it.
@@ -162,21 +159,34 @@ bool plan_ensemble(const Table &table, const ModelEntry &ensemble, const Plan &p
     return true;
 }
 
-EnsembleOutcome run_ensemble(const ModelEntry &ensemble, EnsemblePlan *plan, const std::vector<char *> &places,
-                             int64_t arrived_ns, int64_t deadline_ns, const std::function<bool()> &alive) {
+EnsemblePlan::~EnsemblePlan() {
+    for (ModelEntry *entry : held) entry->pending.fetch_sub(1);
+}
+
+bool EnsemblePlan::brief() const {
+    int64_t total = 0;
+    for (const auto &step : steps) {
+        const int64_t avg = step.entry->run_ns.load(std::memory_order_relaxed);
+        if (avg == 0) return false;
+        total += avg;
+    }
+    return total < ModelEntry::BRIEF_RUN_NS;
+}
+
+EnsembleOutcome run_ensemble(const ModelEntry &ensemble, EnsemblePlan *plan, int64_t arrived_ns, int64_t deadline_ns,
+                             const std::function<bool()> &alive, bool may_wait) {
     const EnsembleGraph &graph = *ensemble.ensemble;
-    place(plan, ensemble.spec.inputs.size(), places);
-    // Each composing version counts this request as pending while it runs: an unload drains it.
-    struct Pending {
-        explicit Pending(ModelEntry &e) : entry(e) { entry.pending.fetch_add(1); }
-        ~Pending() { entry.pending.fetch_sub(1); }
-        ModelEntry &entry;
-    };
-    std::vector<std::unique_ptr<Pending>> pending;
-    for (auto &step : plan->steps) pending.push_back(std::make_unique<Pending>(*step.entry));
-    std::vector<StepTimes> times(plan->steps.size());
+    if (plan->next_step == 0 && plan->held.empty()) {
+        place(plan, ensemble.spec.inputs.size());
+        // Each composing version counts this request as pending while it runs: an unload drains it.
+        for (auto &step : plan->steps) {
+            step.entry->pending.fetch_add(1);
+            plan->held.push_back(step.entry.get());
+        }
+        plan->times.assign(plan->steps.size(), {});
+    }
     std::vector<char *> outputs;
-    for (size_t i = 0; i < plan->steps.size(); ++i) {
+    for (size_t &i = plan->next_step; i < plan->steps.size(); ++i) {
         StepPlan &step = plan->steps[i];
         ModelEntry &entry = *step.entry;
         Refusal refusal;
@@ -185,12 +195,13 @@ EnsembleOutcome run_ensemble(const ModelEntry &ensemble, EnsemblePlan *plan, con
         outputs.clear();
         for (const size_t slot : step.output_slots) outputs.push_back(plan->slots[slot].place);
 
-        StepTimes &t = times[i];
-        t.arrived = now_ns();
+        StepTimes &t = plan->times[i];
+        if (t.arrived == 0) t.arrived = now_ns();  // a step tried before on a thread that might not wait
         bool by_queue = false;
         const int64_t step_deadline = entry.queue_deadline(t.arrived, deadline_ns, &by_queue);
         size_t instance = 0, in_line = 0;
-        const Wait wait = take_instance(entry, step_deadline, alive, &instance, &in_line, true);
+        const Wait wait = take_instance(entry, step_deadline, alive, &instance, &in_line, may_wait);
+        if (wait == Wait::BUSY) return {EnsembleOutcome::BUSY, {}};
         if (wait != Wait::TOOK) {  // as the composing model refuses it, in the words of ensemble.py
             const Refusal r = refusal_of(entry, wait, in_line, by_queue);
             record_failure(entry, now_ns() - t.arrived, r.code);
@@ -208,7 +219,7 @@ EnsembleOutcome run_ensemble(const ModelEntry &ensemble, EnsemblePlan *plan, con
         }
         t.ran = now_ns();
     }
-    count(ensemble, *plan, times, arrived_ns);
+    count(ensemble, *plan, plan->times, arrived_ns);
     return {EnsembleOutcome::DONE, {}};
 }
 

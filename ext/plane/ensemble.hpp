@@ -48,14 +48,32 @@ struct StepPlan {
     std::vector<size_t> input_slots, output_slots;  // by the model's input index, by plan.outputs' order
 };
 
-// One request's run through the graph.
+struct StepTimes {
+    int64_t arrived = 0, start = 0, fed = 0, ran = 0;  // steady ns: in line, instance taken, bound, run
+};
+
+// One request's run through the graph; it may run in parts (a step whose instance was
+// busy is run later, on a thread that may wait).
 struct EnsemblePlan {
+    EnsemblePlan() = default;
+    EnsemblePlan(const EnsemblePlan &) = delete;
+    EnsemblePlan &operator=(const EnsemblePlan &) = delete;
+    ~EnsemblePlan();
+
     std::vector<StepPlan> steps;
     std::vector<Slot> slots;
     std::vector<OutputSpec> response;  // the outputs asked for, in the request's order
     std::vector<size_t> response_slots;
-    int64_t rows = 1;   // the request's batch size
-    StageBuffer block;  // the intermediate tensors
+    std::vector<char *> places;  // where the outputs asked for go (set by the caller, in the response)
+    int64_t rows = 1;            // the request's batch size
+    StageBuffer block;           // the intermediate tensors
+    size_t next_step = 0;        // the first step not run yet
+    std::vector<StepTimes> times;
+    std::vector<ModelEntry *> held;  // the composing entries whose pending count this request holds
+
+    // Whether every step's model ran before, and all of them together run briefly: worth
+    // trying on the thread that read the request (ModelEntry::runs_briefly).
+    bool brief() const;
 };
 
 // Resolves every step's model in `table` and sizes every tensor from the request's
@@ -64,15 +82,17 @@ bool plan_ensemble(const Table &table, const ModelEntry &ensemble, const Plan &p
                    EnsemblePlan *out);
 
 struct EnsembleOutcome {
-    enum Kind { DONE, REFUSED, FULL_PATH } kind = DONE;  // FULL_PATH: it runs the request again, and says why
+    // FULL_PATH: it runs the request again, and says why; BUSY: a step found no idle
+    // instance and might not wait (run_ensemble goes on from that step when called again).
+    enum Kind { DONE, REFUSED, FULL_PATH, BUSY } kind = DONE;
     Refusal refusal;
 };
 
-// Runs the steps, the outputs asked for written at `places` (by the order of
-// plan->response). Call with the GIL held; waits for instances without it. `alive`
+// Runs the steps from `plan->next_step`, the outputs asked for written at `plan->places`.
+// Call with the GIL held; waits for instances without it where `may_wait`. `alive`
 // (called with the GIL): false once the caller is gone. Counts the requests of the
 // ensemble and of each composing model where they succeed, and the refusals.
-EnsembleOutcome run_ensemble(const ModelEntry &ensemble, EnsemblePlan *plan, const std::vector<char *> &places,
-                             int64_t arrived_ns, int64_t deadline_ns, const std::function<bool()> &alive);
+EnsembleOutcome run_ensemble(const ModelEntry &ensemble, EnsemblePlan *plan, int64_t arrived_ns, int64_t deadline_ns,
+                             const std::function<bool()> &alive, bool may_wait);
 
 }  // namespace icow::plane
