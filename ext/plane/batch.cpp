@@ -1,5 +1,5 @@
 // Dynamic batching on the native plane, as scheduler.BatchScheduler does it on
-// the full path: the oldest waiting call, then compatible ones (same dims beyond
+// the full path: the oldest waiting job, then compatible ones (same dims beyond
 // the batch dim, same outputs) until the batch is full, or has a preferred size
 // with nothing more waiting, or the oldest call's max_queue_delay is up. One
 // ONNX Runtime run, one GIL acquisition, per batch; a batch that fails runs
@@ -47,18 +47,9 @@ void Call::queue_for_batch() {
     if (instance != SIZE_MAX) service->workers.post([entry, instance] { batch_loop(entry, instance); });
 }
 
-bool Call::compatible(const Call &other) const {
-    if (plan_.outputs != other.plan_.outputs) return false;
-    for (size_t k = 0; k < plan_.input_shapes.size(); ++k) {
-        const auto &a = plan_.input_shapes[k], &b = other.plan_.input_shapes[k];
-        if (a.size() != b.size() || !std::equal(a.begin() + 1, a.end(), b.begin() + 1)) return false;
-    }
-    return true;
-}
-
 void Call::batch_loop(std::shared_ptr<ModelEntry> entry, size_t instance) {
     for (;;) {
-        std::vector<Call *> jobs;
+        std::vector<Job *> jobs;
         {
             std::unique_lock<std::mutex> lock(entry->mu);
             while (jobs.empty()) {  // empty again when every call of a batch left while it formed
@@ -76,17 +67,17 @@ void Call::batch_loop(std::shared_ptr<ModelEntry> entry, size_t instance) {
 // The first waiting call and compatible ones, held in `entry.forming` while the batch
 // forms: there they count against max_queue, and the expiry sweep or a cancel
 // (call.cpp) takes a call out, which this sees when it wakes. `lock` holds entry.mu.
-std::vector<Call *> Call::form_batch(ModelEntry &entry, std::unique_lock<std::mutex> &lock) {
+std::vector<Job *> Call::form_batch(ModelEntry &entry, std::unique_lock<std::mutex> &lock) {
     const Batching &b = entry.batching;
     auto &forming = entry.forming;
-    std::vector<Call *> jobs{entry.waiting.front()};
+    std::vector<Job *> jobs{entry.waiting.front()};
     entry.waiting.pop_front();
     forming.push_back(jobs.front());
     while (!jobs.empty()) {
         int64_t rows = 0;
-        for (const Call *job : jobs) rows += job->plan_.rows;
-        const Call *oldest = jobs.front();  // one still here: a call that left may be gone
-        auto found = std::find_if(entry.waiting.begin(), entry.waiting.end(), [&](const Call *c) {
+        for (const Job *job : jobs) rows += job->plan_.rows;
+        const Job *oldest = jobs.front();  // one still here: a call that left may be gone
+        auto found = std::find_if(entry.waiting.begin(), entry.waiting.end(), [&](const Job *c) {
             return rows + c->plan_.rows <= b.max_rows && oldest->compatible(*c);
         });
         if (found != entry.waiting.end()) {
@@ -99,18 +90,18 @@ std::vector<Call *> Call::form_batch(ModelEntry &entry, std::unique_lock<std::mu
         const bool preferred = std::find(b.preferred.begin(), b.preferred.end(), rows) != b.preferred.end();
         if (rows >= b.max_rows || wait <= 0 || preferred) break;
         entry.more.wait_for(lock, std::chrono::nanoseconds(wait));
-        jobs.erase(std::remove_if(jobs.begin(), jobs.end(), [&](Call *c) {
+        jobs.erase(std::remove_if(jobs.begin(), jobs.end(), [&](Job *c) {
                        return std::find(forming.begin(), forming.end(), c) == forming.end();
                    }), jobs.end());
     }
-    for (Call *job : jobs) forming.erase(std::find(forming.begin(), forming.end(), job));
+    for (Job *job : jobs) forming.erase(std::find(forming.begin(), forming.end(), job));
     return jobs;
 }
 
 // ---- Running a batch ------------------------------------------------------
-void Call::run_batch(ModelEntry &entry, size_t instance, std::vector<Call *> &jobs) {
-    std::vector<Call *> live;
-    for (Call *job : jobs)
+void Call::run_batch(ModelEntry &entry, size_t instance, std::vector<Job *> &jobs) {
+    std::vector<Job *> live;
+    for (Job *job : jobs)
         if (!job->left_early(entry)) live.push_back(job);
     if (live.size() <= 1) {
         if (!live.empty()) live[0]->run_on(entry, instance);
@@ -119,12 +110,12 @@ void Call::run_batch(ModelEntry &entry, size_t instance, std::vector<Call *> &jo
     const Plan &plan = live[0]->plan_;
     int64_t rows = 0;
     bool batch_major = true;  // every output has one row per input row: the rows can be handed back
-    for (const Call *job : live) {
+    for (const Job *job : live) {
         rows += job->plan_.rows;
         for (const auto &o : job->plan_.response) batch_major &= !o.shape.empty() && o.shape[0] == job->plan_.rows;
     }
     if (!batch_major) {
-        for (Call *job : live) job->run_on(entry, instance);
+        for (Job *job : live) job->run_on(entry, instance);
         return;
     }
     // The inputs stacked along the batch dimension: the one copy batching adds on the way in.
@@ -135,7 +126,7 @@ void Call::run_batch(ModelEntry &entry, size_t instance, std::vector<Call *> &jo
         const size_t row = bytes_of(plan.input_shapes[k], entry.spec.inputs[k].itemsize) / plan.rows;
         stacked[k].resize(row * rows);
         char *at = stacked[k].data();
-        for (const Call *job : live) {
+        for (const Job *job : live) {
             const size_t n = row * job->plan_.rows;
             std::memcpy(at, job->plan_.inputs[k], n);
             at += n;
@@ -153,36 +144,30 @@ void Call::run_batch(ModelEntry &entry, size_t instance, std::vector<Call *> &jo
         result_bytes += results.back().nbytes;
     }
     std::vector<char> outputs(result_bytes);
-    // Each call's response, header written; its rows go in after the run.
-    std::vector<grpc::Slice> responses;
-    std::vector<std::vector<size_t>> offsets;
-    for (const Call *job : live) {
-        const std::string id(job->data_ + job->request_.id.off, job->request_.id.len);
-        const size_t size = response_size(entry.spec.name, entry.spec.version, id, job->plan_.response);
-        responses.push_back(buffers().slice(size));
-        char *data = reinterpret_cast<char *>(const_cast<uint8_t *>(responses.back().begin()));
-        offsets.push_back(write_response(data, size, entry.spec.name, entry.spec.version, id, job->plan_.response));
-    }
+    // Where each job's rows go after the run (a call's response, its header written).
+    std::vector<std::vector<char *>> places;
+    for (Job *job : live) places.push_back(job->batch_places(entry));
     const int64_t start = now_ns();
+    int64_t fed = 0, ran = 0, done = 0;
     bool ran_ok = false;
     {
         Gil gil;
         try {
-            const int64_t fed = bind_and_run(entry, entry.instances[instance], inputs, input_shapes, plan.outputs,
-                                             results, outputs.data(), result_offsets);
-            const int64_t ran = now_ns();
+            fed = bind_and_run(entry, entry.instances[instance], inputs, input_shapes, plan.outputs, results,
+                               outputs.data(), result_offsets);
+            ran = now_ns();
             for (size_t i = 0; i < results.size(); ++i) {  // each call's rows into its response
                 const size_t row = plan.response[i].nbytes / plan.rows;
                 const char *from = outputs.data() + result_offsets[i];
                 for (size_t j = 0; j < live.size(); ++j) {
                     const size_t n = row * live[j]->plan_.rows;
-                    std::memcpy(const_cast<uint8_t *>(responses[j].begin()) + offsets[j][i], from, n);
+                    std::memcpy(places[j][i], from, n);
                     from += n;
                 }
             }
-            const int64_t done = now_ns();
+            done = now_ns();
             entry.tally->execution(rows, fed - start, ran - fed, done - ran);
-            for (const Call *job : live)
+            for (const Job *job : live)
                 entry.tally->request(job->plan_.rows, done - job->arrived_ns_, start - job->arrived_ns_, fed - start,
                                      ran - fed, done - ran, false);
             ran_ok = true;
@@ -191,10 +176,10 @@ void Call::run_batch(ModelEntry &entry, size_t instance, std::vector<Call *> &jo
         }
     }
     if (!ran_ok) {  // each alone: only a call that must fail does (it then takes the full path)
-        for (Call *job : live) job->run_on(entry, instance);
+        for (Job *job : live) job->run_on(entry, instance);
         return;
     }
-    for (size_t j = 0; j < live.size(); ++j) live[j]->answer(responses[j]);
+    for (Job *job : live) job->batch_done(start, fed, ran);
 }
 
 }  // namespace icow::plane

@@ -52,6 +52,7 @@ class Call::Backend final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grp
 // ---- The call's events, and its end ---------------------------------------
 Call::Call(Service *service, grpc::GenericCallbackServerContext *context)
     : alive_(service->calls), service_(service), context_(context) {
+    workers_ = &service_->workers;
     const size_t limit = service_->options.max_concurrent;
     if (service_->in_flight.fetch_add(1) >= limit && limit) {
         Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "Concurrent RPC limit exceeded!"));
@@ -222,11 +223,11 @@ void Call::finish_failed(const grpc::Status &status) {
     Finish(status);
 }
 
-void Call::take_over(Call *job, size_t instance) {
-    job->service_->workers.post([job, instance] { execute(job, instance, false); });
+void Call::take_over(Job *job, size_t instance) {
+    job->workers_->post([job, instance] { execute(job, instance, false); });
 }
 
-void Call::execute(Call *job, size_t instance, bool inline_run) {
+void Call::execute(Job *job, size_t instance, bool inline_run) {
     // Each job leaves its instance to the next one waiting. A job may be gone
     // once it has finished: nothing of it is touched after.
     const std::shared_ptr<ModelEntry> entry = job->entry_;
@@ -241,8 +242,7 @@ void Call::execute(Call *job, size_t instance, bool inline_run) {
         job = entry->waiting.front();
         entry->waiting.pop_front();
         if (inline_run) {  // a gRPC thread runs one job at most: the queue goes to a worker
-            Service *service = job->service_;
-            service->workers.post([job, instance] { execute(job, instance, false); });
+            job->workers_->post([job, instance] { execute(job, instance, false); });
             return;
         }
     }
@@ -259,8 +259,8 @@ void Call::start_ensemble() {
     const ModelSpec &spec = entry_->spec;
     const std::string id(data_ + request_.id.off, request_.id.len);
     const size_t size = response_size(spec.name, spec.version, id, ensemble_->response);
-    ensemble_response_ = buffers().slice(size);
-    char *data = reinterpret_cast<char *>(const_cast<uint8_t *>(ensemble_response_.begin()));
+    response_slice_ = buffers().slice(size);
+    char *data = reinterpret_cast<char *>(const_cast<uint8_t *>(response_slice_.begin()));
     for (const size_t offset : write_response(data, size, spec.name, spec.version, id, ensemble_->response))
         ensemble_->places.push_back(data + offset);
     if (ensemble_->brief()) {  // a hand-off to the pool would cost more than the runs, if no step waits
@@ -292,7 +292,7 @@ void Call::continue_ensemble() {
 void Call::finish_ensemble(const EnsembleOutcome &outcome) {
     ensemble_.reset();  // the composing models' pending counts go with it
     if (outcome.kind == EnsembleOutcome::DONE) {
-        answer(ensemble_response_);
+        answer(response_slice_);
         return;
     }
     entry_->pending.fetch_sub(1);
@@ -327,15 +327,15 @@ bool Call::wait_in_queue() {
 }
 
 int64_t Call::expire_waiting(ModelEntry &entry, int64_t now_ns) {
-    std::vector<Call *> due;
+    std::vector<Job *> due;
     int64_t next = 0;
     // Out of the queue or a batch being formed: no instance can take it now.
     auto sweep = [&](auto &calls) {
         for (auto it = calls.begin(); it != calls.end();) {
-            Call *call = *it;
-            const int64_t deadline = call->deadline_ns_;
+            Job *job = *it;
+            const int64_t deadline = job->deadline_ns_;
             if (deadline && deadline <= now_ns) {
-                due.push_back(call);
+                due.push_back(job);
                 it = calls.erase(it);
                 continue;
             }
@@ -350,23 +350,8 @@ int64_t Call::expire_waiting(ModelEntry &entry, int64_t now_ns) {
         sweep(entry.forming);
         if (entry.forming.size() != was_forming) entry.more.notify_all();  // the batch drops them
     }
-    for (Call *call : due)
-        call->service_->workers.post(
-            [call] { call->finish_failed(status(call->entry_->expired(call->queue_timeout_))); });
+    for (Job *job : due) job->workers_->post([job, refusal = entry.expired(job->queue_timeout_)] { job->fail(refusal); });
     return next;
-}
-
-// A call cancelled, or past its deadline, while it waited: it leaves without running.
-bool Call::left_early(const ModelEntry &entry) {
-    if (cancelled_.load()) {
-        finish_failed(status(ModelEntry::cancelled()));
-        return true;
-    }
-    if (deadline_ns_ && now_ns() > deadline_ns_) {
-        finish_failed(status(entry.expired(queue_timeout_)));
-        return true;
-    }
-    return false;
 }
 
 // ---- The run, and the answer ----------------------------------------------
@@ -377,6 +362,21 @@ void Call::answer(grpc::Slice &response) {
     response_ = grpc::ByteBuffer(&response, 1);
     StartWriteAndFinish(&response_, grpc::WriteOptions(), grpc::Status::OK);
 }
+
+void Call::fail(const Refusal &refusal) { finish_failed(status(refusal)); }
+
+std::vector<char *> Call::batch_places(const ModelEntry &entry) {
+    const std::string id(data_ + request_.id.off, request_.id.len);
+    const size_t size = response_size(entry.spec.name, entry.spec.version, id, plan_.response);
+    response_slice_ = buffers().slice(size);
+    char *data = reinterpret_cast<char *>(const_cast<uint8_t *>(response_slice_.begin()));
+    std::vector<char *> places;
+    for (const size_t offset : write_response(data, size, entry.spec.name, entry.spec.version, id, plan_.response))
+        places.push_back(data + offset);
+    return places;
+}
+
+void Call::batch_done(int64_t, int64_t, int64_t) { answer(response_slice_); }
 
 void Call::run_on(const ModelEntry &entry, size_t instance) {
     if (left_early(entry)) return;

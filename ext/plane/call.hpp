@@ -7,6 +7,7 @@
 #include <atomic>
 #include <memory>
 
+#include "job.hpp"
 #include "models.hpp"
 #include "service.hpp"
 
@@ -15,7 +16,7 @@ namespace icow::plane {
 struct EnsemblePlan;
 struct EnsembleOutcome;
 
-class Call final : public grpc::ServerGenericBidiReactor {
+class Call final : public grpc::ServerGenericBidiReactor, public Job {
   public:
     Call(Service *service, grpc::GenericCallbackServerContext *context);
     ~Call() override;
@@ -28,15 +29,16 @@ class Call final : public grpc::ServerGenericBidiReactor {
     // Run `job` on `instance` of its model (reserved for it), then whichever jobs
     // wait for that model: on a worker thread, or (`inline_run`, a model that runs
     // briefly) on the gRPC thread that read the request, for that one job.
-    static void execute(Call *job, size_t instance, bool inline_run);
+    static void execute(Job *job, size_t instance, bool inline_run);
 
     // `instance`, freed by the HTTP fast lane that shares the entry (direct.cpp), goes
     // to `job`, first in the entry's queue: it runs on one of its server's workers.
-    static void take_over(Call *job, size_t instance);
+    static void take_over(Job *job, size_t instance);
 
-    int64_t arrived_ns() const { return arrived_ns_; }
+    // Dynamic batching (batch.cpp): a worker forms batches for one instance while jobs wait.
+    static void batch_loop(std::shared_ptr<ModelEntry> entry, size_t instance);
 
-    // Fails the calls in `entry`'s queue whose deadline is due by `now_ns`; the next
+    // Fails the jobs in `entry`'s queue whose deadline is due by `now_ns`; the next
     // deadline of those left, 0 if none (Expiry's sweep).
     static int64_t expire_waiting(ModelEntry &entry, int64_t now_ns);
 
@@ -58,14 +60,14 @@ class Call final : public grpc::ServerGenericBidiReactor {
     void queue_for_batch();
     void finish_failed(const grpc::Status &status);
     void leave_queue();
-    void run_on(const ModelEntry &entry, size_t instance);
-    bool left_early(const ModelEntry &entry);
+    void run_on(const ModelEntry &entry, size_t instance) override;
+    void fail(const Refusal &refusal) override;
+    std::vector<char *> batch_places(const ModelEntry &entry) override;
+    void batch_done(int64_t start_ns, int64_t fed_ns, int64_t ran_ns) override;
 
-    // Dynamic batching (batch.cpp): a worker forms batches for one instance while jobs wait.
-    static void batch_loop(std::shared_ptr<ModelEntry> entry, size_t instance);
-    static std::vector<Call *> form_batch(ModelEntry &entry, std::unique_lock<std::mutex> &lock);
-    static void run_batch(ModelEntry &entry, size_t instance, std::vector<Call *> &jobs);
-    bool compatible(const Call &other) const;
+    // Dynamic batching (batch.cpp)
+    static std::vector<Job *> form_batch(ModelEntry &entry, std::unique_lock<std::mutex> &lock);
+    static void run_batch(ModelEntry &entry, size_t instance, std::vector<Job *> &jobs);
     void answer(grpc::Slice &response);
     bool run_bound(const ModelEntry &entry, const Instance &instance, char *response,
                    const std::vector<size_t> &offsets);
@@ -84,7 +86,6 @@ class Call final : public grpc::ServerGenericBidiReactor {
     grpc::ByteBuffer up_, down_;  // a message from the client, to the client
     std::atomic<bool> proxying_{false};
     std::atomic<int> refs_{1};  // this side, and the backend's once started
-    std::atomic<bool> cancelled_{false};
     std::atomic<bool> queued_{false};  // entry_ is set and the call went into its queue
 
     // ModelInfer on the fast path
@@ -94,13 +95,9 @@ class Call final : public grpc::ServerGenericBidiReactor {
     const char *data_ = nullptr;  // where the request is: the parse's spans point into it
     size_t size_ = 0;
     Request request_;
-    std::shared_ptr<ModelEntry> entry_;
-    Plan plan_;
-    int64_t arrived_ns_ = 0, deadline_ns_ = 0;  // deadline 0: none
-    bool queue_timeout_ = false;                // the deadline is the model's queue timeout
     grpc::ByteBuffer response_;
-    std::unique_ptr<EnsemblePlan> ensemble_;  // an ensemble's request: its plan, and
-    grpc::Slice ensemble_response_;           // the response its steps write into
+    std::unique_ptr<EnsemblePlan> ensemble_;  // an ensemble's request: its plan
+    grpc::Slice response_slice_;              // the response an ensemble's steps or a batch write into
 
     // The backend call
     std::unique_ptr<Backend> backend_;

@@ -28,7 +28,7 @@ void give_back(ModelEntry &entry, size_t instance) {
         entry.idle.push_back(instance);
         return;
     }
-    Call *job = entry.waiting.front();
+    Job *job = entry.waiting.front();
     entry.waiting.pop_front();
     lock.unlock();
     Call::take_over(job, instance);

@@ -24,7 +24,7 @@ namespace py = pybind11;
 
 namespace icow::plane {
 
-class Call;
+class Job;
 struct EnsembleGraph;
 
 // The Python objects ONNX Runtime's bind calls take for one tensor: its name, its numpy type.
@@ -107,10 +107,10 @@ class ModelEntry {
     // Scheduling: an idle instance runs a job at once; otherwise it waits, FIFO.
     std::mutex mu;
     std::vector<size_t> idle;
-    std::deque<Call *> waiting;
+    std::deque<Job *> waiting;
     // Calls taken into batches being formed (batch.cpp): they still wait, so they count
     // against max_queue, and a deadline, queue timeout or cancel takes them out of here.
-    std::vector<Call *> forming;
+    std::vector<Job *> forming;
     // A job joined `waiting` (a batch being formed may take it), or left `forming`.
     std::condition_variable more;
 
