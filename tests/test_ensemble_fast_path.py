@@ -1,8 +1,9 @@
 """Ensembles on the C++ fast path (ext/plane/ensemble.hpp), in this process on the
 native plane, on grpcio (the fast path in its handler) and on grpcio with the Python
 path only: the same answers, statistics and refusals; intermediate tensors handed
-from run to run with no copy; what the fast path cannot serve (a nested ensemble, a
-batching step, a step that fails, an unloaded step) left to the Python path.
+from run to run with no copy; a step of a batching model batched with that model's
+calls (in C++ on the native plane); what the fast path cannot serve (a nested
+ensemble, a step that fails, an unloaded step) left to the Python path.
 
 ``_plane.staged_bytes()`` counts the only tensor copies a bound run makes (small
 tensors staged): it moves on the fast path only, so it also shows which path ran."""
@@ -35,9 +36,13 @@ PLANES = ["native", "grpcio", "full"]
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """test_ensemble's models; ``wide``, a chain of three steps on 256 KiB rows; ``gated``,
-    an ensemble of one step on ``slow`` (one instance, a run as long as its input)."""
+    """test_ensemble's models (``paired`` with room for 4 in its queue); ``wide``, a chain of
+    three steps on 256 KiB rows; ``gated``, an ensemble of one step on ``slow`` (one
+    instance, a run as long as its input)."""
     repo = build_repository(tmp_path_factory.mktemp("fast") / "models")
+    (repo / "paired" / "config.pbtxt").write_text(  # room for a forming batch and a call beyond the server's 1
+        "max_batch_size: 8\ndynamic_batching { preferred_batch_size: [ 2 ] max_queue_delay_microseconds: 60000000\n"
+        "  default_queue_policy { max_queue_size: 4 } }\n")
     make_models.write(make_models.elementwise("Mul", 2.0, width=WIDE), repo, "wdouble")
     make_models.write(make_models.elementwise("Add", 1.0, width=WIDE), repo, "winc")
     wide = [("wdouble", -1, {"x": "IN"}, {"y": "D"}), ("winc", -1, {"x": "D"}, {"y": "I"}),
@@ -111,8 +116,8 @@ def test_chains_and_diamonds_answer_as_numpy_on_the_fast_path(servers, plane):
 
 @pytest.mark.parametrize("plane", PLANES)
 def test_what_the_fast_path_cannot_run_goes_to_the_python_path(servers, plane):
-    """A nested ensemble (a step that is an ensemble), a batching step and a failing step:
-    answered by the Python path, as on a server without the fast path."""
+    """A nested ensemble (a step that is an ensemble) and a failing step: answered by the
+    Python path, as on a server without the fast path."""
     server = servers[plane]
     client = tc.InferenceServerClient(server.address)
     counts = fast_counts(server) if server.options.fast_path else None
@@ -227,3 +232,45 @@ def test_an_unloaded_step_leaves_the_ensemble_unready_and_a_reload_restores_the_
     np.testing.assert_allclose(client.infer("chain", [grpc_input(X)]).as_numpy("OUT"), (2 * X + 1) * 2)
     fast = plane != "full"
     assert (served_fast(server) - before[0], staged() - before[1]) == ((1, 3 * 64) if fast else (0, 0))
+
+
+# -- a step of a batching model --------------------------------------------------------
+
+@pytest.mark.parametrize("plane", PLANES)
+def test_a_batching_step_joins_its_models_queue_and_batches_with_a_direct_call(servers, plane):
+    """``paired`` runs a batch once it holds two rows: the ensemble's step and a direct
+    call answer together, as one batch of two; on the native plane both in C++ (its
+    queues batch there), elsewhere in Python's scheduler."""
+    server = servers[plane]
+    client = tc.InferenceServerClient(server.address)
+    paired = server.repository.get("paired").stats
+    before = (served_fast(server), paired.snapshot().execution_count, stats(client, "paired")[0])
+    one = X[:1]
+    waiting, piped = in_background(server, lambda: client.infer("waiting", [grpc_input(one)]))
+    wait_for("the step in paired's queue", lambda: paired.pending == 1)
+    np.testing.assert_allclose(client.infer("paired", [grpc_input(one, "x")]).as_numpy("y"), 2 * one)
+    waiting.join(60)
+    np.testing.assert_allclose(piped["answer"].as_numpy("OUT"), 2 * one + 1)
+    assert paired.snapshot().execution_count - before[1] == 1  # one run for both
+    assert stats(client, "paired")[0] - before[2] == 2
+    assert served_fast(server) - before[0] == (2 if plane == "native" else 0)
+
+
+@pytest.mark.parametrize("plane", PLANES)
+def test_a_cancelled_call_takes_its_step_out_of_a_forming_batch(servers, plane):
+    """The step waits for a second row that never comes; the client cancels: the step
+    leaves the batch (a failure of 'paired' and of the ensemble), and nothing runs."""
+    server = servers[plane]
+    client = tc.InferenceServerClient(server.address)
+    paired = server.repository.get("paired").stats
+    before = {n: stats(client, n) for n in ("waiting", "paired", "after")}
+    cancelled = threading.Event()
+    client.async_infer("waiting", [grpc_input(X[:1])], callback=lambda result, error: cancelled.set())
+    wait_for("the step in paired's queue", lambda: paired.pending == 1)
+    client.close()  # the channel goes: the call is cancelled
+    wait_for("the step to leave the queue", lambda: paired.pending == 0)
+    fresh = tc.InferenceServerClient(server.address)
+    wait_for("the failures to be counted",
+             lambda: (stats(fresh, "waiting")[1], stats(fresh, "paired")[1]) ==
+             (before["waiting"][1] + 1, before["paired"][1] + 1))
+    assert stats(fresh, "after")[0] == before["after"][0] and stats(fresh, "paired")[0] == before["paired"][0]

@@ -251,7 +251,8 @@ void Call::execute(Job *job, size_t instance, bool inline_run) {
 // ---- An ensemble ----------------------------------------------------------
 void Call::start_ensemble() {
     ensemble_ = std::make_unique<EnsemblePlan>();
-    if (!plan_ensemble(*service_->table(), *entry_, plan_, service_->options.max_message, ensemble_.get())) {
+    if (!plan_ensemble(*service_->table(), *entry_, plan_, service_->options.max_message, true,
+                       ensemble_.get())) {
         entry_->pending.fetch_sub(1);
         hand_on(true);
         return;
@@ -284,7 +285,7 @@ void Call::continue_ensemble() {
     {
         Gil gil;
         outcome = run_ensemble(*entry_, ensemble_.get(), arrived_ns_, deadline_ns_,
-                               [this] { return !cancelled_.load(); }, true);
+                               [this] { return !cancelled_.load(); }, true, &service_->workers);
     }
     finish_ensemble(outcome);
 }

@@ -206,7 +206,7 @@ py::object Direct::execute_ensemble(const std::shared_ptr<ModelEntry> &entry, co
                                     int64_t deadline_ns, const py::object &alive, Layout layout) {
     const int64_t arrived = now_ns();
     EnsemblePlan ensemble;
-    if (!plan_ensemble(*std::atomic_load(&table_), *entry, plan, max_message_, &ensemble)) return py::none();
+    if (!plan_ensemble(*std::atomic_load(&table_), *entry, plan, max_message_, false, &ensemble)) return py::none();
     entry->pending.fetch_add(1);
     struct Pending {
         ModelEntry &entry;

@@ -16,6 +16,7 @@
 
 #include "binding.hpp"
 #include "models.hpp"
+#include "workers.hpp"
 
 namespace icow::plane {
 
@@ -46,6 +47,7 @@ struct StepPlan {
     std::shared_ptr<ModelEntry> entry;
     Plan plan;                      // the step's run: inputs (placed before it runs), bound outputs
     std::vector<size_t> input_slots, output_slots;  // by the model's input index, by plan.outputs' order
+    bool counted = false;  // its model's statistics counted it (it ran through that model's queue)
 };
 
 struct StepTimes {
@@ -78,8 +80,9 @@ struct EnsemblePlan {
 
 // Resolves every step's model in `table` and sizes every tensor from the request's
 // `plan` (ModelEntry::plan of the ensemble's entry); false: the full path serves it.
+// `batches`: a step may run a batching model (the native plane, whose queues batch in C++).
 bool plan_ensemble(const Table &table, const ModelEntry &ensemble, const Plan &plan, size_t max_response,
-                   EnsemblePlan *out);
+                   bool batches, EnsemblePlan *out);
 
 struct EnsembleOutcome {
     // FULL_PATH: it runs the request again, and says why; BUSY: a step found no idle
@@ -91,8 +94,9 @@ struct EnsembleOutcome {
 // Runs the steps from `plan->next_step`, the outputs asked for written at `plan->places`.
 // Call with the GIL held; waits for instances without it where `may_wait`. `alive`
 // (called with the GIL): false once the caller is gone. Counts the requests of the
-// ensemble and of each composing model where they succeed, and the refusals.
+// ensemble and of each composing model where they succeed, and the refusals. A step of a
+// batching model joins that model's queue, whose batches run on `workers` (the plane's).
 EnsembleOutcome run_ensemble(const ModelEntry &ensemble, EnsemblePlan *plan, int64_t arrived_ns, int64_t deadline_ns,
-                             const std::function<bool()> &alive, bool may_wait);
+                             const std::function<bool()> &alive, bool may_wait, Workers *workers = nullptr);
 
 }  // namespace icow::plane

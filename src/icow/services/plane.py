@@ -60,19 +60,22 @@ def buffer_pool(used: bool):
 
 
 class ModelTable:
-    """The entries of the fast path, made once per model version."""
+    """The entries of the fast path, made once per model version. ``batching_steps``: the
+    batching models that ensembles run are in the table too (the native plane, whose C++
+    queues take the ensembles' steps with the models' calls)."""
 
-    def __init__(self, repository: Repository) -> None:
+    def __init__(self, repository: Repository, *, batching_steps: bool = False) -> None:
         self.repository = repository
+        self.batching_steps = batching_steps
         self._entries: weakref.WeakKeyDictionary[Model, object] = weakref.WeakKeyDictionary()
 
     def entries(self) -> dict[str, object]:
         """Table key (name, newline, version or label or "") -> ModelEntry."""
         table: dict[str, object] = {}
         ensembles: dict[str, Ensemble] = {}
-        # A batching model that an ensemble runs stays on the Python path, where its queue is
-        # the one its ensemble steps wait in: direct requests and steps then batch together.
-        steps = self.repository.composing_names()
+        # Elsewhere a batching model that an ensemble runs stays on the Python path, where its queue
+        # is the one its ensemble steps wait in: direct requests and steps then batch together.
+        steps = set() if self.batching_steps else self.repository.composing_names()
         for loaded in self.repository.loaded():  # the repository's rule, for every fixed key
             for key, model in loaded.fixed_picks().items():
                 if isinstance(model, Ensemble):
@@ -131,8 +134,8 @@ def model_entry(model: Model):
 
 
 def runs_on_fast_path(ensemble: Ensemble, table: dict[str, object]) -> bool:
-    """Whether every step's model is one the fast path runs alone (not batching: those
-    batch with the ensemble's steps in Python's queue; not an ensemble itself)."""
+    """Whether every step's model is in the table, and none is an ensemble itself (a step
+    of a batching model is planned only where the table has those: the native plane)."""
     for step in ensemble.graph.steps:
         entry = table.get(f"{step.model}\n{step.version}")
         if entry is None or entry.is_ensemble:
@@ -178,7 +181,7 @@ class NativePlane:
                  tokens: Sequence[Token] = ()) -> None:
         if _plane is None:
             raise RuntimeError(UNAVAILABLE_REASON)
-        self.table = ModelTable(repository)
+        self.table = ModelTable(repository, batching_steps=True)
         self.server = _plane.Server(address, backend, workers=workers, max_message_bytes=max_message_bytes,
                                     max_concurrent=max_concurrent, tls=tls)
         self.server.set_tokens([(t.digest, None if t.models is None else sorted(t.models)) for t in tokens])
