@@ -16,7 +16,7 @@ import tritonclient.http as httpclient
 
 import make_models
 from helpers import expect_error
-from test_model_deploy import tree
+from test_model_deploy import icow_models, tree
 
 X = np.arange(12, dtype=np.float32).reshape(3, 4) - 5
 BATCHED = json.dumps({"max_batch_size": 8})
@@ -159,6 +159,40 @@ def test_an_ensemble_takes_no_files_and_a_cycle_through_a_deployed_ensemble_is_r
         client.load_model("inner", config=ensemble([step("outer", {"IN": "IN"}, {"OUT": "OUT"})]))
     assert tree(repo) == before
     np.testing.assert_array_equal(grpc_out(client, "outer"), X * 2 + 1)
+
+
+def test_an_ensemble_over_a_model_with_files_is_refused(repo, make_server):
+    """Its versions would become an ensemble's while they still hold model.onnx."""
+    server = make_server(repo, "--allow-deploy")
+    client = tc.InferenceServerClient(server.url)
+    before = tree(repo)
+    with expect_error(grpc.StatusCode.INVALID_ARGUMENT, "model 'triple' has versions that hold files (1)",
+                      "deploy it under another name"):
+        client.load_model("triple", config=CHAIN)
+    assert tree(repo) == before
+
+
+def test_the_cli_deploys_an_ensemble_from_its_config_alone(repo, make_server, tmp_path):
+    server = make_server(repo, "--allow-deploy")
+    config = tmp_path / "pipe.pbtxt"
+    config.write_text('''platform: "ensemble"
+max_batch_size: 8
+input [ { name: "IN" data_type: TYPE_FP32 dims: [ 4 ] } ]
+output [ { name: "OUT" data_type: TYPE_FP32 dims: [ 4 ] } ]
+ensemble_scheduling { step [
+  { model_name: "triple" model_version: -1 input_map { key: "x" value: "IN" } output_map { key: "y" value: "T" } },
+  { model_name: "inc" model_version: -1 input_map { key: "x" value: "T" } output_map { key: "y" value: "OUT" } }
+] }
+''')
+    done = icow_models("deploy", "--model", "pipe", "--config", str(config), "--url", server.url)
+    assert done.returncode == 0, done.stderr
+    assert "deployed ensemble 'pipe'" in done.stdout and "loaded: ensemble 'pipe'" in done.stderr
+    np.testing.assert_array_equal(grpc_out(tc.InferenceServerClient(server.url), "pipe"), X * 3 + 1)
+    assert sorted(p.name for p in (repo / "pipe").iterdir()) == ["1", "config.pbtxt"]
+    plain = tmp_path / "plain.pbtxt"
+    plain.write_text("max_batch_size: 8\n")
+    refused = icow_models("deploy", "--model", "other", "--config", str(plain), "--url", server.url)
+    assert refused.returncode == 2 and "give FILE.onnx, or --config with an ensemble's config" in refused.stderr
 
 
 def test_an_ensemble_is_not_deployed_into_an_object_store(s3, make_server, tmp_path):

@@ -1,7 +1,8 @@
 """``icow models deploy FILE.onnx --model NAME``: push a model file to a running server
 (Triton's RepositoryModelLoad with ``config`` and ``file:<version>/model.onnx``), which
 writes it into its repository as a new version and loads it; then, with ``--label``,
-point a label at it.
+point a label at it. ``icow models deploy --model NAME --config ensemble.pbtxt`` sends an
+ensemble's config alone (its versions hold no file).
 
 The file travels in one gRPC message (as Triton's clients send it), so the progress
 shown is by stage: read, sent and loaded (the server answers once the version is
@@ -29,12 +30,15 @@ MODEL_FILE = "model.onnx"
 def add_parser(actions: argparse._SubParsersAction, connection: argparse.ArgumentParser) -> None:
     """Add ``deploy`` to the ``icow models`` actions."""
     deploy = actions.add_parser(
-        "deploy", parents=[connection], help="push an ONNX file to the server as a new version",
+        "deploy", parents=[connection], help="push an ONNX file (or an ensemble's config) to the server",
         description="Send FILE to a server started with --allow-deploy: it is written into the server's "
                     "repository (folder or object store) as a new version, checked, and loaded; the model's "
                     "version policy and labels then govern it. A new model may omit --config (everything from the "
-                    "graph); a model the server has needs --config, since a deploy replaces its config.pbtxt.")
-    deploy.add_argument("file", type=Path, metavar="FILE.onnx", help="the ONNX model file")
+                    "graph); a model the server has needs --config, since a deploy replaces its config.pbtxt. "
+                    "An ensemble (platform \"ensemble\") is its --config alone, with no FILE, deployed after "
+                    "the models its steps run.")
+    deploy.add_argument("file", type=Path, nargs="?", metavar="FILE.onnx",
+                        help="the ONNX model file (none for an ensemble)")
     deploy.add_argument("--model", required=True, metavar="NAME", help="the model's name")
     deploy.add_argument("--version", type=int, metavar="N",
                         help="the version number (default: one above the highest the server lists)")
@@ -46,6 +50,8 @@ def add_parser(actions: argparse._SubParsersAction, connection: argparse.Argumen
 def deploy(client: Client, args: argparse.Namespace, progress: TextIO = sys.stderr) -> str:
     """Deploy ``args.file`` as ``args.model``; what to print (stages go to ``progress``)."""
     config = _config_json(args.config) if args.config is not None else None
+    if args.file is None:
+        return _deploy_ensemble(client, args, config, _Progress(progress))
     versions = _versions(client, args.model)
     if config is None:
         if versions is not None:
@@ -75,6 +81,31 @@ def deploy(client: Client, args: argparse.Namespace, progress: TextIO = sys.stde
         client.set_routing(args.model, labels={args.label: version})
         step(f"label {args.label} -> version {version}")
     return f"deployed {args.file} as model '{args.model}' version {version}"
+
+
+def _deploy_ensemble(client: Client, args: argparse.Namespace, config: str | None, step: _Progress) -> str:
+    """An ensemble's config alone: the server writes it and an empty version folder."""
+    if config is None or _platform(config) != "ensemble":
+        raise ValueError("give FILE.onnx, or --config with an ensemble's config (platform \"ensemble\") to deploy "
+                         "an ensemble, whose versions hold no file")
+    if args.version is not None or args.label is not None:
+        raise ValueError("an ensemble's versions come from its config (version 1, or its version_policy's "
+                         "specific versions): --version and --label are for model files")
+    step(f"sending the config of ensemble '{args.model}' to {args.url} (the server checks its steps against the "
+         "models they run, then loads it)")
+    client.load(args.model, config=config)
+    step(f"loaded: ensemble '{args.model}' is in the server's repository")
+    return f"deployed ensemble '{args.model}'"
+
+
+def _platform(config: str) -> str:
+    """The platform a JSON config names ("" where it names none or does not parse: the server says why)."""
+    message = mc.ModelConfig()
+    try:
+        json_format.Parse(config, message)
+    except json_format.ParseError:
+        return ""
+    return message.platform
 
 
 def _config_json(path: Path) -> str:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
@@ -210,6 +210,8 @@ class Repository:
                     raise InferenceServerError(grpc.StatusCode.FAILED_PRECONDITION, (
                         f"cannot deploy ensemble '{name}' to the object store {self.location}: an object store "
                         "keeps no empty version folder, which is all an ensemble's version is"))
+                if deployment.ensemble:
+                    self._check_no_files(name, existing)
                 if not deployment.files and not existing and not deployment.ensemble:
                     raise not_found(f"no model '{name}' in the repository {self.location}: a deploy of a new model "
                                     "gives its files ('file:<version>/model.onnx')")
@@ -256,6 +258,14 @@ class Repository:
         def load(version: int, path: Path, config: mc.ModelConfig) -> None:
             Model(name, version, path, config, self.default_max_batch_size, self.max_queue_size, self.device).close()
         return load
+
+    def _check_no_files(self, name: str, versions: Iterable[int]) -> None:
+        """An ensemble deployed over a model: its versions must be empty folders already."""
+        filled = [v for v in sorted(versions) if any((self.root / name / str(v)).iterdir())]
+        if filled:
+            raise invalid(f"model '{name}' has versions that hold files ({', '.join(map(str, filled[:4]))}); an "
+                          "ensemble's versions are empty folders: deploy it under another name, or remove the model "
+                          "from the repository first")
 
     def _check_ensemble(self, name: str) -> Callable[[mc.ModelConfig], None]:
         def check(config: mc.ModelConfig) -> None:
