@@ -17,6 +17,7 @@ import orjson
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
+from onnx import TensorProto, helper, numpy_helper
 
 import make_models
 from icow import _wire
@@ -47,21 +48,53 @@ class Seed:
 
 def build_repository(repo: Path) -> Path:
     """The examples, ``dtypes`` (identity of every datatype), ``batched`` (FP32
-    identity with dynamic batching) and ``spare`` (a model the seeds unload)."""
+    identity with dynamic batching), ``spare`` (a model the seeds unload) and two ensembles
+    of OUT = IN * 2 + 1: ``chain`` (``double`` then ``batched_inc``, a batching step) and
+    ``pair`` (``double`` then ``inc``), whose one-model equivalent, for the answer's check,
+    lies beside the repository (chain_reference)."""
     shutil.copytree(ROOT / "examples" / "models", repo)
     make_models.write(make_models.identity_all_types(), repo, "dtypes")
     make_models.write(make_models.identity("FP32"), repo, "batched")
     (repo / "batched" / "config.pbtxt").write_text(BATCHED)
     make_models.write(make_models.scale(5.0), repo, "spare")
+    make_models.write(make_models.elementwise("Mul", 2.0), repo, "double")
+    make_models.write(make_models.elementwise("Add", 1.0), repo, "batched_inc")
+    (repo / "batched_inc" / "config.pbtxt").write_text(BATCHED)
+    make_models.write(make_models.elementwise("Add", 1.0), repo, "inc")
+    for name, second in (("chain", "batched_inc"), ("pair", "inc")):
+        (repo / name / "1").mkdir(parents=True)
+        (repo / name / "config.pbtxt").write_text(CHAIN.replace("STEP2", second))
+    chain_reference(repo).write_bytes(make_models._model(
+        [helper.make_node("Mul", ["IN", "two"], ["d"]), helper.make_node("Add", ["d", "one"], ["OUT"])],
+        [helper.make_tensor_value_info("IN", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("OUT", TensorProto.FLOAT, ["batch", 4])],
+        [numpy_helper.from_array(np.array(2.0, np.float32), "two"),
+         numpy_helper.from_array(np.array(1.0, np.float32), "one")]).SerializeToString())
     return repo
+
+
+CHAIN = """platform: "ensemble"
+max_batch_size: 8
+input [ { name: "IN" data_type: TYPE_FP32 dims: [ 4 ] } ]
+output [ { name: "OUT" data_type: TYPE_FP32 dims: [ 4 ] } ]
+ensemble_scheduling { step [
+  { model_name: "double" model_version: -1 input_map { key: "x" value: "IN" } output_map { key: "y" value: "D" } },
+  { model_name: "STEP2" model_version: -1 input_map { key: "x" value: "D" } output_map { key: "y" value: "OUT" } }
+] }
+"""
+
+
+def chain_reference(repo: Path) -> Path:
+    """``chain`` and ``pair`` as one ONNX model (OUT = IN * 2 + 1), outside the repository."""
+    return repo.parent / "chain-reference.onnx"
 
 
 def words(shm_key: str) -> list[str]:
     """Strings a hostile client would put in a name, version, datatype or key."""
-    names = ["mlp", "scale", "mixed", "strings", "dtypes", "batched", "spare", "nope", "../mlp", "mlp/1",
-             "s3://bucket/mlp.onnx", "s3://", "http://x/mlp"]
+    names = ["mlp", "scale", "mixed", "strings", "dtypes", "batched", "spare", "chain", "pair", "nope", "../mlp",
+             "mlp/1", "s3://bucket/mlp.onnx", "s3://", "http://x/mlp"]
     versions = ["1", "2", "0", "-1", "18446744073709551616", "stable", " 1"]
-    tensors = ["input", "output", "x", "y", "a", "b", "c", "sum", "text", "upper", "in_FP32", "out_BYTES"]
+    tensors = ["input", "output", "x", "y", "a", "b", "c", "sum", "text", "upper", "in_FP32", "out_BYTES", "IN", "OUT"]
     params = ["shared_memory_region", "shared_memory_offset", "shared_memory_byte_size", "binary_data",
               "classification", "priority", "timeout", "binary_data_output", "sequence_id"]
     return [*names, *versions, *tensors, *params, *DATATYPES, "FP8", "fp32", "region", shm_key, "/", "/nope"]
@@ -115,7 +148,17 @@ def infer_seeds(repo: Path) -> list[Seed]:
         _infer(repo, "mixed", {"a": np.ones((2, 4), np.float32), "b": np.ones((2, 4), np.int64),
                                "c": np.zeros((2, 4), bool)}, ["c_not"], typed=True),
         _infer(repo, "batched", {"x": np.arange(6, dtype=np.float32).reshape(2, 3)}, ["y"]),
+        _ensemble_seed(repo, "chain"),
+        _ensemble_seed(repo, "pair"),
     ]
+
+
+def _ensemble_seed(repo: Path, name: str) -> Seed:
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    request = pb.ModelInferRequest(model_name=name, id=f"seed-{name}", raw_input_contents=[x.tobytes()])
+    request.inputs.add(name="IN", datatype="FP32", shape=[2, 4])
+    request.outputs.add(name="OUT")
+    return Seed(OIP + "ModelInfer", request, model=chain_reference(repo), feeds={"IN": x}, outputs=["OUT"])
 
 
 def shm_seeds(repo: Path, region: shared_memory.SharedMemory) -> list[Seed]:
@@ -219,6 +262,9 @@ def http_seeds(region: shared_memory.SharedMemory) -> list[HttpSeed]:
     shm = orjson.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [4], "parameters": {
         "shared_memory_region": "region", "shared_memory_byte_size": 16}}], "outputs": [{"name": "y", "parameters": {
             "shared_memory_region": "region", "shared_memory_offset": 16, "shared_memory_byte_size": 16}}]})
+    pair_head = orjson.dumps({"inputs": [{"name": "IN", "datatype": "FP32", "shape": [2, 4],
+                                          "parameters": {"binary_data_size": 32}}],
+                              "outputs": [{"name": "OUT", "parameters": {"binary_data": True}}]})
     json_type = [("Content-Type", "application/json")]
     return [
         HttpSeed("POST", "/v2/models/scale/versions/1/infer", _json_infer("scale", {"x": x}), json_type),
@@ -229,6 +275,8 @@ def http_seeds(region: shared_memory.SharedMemory) -> list[HttpSeed]:
         HttpSeed("POST", "/v2/models/dtypes/infer", _json_infer("dtypes", _dtype_inputs())),
         HttpSeed("POST", "/v2/models/scale/versions/2/infer", head + x.tobytes(),
                  [("Inference-Header-Content-Length", str(len(head))), ("Content-Type", "application/octet-stream")]),
+        HttpSeed("POST", "/v2/models/pair/infer", pair_head + x.tobytes() + x.tobytes(),
+                 [("Inference-Header-Content-Length", str(len(pair_head)))]),
         HttpSeed("POST", "/v2/models/batched/infer", _json_infer("batched", {"x": np.ones((2, 3), np.float32)},
                                                                  timeout=1000000)),
         HttpSeed("GET", "/v2"),
