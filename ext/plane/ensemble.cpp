@@ -107,16 +107,12 @@ EnsembleOutcome refuse(const ModelEntry &ensemble, int64_t arrived_ns, Refusal r
 // The call is over before `step` ran: as ensemble.py's _check_live says it.
 bool over(const ModelEntry &ensemble, const EnsembleStep &step, int64_t deadline_ns,
           const std::function<bool()> &alive, Refusal *refusal) {
+    const bool cancelled = !alive();
+    if (!cancelled && !(deadline_ns && now_ns() >= deadline_ns)) return false;
     const std::string what = step.label + " of ensemble '" + ensemble.spec.name + "' ran";
-    if (!alive()) {
-        *refusal = {CANCELLED, "the call was cancelled before " + what};
-        return true;
-    }
-    if (deadline_ns && now_ns() >= deadline_ns) {
-        *refusal = {DEADLINE_EXCEEDED, "the deadline passed before " + what};
-        return true;
-    }
-    return false;
+    *refusal = cancelled ? Refusal{CANCELLED, "the call was cancelled before " + what}
+                         : Refusal{DEADLINE_EXCEEDED, "the deadline passed before " + what};
+    return true;
 }
 
 // Counted once every step has run: a step that fails leaves the whole request to the

@@ -157,8 +157,8 @@ def ensemble_entry(ensemble: Ensemble):
         outputs = [(name, slots.setdefault(tensor, len(slots))) for name, tensor in step.outputs.items()]
         steps.append((step.model, step.version, str(step), inputs, outputs))
     graph = (steps, len(slots), [slots[name] for name in ensemble.outputs])
-    inputs = [_spec(s, shape := s.shape(ensemble.max_batch_size), [_UNKNOWN] * len(shape))
-              for s in ensemble.inputs.values()]
+    shapes = [s.shape(ensemble.max_batch_size) for s in ensemble.inputs.values()]
+    inputs = [_spec(s, shape, [_UNKNOWN] * len(shape)) for s, shape in zip(ensemble.inputs.values(), shapes)]
     outputs = [_spec(s, [], []) for s in ensemble.outputs.values()]  # sized through the graph
     stats = ensemble.stats
     entry = _plane.ModelEntry(ensemble.name, ensemble.version, ensemble.max_batch_size, inputs, outputs, [],
