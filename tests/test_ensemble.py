@@ -131,14 +131,18 @@ def test_http_answers_as_grpc(server, binary):
     assert result.as_numpy("DOUBLED") is None  # only what was asked for comes back
 
 
-def test_independent_steps_feed_a_third_and_only_requested_outputs_return(server):
-    client = tc.InferenceServerClient(server.url)
-    both = client.infer("diamond", [grpc_input(X)])
-    np.testing.assert_allclose(both.as_numpy("OUT"), 3 * X + 1)
-    np.testing.assert_allclose(both.as_numpy("DOUBLED"), 2 * X)
-    one = client.infer("diamond", [grpc_input(X)], outputs=[tc.InferRequestedOutput("DOUBLED")])
+def check_diamond(client: tc.InferenceServerClient, x: np.ndarray = X) -> None:
+    """``diamond``'s two outputs, then only the one asked for."""
+    both = client.infer("diamond", [grpc_input(x)])
+    np.testing.assert_allclose(both.as_numpy("OUT"), 3 * x + 1)
+    np.testing.assert_allclose(both.as_numpy("DOUBLED"), 2 * x)
+    one = client.infer("diamond", [grpc_input(x)], outputs=[tc.InferRequestedOutput("DOUBLED")])
     assert [o.name for o in one.get_response().outputs] == ["DOUBLED"]
-    np.testing.assert_allclose(one.as_numpy("DOUBLED"), 2 * X)
+    np.testing.assert_allclose(one.as_numpy("DOUBLED"), 2 * x)
+
+
+def test_independent_steps_feed_a_third_and_only_requested_outputs_return(server):
+    check_diamond(tc.InferenceServerClient(server.url))
 
 
 def test_metadata_and_config_are_the_ensembles(server):

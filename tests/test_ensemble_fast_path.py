@@ -25,7 +25,7 @@ import make_models
 from helpers import expect_error, wait_for
 from icow.server import InferenceServer, ServerOptions
 from ops_helpers import slow_inputs
-from test_ensemble import build_repository, ensemble_config, grpc_input, http_input, write_ensemble
+from test_ensemble import build_repository, check_diamond, ensemble_config, grpc_input, http_input, write_ensemble
 from test_native_plane import fast_counts, needs_plane
 
 pytestmark = needs_plane
@@ -102,12 +102,7 @@ def test_chains_and_diamonds_answer_as_numpy_on_the_fast_path(servers, plane):
     client = tc.InferenceServerClient(server.address)
     before = served_fast(server)
     np.testing.assert_allclose(client.infer("chain", [grpc_input(X)]).as_numpy("OUT"), (2 * X + 1) * 2)
-    both = client.infer("diamond", [grpc_input(X)])
-    np.testing.assert_allclose(both.as_numpy("OUT"), 3 * X + 1)
-    np.testing.assert_allclose(both.as_numpy("DOUBLED"), 2 * X)
-    one = client.infer("diamond", [grpc_input(X)], outputs=[tc.InferRequestedOutput("DOUBLED")])
-    assert [o.name for o in one.get_response().outputs] == ["DOUBLED"]
-    np.testing.assert_allclose(one.as_numpy("DOUBLED"), 2 * X)
+    check_diamond(client, X)
     labelled = client.infer("labelled", [grpc_input(X)])  # its step runs 'scaled' version 'stable' (1)
     np.testing.assert_allclose(labelled.as_numpy("OUT"), 2 * X)
     np.testing.assert_allclose(client.infer("latest", [grpc_input(X)]).as_numpy("OUT"), 3 * X)
