@@ -1,6 +1,6 @@
 """A three-step ensemble against its steps called one by one (issue 22, item 5).
 
-    python -m bench.ensemble [--seconds 5] [--concurrency 1,8] [--plane native] [--output PREFIX]
+    python -m bench.ensemble [--seconds 5] [--concurrency 1,8] [--plane native] [--step-batching] [--output PREFIX]
 
 Three models, each ``y = relu(x @ W)`` on a [1, 256] FP32 row (a 256x256 weight), chained
 as the ensemble ``chain``. Measured on one server (``icow serve``, ``--plane``):
@@ -73,14 +73,16 @@ def step_model(seed: int) -> onnx.ModelProto:
     return model
 
 
-def build(repo: Path, threads: int = 0) -> None:
-    """The three models (``threads``: their intra-op threads, 0: icow's default) and ``chain``."""
+def build(repo: Path, threads: int = 0, batching: bool = False) -> None:
+    """The three models (``threads``: their intra-op threads, 0: icow's default; ``batching``:
+    dynamic batching with no delay, so that each step waits in its model's queue) and ``chain``."""
+    config = (f'parameters {{ key: "intra_op_thread_count" value {{ string_value: "{threads}" }} }}\n'
+              if threads else "") + ("dynamic_batching { }\n" if batching else "")
     for seed, name in enumerate(STEPS):
         (repo / name / "1").mkdir(parents=True)
         (repo / name / "1" / "model.onnx").write_bytes(step_model(seed).SerializeToString())
-        if threads:
-            (repo / name / "config.pbtxt").write_text(
-                f'parameters {{ key: "intra_op_thread_count" value {{ string_value: "{threads}" }} }}\n')
+        if config:
+            (repo / name / "config.pbtxt").write_text(config)
     (repo / "chain" / "1").mkdir(parents=True)
     (repo / "chain" / "config.pbtxt").write_text(CHAIN)
 
@@ -152,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1,
                         help="intra-op threads of each step model (0: icow's default, one per CPU; with several, "
                              "ONNX Runtime's pools spin between the steps' runs and the CPU figures measure that)")
+    parser.add_argument("--step-batching", action="store_true",
+                        help="the step models batch (dynamic_batching, no delay): steps go through their queues")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args(argv)
     cpus = len(os.sched_getaffinity(0))
@@ -160,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     data = x.tobytes()
     with tempfile.TemporaryDirectory() as tmp:
         repo = Path(tmp) / "models"
-        build(repo, args.threads)
+        build(repo, args.threads, args.step_batching)
         floor = in_process(repo, x, args.seconds, args.threads)
         server = Server("icow", lambda port: ["-m", "icow", "serve", "--model-repository", str(repo), "--host",
                                              "127.0.0.1", "--port", str(port), "--data-plane", args.plane,
@@ -213,7 +217,7 @@ def summarize(rows: dict, floor: float, args: argparse.Namespace, machine: str) 
     target_us = floor * 1e6 + 1.3 * overhead_us
     lines = [f"# Ensemble bench ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, plane {args.plane}, "
              f"{machine}, load {os.getloadavg()[0]:.1f}, intra-op threads per step "
-             f"{args.threads or 'one per CPU'})", "",
+             f"{args.threads or 'one per CPU'}{', steps batching' if args.step_batching else ''})", "",
              f"in-process, three steps: {floor * 1e6:.1f} us per request (the compute floor)",
              f"one ModelInfer's overhead (s1's server CPU less a third of the floor): {overhead_us:.1f} us",
              f"target server CPU per ensemble request: <= {target_us:.1f} us", "",
