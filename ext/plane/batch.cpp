@@ -44,7 +44,7 @@ void Call::queue_for_batch() {
         }
     }
     entry->more.notify_all();  // a batch being formed may take it
-    if (instance != SIZE_MAX) service->workers.post([entry, instance] { batch_loop(entry, instance); });
+    if (instance != SIZE_MAX) service->workers->post([entry, instance] { batch_loop(entry, instance); });
 }
 
 void Call::batch_loop(std::shared_ptr<ModelEntry> entry, size_t instance) {

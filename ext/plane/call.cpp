@@ -52,7 +52,7 @@ class Call::Backend final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grp
 // ---- The call's events, and its end ---------------------------------------
 Call::Call(Service *service, grpc::GenericCallbackServerContext *context)
     : alive_(service->calls), service_(service), context_(context) {
-    workers_ = &service_->workers;
+    workers_ = service_->workers.get();
     const size_t limit = service_->options.max_concurrent;
     if (service_->in_flight.fetch_add(1) >= limit && limit) {
         Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "Concurrent RPC limit exceeded!"));
@@ -116,7 +116,7 @@ void Call::leave_queue() {
             entry_->more.notify_all();  // the batch being formed drops it
         }
     }
-    service_->workers.post([this] {
+    service_->workers->post([this] {
         finish_failed(status(ModelEntry::cancelled()));
     });
 }
@@ -206,7 +206,7 @@ void Call::schedule() {
     if (entry_->runs_briefly()) {
         execute(this, instance, true);  // a hand-off to a worker would cost more than the run
     } else {
-        service_->workers.post([this, instance] { execute(this, instance, false); });
+        service_->workers->post([this, instance] { execute(this, instance, false); });
     }
 }
 
@@ -285,7 +285,7 @@ void Call::continue_ensemble() {
     {
         Gil gil;
         outcome = run_ensemble(*entry_, ensemble_.get(), arrived_ns_, deadline_ns_,
-                               [this] { return !cancelled_.load(); }, true, &service_->workers);
+                               [this] { return !cancelled_.load(); }, true, service_->workers.get());
     }
     finish_ensemble(outcome);
 }
@@ -311,7 +311,7 @@ bool Call::wait_in_queue() {
     // The HTTP lane's line too, and the calls in batches being formed: all still wait.
     const size_t in_line = entry_->waiting.size() + entry_->direct_waiting.size() + entry_->forming.size();
     if (entry_->max_queue && in_line >= entry_->max_queue) {
-        service_->workers.post([this, refusal = entry_->queue_full(in_line)] {
+        service_->workers->post([this, refusal = entry_->queue_full(in_line)] {
             finish_failed(status(refusal));
         });
         return false;
@@ -320,7 +320,7 @@ bool Call::wait_in_queue() {
     queued_.store(true);
     if (cancelled_.load()) {  // OnCancel ran before queued_ was set
         entry_->waiting.pop_back();
-        service_->workers.post([this] { finish_failed(status(ModelEntry::cancelled())); });
+        service_->workers->post([this] { finish_failed(status(ModelEntry::cancelled())); });
         return false;
     }
     if (deadline_ns_) service_->expiry.watch(entry_, deadline_ns_);

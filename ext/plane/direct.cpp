@@ -11,6 +11,8 @@
 #include "core/http_layout.hpp"
 #include "core/release_gil.hpp"
 #include "ensemble.hpp"
+#include "gil.hpp"
+#include "job.hpp"
 #include "line.hpp"
 
 namespace icow::plane {
@@ -81,8 +83,8 @@ py::object Direct::serve(const py::bytes &data, int64_t deadline_ns, const py::o
 std::shared_ptr<ModelEntry> Direct::plan(const char *base, size_t size, Request *request, Plan *plan) const {
     if (!parse_for_plan(base, size, request)) return nullptr;
     auto entry = find_entry(*std::atomic_load(&table_), *request, base);
-    // Dynamic batching on this plane is the Python scheduler's.
-    if (!entry || entry->batching.max_rows > 0 || !entry->plan(*request, base, max_message_, plan)) return nullptr;
+    // Dynamic batching is the Python scheduler's, unless this shares the native plane's queues.
+    if (!entry || !serves(*entry) || !entry->plan(*request, base, max_message_, plan)) return nullptr;
     return entry;
 }
 
@@ -145,8 +147,8 @@ py::object Direct::serve_http(const std::string &model, const std::string &versi
     const char *base = static_cast<const char *>(info.ptr);
     const auto size = static_cast<size_t>(info.size);
     auto entry = find_entry(*std::atomic_load(&table_), model, version);
-    // Dynamic batching on the HTTP path is the Python scheduler's, as on the grpcio plane.
-    if (!entry || entry->batching.max_rows > 0 || (brief_only && !entry->runs_briefly())) return py::none();
+    // Dynamic batching is the Python scheduler's, unless this shares the native plane's queues.
+    if (!entry || !serves(*entry) || (brief_only && !entry->runs_briefly())) return py::none();
     std::string names;
     Request request;
     request.inputs.resize(inputs.size());
@@ -165,6 +167,7 @@ py::object Direct::serve_http(const std::string &model, const std::string &versi
 py::object Direct::execute(const std::shared_ptr<ModelEntry> &entry, const Plan &plan, const std::string &id,
                            int64_t deadline_ns, const py::object &alive, Layout layout, bool may_wait) {
     if (entry->ensemble) return may_wait ? execute_ensemble(entry, plan, id, deadline_ns, alive, layout) : py::none();
+    if (entry->batching.max_rows > 0) return may_wait ? execute_queued(entry, plan, id, deadline_ns, alive, layout) : py::none();
     const int64_t arrived = now_ns();
     entry->pending.fetch_add(1);  // VersionStats.pending adds it: a drain waits for this call
     struct Pending {
@@ -206,7 +209,8 @@ py::object Direct::execute_ensemble(const std::shared_ptr<ModelEntry> &entry, co
                                     int64_t deadline_ns, const py::object &alive, Layout layout) {
     const int64_t arrived = now_ns();
     EnsemblePlan ensemble;
-    if (!plan_ensemble(*std::atomic_load(&table_), *entry, plan, max_message_, false, &ensemble)) return py::none();
+    if (!plan_ensemble(*std::atomic_load(&table_), *entry, plan, max_message_, workers_ != nullptr, &ensemble))
+        return py::none();
     entry->pending.fetch_add(1);
     struct Pending {
         ModelEntry &entry;
@@ -216,12 +220,47 @@ py::object Direct::execute_ensemble(const std::shared_ptr<ModelEntry> &entry, co
     py::object response =
         new_response(entry->spec, id, ensemble.response, layout == Layout::HTTP, &ensemble.places, &header_length);
     const EnsembleOutcome outcome =
-        run_ensemble(*entry, &ensemble, arrived, deadline_ns, [&alive] { return still_wanted(alive); }, true);
+        run_ensemble(*entry, &ensemble, arrived, deadline_ns, [&alive] { return still_wanted(alive); }, true,
+                     workers_.get());
     if (outcome.kind == EnsembleOutcome::FULL_PATH) return py::none();
     if (outcome.kind == EnsembleOutcome::REFUSED)
         return py::make_tuple(outcome.refusal.code, outcome.refusal.message, entry->spec.name, entry->spec.version);
     if (layout == Layout::HTTP) return py::make_tuple(response, header_length);
     return response;
+}
+
+// A batching model's request, in the native plane's queue for that model (job.hpp).
+py::object Direct::execute_queued(const std::shared_ptr<ModelEntry> &entry, const Plan &plan, const std::string &id,
+                                  int64_t deadline_ns, const py::object &alive, Layout layout) {
+    const int64_t arrived = now_ns();
+    entry->pending.fetch_add(1);
+    struct Pending {
+        ModelEntry &entry;
+        ~Pending() { entry.pending.fetch_sub(1); }
+    } pending{*entry};
+    bool by_queue = false;
+    deadline_ns = entry->queue_deadline(arrived, deadline_ns, &by_queue);
+    std::vector<char *> places;
+    size_t header_length = 0;
+    py::object response = new_response(entry->spec, id, plan.response, layout == Layout::HTTP, &places, &header_length);
+    WaitedJob job(entry, plan, std::move(places), arrived, deadline_ns, by_queue, workers_.get());
+    const WaitedJob::End end = job.queue_and_wait([&alive] { return still_wanted(alive); });
+    if (end.kind == WaitedJob::End::FULL_PATH) return py::none();
+    if (end.kind == WaitedJob::End::REFUSED) return refused(*entry, arrived, end.refusal);
+    if (layout == Layout::HTTP) return py::make_tuple(response, header_length);
+    return response;
+}
+
+Direct::~Direct() {
+    // The last hold on the plane's workers may be this one: they join their threads, which may
+    // wait for the GIL (at exit, with Python going, they are left to the process's end).
+    if (!workers_ || workers_.use_count() > 1) return;
+    if (!python_alive()) {
+        new std::shared_ptr<Workers>(std::move(workers_));
+        return;
+    }
+    py::gil_scoped_release nogil;
+    workers_.reset();
 }
 
 }  // namespace icow::plane

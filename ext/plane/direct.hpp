@@ -10,6 +10,7 @@
 #include <memory>
 
 #include "models.hpp"
+#include "workers.hpp"
 
 namespace py = pybind11;
 
@@ -19,7 +20,14 @@ class Direct {
   public:
     explicit Direct(size_t max_message) : max_message_(max_message) {}
 
+    ~Direct();
+
     void publish(std::shared_ptr<const Table> table) { std::atomic_store(&table_, std::move(table)); }
+
+    // Share the queues of the native plane whose entries it is published: a request to a
+    // batching model (or an ensemble's batching step) then waits in that model's C++ queue
+    // and batches with the plane's calls, on its `workers`. Unshared: the Python path's.
+    void share_queues(std::shared_ptr<Workers> workers) { workers_ = std::move(workers); }
 
     // Called with the GIL held. The serialized response (bytes); a refusal
     // (status code, message, model, version) when the request left the queue
@@ -49,8 +57,13 @@ class Direct {
                                 int64_t deadline_ns, const py::object &alive, Layout layout);
     std::shared_ptr<ModelEntry> plan(const char *base, size_t size, Request *request, Plan *plan) const;
 
+    py::object execute_queued(const std::shared_ptr<ModelEntry> &entry, const Plan &plan, const std::string &id,
+                              int64_t deadline_ns, const py::object &alive, Layout layout);
+    bool serves(const ModelEntry &entry) const { return entry.batching.max_rows == 0 || workers_; }
+
     const size_t max_message_;
     std::shared_ptr<const Table> table_ = std::make_shared<Table>();
+    std::shared_ptr<Workers> workers_;  // the native plane's, once shared
 };
 
 }  // namespace icow::plane

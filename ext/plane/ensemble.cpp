@@ -1,10 +1,6 @@
 #include "ensemble.hpp"
 
-#include <algorithm>
-
-#include "call.hpp"
 #include "core/clock.hpp"
-#include "gil.hpp"
 #include "job.hpp"
 #include "line.hpp"
 
@@ -15,7 +11,6 @@ namespace {
 constexpr int CANCELLED = 1, DEADLINE_EXCEEDED = 4;
 constexpr size_t ALIGN = 64;  // each intermediate tensor starts aligned for ONNX Runtime's kernels
 constexpr size_t NONE = SIZE_MAX;
-constexpr int64_t POLL_NS = 50'000'000;  // how soon a cancelled caller waiting for a step is noticed
 
 size_t index_of(const std::vector<TensorSpec> &specs, const std::string &name) {
     for (size_t k = 0; k < specs.size(); ++k)
@@ -135,118 +130,6 @@ void count(const ModelEntry &ensemble, const EnsemblePlan &plan, const std::vect
     ensemble.tally->request(plan.rows, now_ns() - arrived_ns, queue, input, infer, 0, true);
 }
 
-// ---- A step of a batching model --------------------------------------------
-// It waits in that model's queue with the model's calls, and runs alone or in a batch
-// with them (batch.cpp), which counts it in the model's statistics.
-class StepJob final : public Job {
-  public:
-    StepJob(const StepPlan &step, const std::vector<char *> &outputs, int64_t arrived_ns, int64_t deadline_ns,
-            bool by_queue, Workers *workers)
-        : outputs_(outputs) {
-        entry_ = step.entry;
-        plan_ = step.plan;
-        arrived_ns_ = arrived_ns;
-        deadline_ns_ = deadline_ns;
-        queue_timeout_ = by_queue;
-        workers_ = workers;
-    }
-
-    void run_on(const ModelEntry &entry, size_t instance) override {
-        if (left_early(entry)) return;
-        const int64_t start = now_ns();
-        int64_t fed = 0;
-        {
-            Gil gil;
-            try {
-                fed = bind_and_run(entry, entry.instances[instance], plan_.inputs, plan_.input_shapes, plan_.outputs,
-                                   plan_.response, outputs_);
-            } catch (const std::exception &) {  // the full path runs the whole request again
-                finish({EnsembleOutcome::FULL_PATH, {}});
-                return;
-            }
-        }
-        const int64_t ran = now_ns();
-        entry.ran(ran - fed);
-        entry.tally->request(plan_.rows, ran - arrived_ns_, start - arrived_ns_, fed - start, ran - fed, 0, true);
-        batch_done(start, fed, ran);
-    }
-    void fail(const Refusal &refusal) override { finish({EnsembleOutcome::REFUSED, refusal}); }
-    std::vector<char *> batch_places(const ModelEntry &) override { return outputs_; }
-    void batch_done(int64_t start_ns, int64_t fed_ns, int64_t ran_ns) override {
-        times = {arrived_ns_, start_ns, fed_ns, ran_ns};
-        finish({EnsembleOutcome::DONE, {}});
-    }
-
-    // Into the model's queue (an idle instance starts a batch loop for it), then wait,
-    // without the GIL (called with it), until it ran or was refused; a caller gone or a
-    // deadline passed takes it out of the queue, if no batch has taken it yet.
-    EnsembleOutcome queue_and_wait(const std::function<bool()> &alive) {
-        ModelEntry &entry = *entry_;
-        size_t instance = NONE;
-        {
-            std::lock_guard<std::mutex> lock(entry.mu);
-            const size_t in_line = entry.waiting.size() + entry.direct_waiting.size() + entry.forming.size();
-            if (entry.max_queue && in_line >= entry.max_queue)
-                return {EnsembleOutcome::REFUSED, entry.queue_full(in_line)};
-            entry.waiting.push_back(this);
-            if (!entry.idle.empty()) {
-                instance = entry.idle.back();
-                entry.idle.pop_back();
-            }
-        }
-        entry.more.notify_all();  // a batch being formed may take it
-        if (instance != NONE) workers_->post([e = entry_, instance] { Call::batch_loop(e, instance); });
-        for (;;) {
-            bool expired = false;
-            {
-                py::gil_scoped_release nogil;
-                std::unique_lock<std::mutex> lock(mu_);
-                const int64_t poll = now_ns() + POLL_NS;
-                done_.wait_until(lock, at_ns(deadline_ns_ ? std::min(deadline_ns_, poll) : poll),
-                                 [this] { return finished_; });
-                if (finished_) return outcome_;
-                expired = deadline_ns_ && now_ns() >= deadline_ns_;
-            }
-            if ((expired || !alive()) && leave_queue())
-                return {EnsembleOutcome::REFUSED, expired ? entry.expired(queue_timeout_) : ModelEntry::cancelled()};
-        }
-    }
-
-    StepTimes times;
-
-  private:
-    // Told under its lock: the waiter may end (and this go) once it is released.
-    void finish(const EnsembleOutcome &outcome) {
-        std::lock_guard<std::mutex> lock(mu_);
-        outcome_ = outcome;
-        finished_ = true;
-        done_.notify_one();
-    }
-
-    // Out of the queue or a forming batch; false: a batch has it (it will finish).
-    bool leave_queue() {
-        ModelEntry &entry = *entry_;
-        Job *me = this;
-        std::lock_guard<std::mutex> lock(entry.mu);
-        const auto waiting = std::find(entry.waiting.begin(), entry.waiting.end(), me);
-        if (waiting != entry.waiting.end()) {
-            entry.waiting.erase(waiting);
-            return true;
-        }
-        const auto forming = std::find(entry.forming.begin(), entry.forming.end(), me);
-        if (forming == entry.forming.end()) return false;
-        entry.forming.erase(forming);
-        entry.more.notify_all();  // the batch being formed drops it
-        return true;
-    }
-
-    const std::vector<char *> outputs_;
-    std::mutex mu_;
-    std::condition_variable done_;
-    bool finished_ = false;
-    EnsembleOutcome outcome_;
-};
-
 // A refusal of `step`'s model, counted there and by the ensemble, in ensemble.py's words.
 EnsembleOutcome step_refused(const ModelEntry &ensemble, const EnsembleStep &step, const ModelEntry &entry,
                              const Refusal &refusal, int64_t step_arrived_ns, int64_t arrived_ns) {
@@ -327,13 +210,13 @@ EnsembleOutcome run_ensemble(const ModelEntry &ensemble, EnsemblePlan *plan, int
         const int64_t step_deadline = entry.queue_deadline(t.arrived, deadline_ns, &by_queue);
         if (entry.batching.max_rows > 0) {  // through the model's queue, batched with its calls
             if (!may_wait) return {EnsembleOutcome::BUSY, {}};
-            StepJob job(step, outputs, t.arrived, step_deadline, by_queue, workers);
-            const EnsembleOutcome outcome = job.queue_and_wait(alive);
-            if (outcome.kind == EnsembleOutcome::REFUSED)
-                return step_refused(ensemble, graph.steps[i], entry, outcome.refusal, t.arrived, arrived_ns);
-            if (outcome.kind != EnsembleOutcome::DONE) return outcome;
-            t = job.times;
-            step.counted = true;
+            WaitedJob job(step.entry, step.plan, outputs, t.arrived, step_deadline, by_queue, workers);
+            const WaitedJob::End end = job.queue_and_wait(alive);
+            if (end.kind == WaitedJob::End::REFUSED)
+                return step_refused(ensemble, graph.steps[i], entry, end.refusal, t.arrived, arrived_ns);
+            if (end.kind == WaitedJob::End::FULL_PATH) return {EnsembleOutcome::FULL_PATH, {}};
+            t = {t.arrived, job.start_ns, job.fed_ns, job.ran_ns};
+            step.counted = true;  // the model's queue counted it
             continue;
         }
         size_t instance = 0, in_line = 0;

@@ -162,6 +162,8 @@ PYBIND11_MODULE(_plane, m) {
         .def(py::init<size_t>(), py::arg("max_message_bytes"))
         .def("publish", [](Direct &d, const py::dict &entries) { d.publish(table_of(entries)); }, py::arg("entries"))
         .def("serve", &Direct::serve, py::arg("data"), py::arg("deadline_ns"), py::arg("alive"))
+        .def("share_queues", [](Direct &d, Server &s) { d.share_queues(s.service().workers); }, py::arg("server"),
+             "Requests to batching models wait in `server`'s C++ queues (it serves the entries published here).")
         .def("serve_http", &Direct::serve_http, py::arg("model"), py::arg("version"), py::arg("id"),
              py::arg("inputs"), py::arg("outputs"), py::arg("body"), py::arg("deadline_ns"), py::arg("alive"),
              py::arg("may_wait"), py::arg("brief_only"))

@@ -24,7 +24,7 @@ std::unique_ptr<grpc::GenericStub> backend_stub(const std::string &address) {
 Service::Service(const Options &options_)
     : options(options_),
       backend(backend_stub(options_.backend)),
-      workers(options_.workers),
+      workers(std::make_shared<Workers>(options_.workers)),
       ensembles(options_.workers),
       expiry(&Call::expire_waiting) {}
 

@@ -58,7 +58,9 @@ class Service final : public grpc::CallbackGenericService {
     std::vector<Token> tokens;  // set before serving; empty: no authentication
     std::atomic<bool> fast{false};  // Python turns the fast path off where it cannot match the full path
     std::unique_ptr<grpc::GenericStub> backend;
-    Workers workers;
+    // The threads that run models; shared with the Directs on the same entries (the HTTP and
+    // stream lanes), whose waited jobs join these queues.
+    std::shared_ptr<Workers> workers;
     Workers ensembles;  // an ensemble's steps wait for instances: never on `workers`, whose jobs free them
     Expiry expiry;  // after workers: gone before them, as it hands them work
     std::atomic<uint64_t> served_fast{0}, handed_on{0}, in_flight{0};

@@ -70,11 +70,15 @@ class ModelEntry:
 class Direct:
     """The fast path on the caller's thread, for grpcio's ModelInfer handler (``icow serve
     --data-plane grpcio``): the same parse, checks and bound run as the plane's, with
-    its own model table. Not for entries a ``Server`` also serves."""
+    its own model table; or the HTTP and stream lanes of a ``Server``, on its entries
+    (``share_queues``)."""
 
     def __init__(self, max_message_bytes: int) -> None: ...
     def publish(self, entries: dict[str, ModelEntry]) -> None:
         """Replace the model table: keys are name, newline, version, label or ""."""
+    def share_queues(self, server: Server) -> None:
+        """Requests to batching models (and ensembles' batching steps) wait in ``server``'s
+        C++ queues and batch with its calls; ``server`` serves the entries published here."""
     def serve(self, data: bytes, deadline_ns: int,
               alive: Callable[[], bool]) -> bytes | tuple[int, str, str, str] | None:
         """Call with the GIL held (it is released while the call waits for an instance).

@@ -199,7 +199,8 @@ class NativePlane:
     def http_lane(self, max_message_bytes: int):
         """``serve_http`` of a Direct on the plane's own entries: HTTP and gRPC requests
         take the same instances and wait in one queue (a model's instance count and
-        max_queue_size hold across both; a freed instance goes to whichever came first)."""
+        max_queue_size hold across both; a freed instance goes to whichever came first;
+        a batching model's requests batch together)."""
         return self._sharer(max_message_bytes).serve_http
 
     def stream_lane(self, max_message_bytes: int):
@@ -210,6 +211,7 @@ class NativePlane:
 
     def _sharer(self, max_message_bytes: int):
         direct = _plane.Direct(max_message_bytes)
+        direct.share_queues(self.server)  # requests to batching models wait in the plane's C++ queues
         self._sharers.append(direct)
         direct.publish(self.table.entries())
         return direct
