@@ -269,6 +269,19 @@ def test_more_dimensions_than_a_tensor_may_have(server):
             get(request.SerializeToString())
 
 
+@pytest.mark.parametrize("shape", [[2**31, 2**31, 0], [0, 2**32 - 1, 2**32 - 1]])
+def test_a_shape_numpy_cannot_make_is_refused(server, shape):
+    """Found by the live fuzzer (seed 342): dims whose product passes numpy's limit, with a 0
+    among them (no values needed), made reshape raise ValueError (INTERNAL)."""
+    request = ours.InferenceRequest(model_key="s3://models/scale")
+    request.named_inputs.name_to_array["x"].shape.extend(shape)
+    request.named_inputs.name_to_array["x"].float_array.SetInParent()
+    with grpc.insecure_channel(server.url) as channel:
+        get = channel.unary_unary("/ICOW/get_inference")
+        with expect_error(grpc.StatusCode.INVALID_ARGUMENT, "input 'x'", "shape"):
+            get(request.SerializeToString())
+
+
 def test_dictionary_output_is_an_error_for_the_010_client(server, repo, litecow):
     x = np.array([[5.1, 3.5], [1.4, 0.2], [6.0, 3.0]], np.float32)
     everything, label_only = litecow(server.url, [

@@ -17,6 +17,7 @@ from .datatypes import Datatype
 from .errors import invalid
 
 MAX_RANK = 64  # numpy's limit (NPY_MAXDIMS); reshape to more is a ValueError, not the client's error
+MAX_ELEMENTS = 1 << 48  # far beyond any message; numpy's own limit is about 2**63 bytes
 
 
 def check_rank(shape: Sequence[int], what: str) -> None:
@@ -30,6 +31,9 @@ def element_count(shape: Sequence[int], what: str) -> int:
     check_rank(shape, what)
     if any(d < 0 for d in shape):
         raise invalid(f"{what}: shape {list(shape)} has a negative dimension")
+    # numpy refuses a shape whose nonzero dims multiply past its size limit, even with a 0 among them
+    if math.prod(d for d in shape if d) > MAX_ELEMENTS:
+        raise invalid(f"{what}: shape {list(shape)} has more elements than a tensor may have")
     return math.prod(shape)
 
 

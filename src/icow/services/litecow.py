@@ -6,7 +6,6 @@ repository and the model decide.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -19,7 +18,7 @@ from google.protobuf.message import DecodeError
 from .._proto import litecow_pb2 as lc
 from ..protocol.errors import invalid, not_found
 from ..protocol.names import shorten
-from ..protocol.tensors import check_rank
+from ..protocol.tensors import element_count
 from ..repository.repository import Repository
 from ..runtime.model import Model
 from .oip import _rpc, deadline_ns  # the same error contract as the v2 front end
@@ -176,9 +175,9 @@ def to_numpy(array: lc.Array, what: str) -> np.ndarray:
         raise invalid(f"{what} is a {field}, which is an output type only; inputs are {_CARRIED}")
     values = getattr(array, field).values
     shape = list(array.shape)
-    check_rank(shape, what)
-    if len(values) != math.prod(shape):
-        raise invalid(f"{what}: shape {shape} needs {math.prod(shape)} values, got {len(values)}")
+    count = element_count(shape, what)
+    if len(values) != count:
+        raise invalid(f"{what}: shape {shape} needs {count} values, got {len(values)}")
     return np.fromiter(values, dtype=_FIELDS[field][1], count=len(values)).reshape(shape)
 
 
