@@ -16,6 +16,7 @@ import tritonclient.http as httpclient
 
 import make_models
 from helpers import expect_error
+from test_ensemble import ensemble_config
 from test_model_deploy import icow_models, tree
 
 X = np.arange(12, dtype=np.float32).reshape(3, 4) - 5
@@ -175,15 +176,9 @@ def test_an_ensemble_over_a_model_with_files_is_refused(repo, make_server):
 def test_the_cli_deploys_an_ensemble_from_its_config_alone(repo, make_server, tmp_path):
     server = make_server(repo, "--allow-deploy")
     config = tmp_path / "pipe.pbtxt"
-    config.write_text('''platform: "ensemble"
-max_batch_size: 8
-input [ { name: "IN" data_type: TYPE_FP32 dims: [ 4 ] } ]
-output [ { name: "OUT" data_type: TYPE_FP32 dims: [ 4 ] } ]
-ensemble_scheduling { step [
-  { model_name: "triple" model_version: -1 input_map { key: "x" value: "IN" } output_map { key: "y" value: "T" } },
-  { model_name: "inc" model_version: -1 input_map { key: "x" value: "T" } output_map { key: "y" value: "OUT" } }
-] }
-''')
+    config.write_text(ensemble_config(
+        [("triple", -1, {"x": "IN"}, {"y": "T"}), ("inc", -1, {"x": "T"}, {"y": "OUT"})],
+        [("IN", "TYPE_FP32", [4])], [("OUT", "TYPE_FP32", [4])]))
     done = icow_models("deploy", "--model", "pipe", "--config", str(config), "--url", server.url)
     assert done.returncode == 0, done.stderr
     assert "deployed ensemble 'pipe'" in done.stdout and "loaded: ensemble 'pipe'" in done.stderr
