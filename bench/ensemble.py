@@ -1,6 +1,7 @@
 """A three-step ensemble against its steps called one by one (issue 22, item 5).
 
-    python -m bench.ensemble [--seconds 5] [--concurrency 1,8] [--plane native] [--step-batching] [--output PREFIX]
+    python -m bench.ensemble [--seconds 5] [--concurrency 1,8] [--plane native] [--device cpu]
+                             [--step-batching] [--output PREFIX]
 
 Three models, each ``y = relu(x @ W)`` on a [1, 256] FP32 row (a 256x256 weight), chained
 as the ensemble ``chain``. Measured on one server (``icow serve``, ``--plane``):
@@ -97,11 +98,15 @@ def output(answer: bytes) -> bytes:
     return pb.ModelInferResponse.FromString(answer).raw_output_contents[0]
 
 
-def in_process(repo: Path, x: np.ndarray, seconds: float, threads: int) -> float:
-    """Seconds per request of the three sessions run in turn (intra-op threads as icow gives them)."""
+def in_process(repo: Path, x: np.ndarray, seconds: float, threads: int, device: str = "cpu") -> float:
+    """Seconds per request of the three sessions run in turn (intra-op threads as icow gives them;
+    on ``device``, numpy arrays in and out of each run, as a client of ONNX Runtime's Python API has them)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
-    sessions = [ort.InferenceSession(str(repo / n / "1" / "model.onnx"), options) for n in STEPS]
+    providers = ["CPUExecutionProvider"] if device == "cpu" else [
+        ("CUDAExecutionProvider", {"device_id": int(device.partition(":")[2] or 0)}), "CPUExecutionProvider"]
+    sessions = [ort.InferenceSession(str(repo / n / "1" / "model.onnx"), options, providers=providers)
+                for n in STEPS]
 
     def once() -> np.ndarray:
         y = x
@@ -154,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1,
                         help="intra-op threads of each step model (0: icow's default, one per CPU; with several, "
                              "ONNX Runtime's pools spin between the steps' runs and the CPU figures measure that)")
+    parser.add_argument("--device", default="cpu", help="where the models run: cpu, cuda or cuda:N "
+                        "(icow serve --device; the in-process floor on the same device)")
     parser.add_argument("--step-batching", action="store_true",
                         help="the step models batch (dynamic_batching, no delay): steps go through their queues")
     parser.add_argument("--output", type=Path, default=None)
@@ -165,10 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         repo = Path(tmp) / "models"
         build(repo, args.threads, args.step_batching)
-        floor = in_process(repo, x, args.seconds, args.threads)
-        server = Server("icow", lambda port: ["-m", "icow", "serve", "--model-repository", str(repo), "--host",
-                                             "127.0.0.1", "--port", str(port), "--data-plane", args.plane,
-                                             "--no-metrics"], _ready, Path(tmp) / "server.log", pinning.server_cpu)
+        floor = in_process(repo, x, args.seconds, args.threads, args.device)
+        serve = ["-m", "icow", "serve", "--model-repository", str(repo), "--host", "127.0.0.1", "--data-plane",
+                 args.plane, "--device", args.device, "--no-metrics", "--port"]
+        server = Server("icow", lambda port: [*serve, str(port)], _ready, Path(tmp) / "server.log",
+                        pinning.server_cpu)
         server.start()
         try:
             rows = measure(server, data, [int(c) for c in args.concurrency.split(",")], args.seconds, x)
@@ -217,7 +225,8 @@ def summarize(rows: dict, floor: float, args: argparse.Namespace, machine: str) 
     target_us = floor * 1e6 + 1.3 * overhead_us
     lines = [f"# Ensemble bench ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, plane {args.plane}, "
              f"{machine}, load {os.getloadavg()[0]:.1f}, intra-op threads per step "
-             f"{args.threads or 'one per CPU'}{', steps batching' if args.step_batching else ''})", "",
+             f"{args.threads or 'one per CPU'}{', steps batching' if args.step_batching else ''}, "
+             f"device {args.device})", "",
              f"in-process, three steps: {floor * 1e6:.1f} us per request (the compute floor)",
              f"one ModelInfer's overhead (s1's server CPU less a third of the floor): {overhead_us:.1f} us",
              f"target server CPU per ensemble request: <= {target_us:.1f} us", "",

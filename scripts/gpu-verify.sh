@@ -21,3 +21,6 @@ python -m pytest -m gpu -v -rs tests/test_gpu.py
 python -m bench --device cuda --output "$prefix" \
   --scenarios ort_inprocess,echo_server,icow_native \
   --workloads convnet-b1-c1,convnet-b1-c16,convnet-batched-b1-c16,mlp1024-b1-c16,mlp1024-batched-b1-c16,identity-12MiB-c1
+# An ensemble of three GPU models against three round trips and the in-process floor: its
+# intermediate tensors cross the host between steps today (docs/native-plane.md, "Ensembles").
+python -m bench.ensemble --device cuda --output "$prefix"
