@@ -32,6 +32,9 @@ pytestmark = needs_plane
 WIDE = 1 << 16  # FP32 values per row: 256 KiB, far over the staging limit (binding.hpp)
 X = np.arange(8, dtype=np.float32).reshape(2, 4) - 3
 PLANES = ["native", "grpcio", "full"]
+# slow's run for n: 2 n³ FLOP. At 6000, 432 GFLOP: seconds on two cores even at their peak
+# (4000 ran within CI's 1 s deadline), so a 1 s deadline passes while a request waits behind it.
+LONG = 6000
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +194,7 @@ def test_a_step_waits_in_its_models_queue_which_bounds_and_times_it(servers, pla
     client = tc.InferenceServerClient(server.address)
     slow = server.repository.get("slow").stats
     wait_for("slow to be idle", lambda: slow.pending == 0)
-    long_run, long_result = in_background(server, lambda: client.infer("slow", slow_inputs(4000)))
+    long_run, long_result = in_background(server, lambda: client.infer("slow", slow_inputs(LONG)))
     wait_for("the long run", lambda: slow.pending == 1)
     gated = [grpc_input(np.array([1.0], np.float32), "X"), tc.InferInput("N", [2], "INT64")]
     gated[1].set_data_from_numpy(np.array([2, 2], np.int64))
@@ -203,9 +206,9 @@ def test_a_step_waits_in_its_models_queue_which_bounds_and_times_it(servers, pla
     long_run.join(120)
     waiting.join(120)
     assert waited["answer"].as_numpy("S").item() == pytest.approx(8.0)  # x² n³
-    assert long_result["answer"].as_numpy("y").item() == pytest.approx(4000.0**3, rel=5e-2)
+    assert long_result["answer"].as_numpy("y").item() == pytest.approx(float(LONG) ** 3, rel=5e-2)
 
-    long_run, long_result = in_background(server, lambda: client.infer("slow", slow_inputs(4000)))
+    long_run, long_result = in_background(server, lambda: client.infer("slow", slow_inputs(LONG)))
     wait_for("the long run", lambda: slow.pending == 1)
     with expect_error(grpc.StatusCode.DEADLINE_EXCEEDED):
         client.infer("gated", gated, client_timeout=1.0)
