@@ -257,13 +257,7 @@ void Call::start_ensemble() {
         hand_on(true);
         return;
     }
-    const ModelSpec &spec = entry_->spec;
-    const std::string id(data_ + request_.id.off, request_.id.len);
-    const size_t size = response_size(spec.name, spec.version, id, ensemble_->response);
-    response_slice_ = buffers().slice(size);
-    char *data = reinterpret_cast<char *>(const_cast<uint8_t *>(response_slice_.begin()));
-    for (const size_t offset : write_response(data, size, spec.name, spec.version, id, ensemble_->response))
-        ensemble_->places.push_back(data + offset);
+    ensemble_->places = lay_out_response(entry_->spec, ensemble_->response);
     if (ensemble_->brief()) {  // a hand-off to the pool would cost more than the runs, if no step waits
         EnsembleOutcome outcome;
         {
@@ -366,13 +360,17 @@ void Call::answer(grpc::Slice &response) {
 
 void Call::fail(const Refusal &refusal) { finish_failed(status(refusal)); }
 
-std::vector<char *> Call::batch_places(const ModelEntry &entry) {
+std::vector<char *> Call::batch_places(const ModelEntry &entry) { return lay_out_response(entry.spec, plan_.response); }
+
+// This call's response from `model` with `outputs` in response_slice_, all but the outputs'
+// contents written; where each output's contents go.
+std::vector<char *> Call::lay_out_response(const ModelSpec &model, const std::vector<OutputSpec> &outputs) {
     const std::string id(data_ + request_.id.off, request_.id.len);
-    const size_t size = response_size(entry.spec.name, entry.spec.version, id, plan_.response);
+    const size_t size = response_size(model.name, model.version, id, outputs);
     response_slice_ = buffers().slice(size);
     char *data = reinterpret_cast<char *>(const_cast<uint8_t *>(response_slice_.begin()));
     std::vector<char *> places;
-    for (const size_t offset : write_response(data, size, entry.spec.name, entry.spec.version, id, plan_.response))
+    for (const size_t offset : write_response(data, size, model.name, model.version, id, outputs))
         places.push_back(data + offset);
     return places;
 }

@@ -69,6 +69,7 @@ class Call final : public grpc::ServerGenericBidiReactor, public Job {
     static std::vector<Job *> form_batch(ModelEntry &entry, std::unique_lock<std::mutex> &lock);
     static void run_batch(ModelEntry &entry, size_t instance, std::vector<Job *> &jobs);
     void answer(grpc::Slice &response);
+    std::vector<char *> lay_out_response(const ModelSpec &model, const std::vector<OutputSpec> &outputs);
     bool run_bound(const ModelEntry &entry, const Instance &instance, char *response,
                    const std::vector<size_t> &offsets);
 

@@ -167,13 +167,10 @@ py::object Direct::serve_http(const std::string &model, const std::string &versi
 py::object Direct::execute(const std::shared_ptr<ModelEntry> &entry, const Plan &plan, const std::string &id,
                            int64_t deadline_ns, const py::object &alive, Layout layout, bool may_wait) {
     if (entry->ensemble) return may_wait ? execute_ensemble(entry, plan, id, deadline_ns, alive, layout) : py::none();
-    if (entry->batching.max_rows > 0) return may_wait ? execute_queued(entry, plan, id, deadline_ns, alive, layout) : py::none();
+    if (entry->batching.max_rows > 0)
+        return may_wait ? execute_queued(entry, plan, id, deadline_ns, alive, layout) : py::none();
     const int64_t arrived = now_ns();
-    entry->pending.fetch_add(1);  // VersionStats.pending adds it: a drain waits for this call
-    struct Pending {
-        ModelEntry &entry;
-        ~Pending() { entry.pending.fetch_sub(1); }
-    } pending{*entry};
+    const PendingRequest pending(*entry);
     bool by_queue = false;  // the deadline is the model's queue timeout
     deadline_ns = entry->queue_deadline(arrived, deadline_ns, &by_queue);
     size_t instance = 0, in_line = 0;
@@ -211,11 +208,7 @@ py::object Direct::execute_ensemble(const std::shared_ptr<ModelEntry> &entry, co
     EnsemblePlan ensemble;
     if (!plan_ensemble(*std::atomic_load(&table_), *entry, plan, max_message_, workers_ != nullptr, &ensemble))
         return py::none();
-    entry->pending.fetch_add(1);
-    struct Pending {
-        ModelEntry &entry;
-        ~Pending() { entry.pending.fetch_sub(1); }
-    } pending{*entry};
+    const PendingRequest pending(*entry);
     size_t header_length = 0;
     py::object response =
         new_response(entry->spec, id, ensemble.response, layout == Layout::HTTP, &ensemble.places, &header_length);
@@ -233,11 +226,7 @@ py::object Direct::execute_ensemble(const std::shared_ptr<ModelEntry> &entry, co
 py::object Direct::execute_queued(const std::shared_ptr<ModelEntry> &entry, const Plan &plan, const std::string &id,
                                   int64_t deadline_ns, const py::object &alive, Layout layout) {
     const int64_t arrived = now_ns();
-    entry->pending.fetch_add(1);
-    struct Pending {
-        ModelEntry &entry;
-        ~Pending() { entry.pending.fetch_sub(1); }
-    } pending{*entry};
+    const PendingRequest pending(*entry);
     bool by_queue = false;
     deadline_ns = entry->queue_deadline(arrived, deadline_ns, &by_queue);
     std::vector<char *> places;

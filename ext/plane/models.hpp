@@ -139,6 +139,19 @@ class ModelEntry {
     }
 };
 
+// A request counted in `entry.pending` (VersionStats.pending adds it: a drain waits for it)
+// while this lives.
+class PendingRequest {
+  public:
+    explicit PendingRequest(ModelEntry &entry) : entry_(entry) { entry_.pending.fetch_add(1); }
+    ~PendingRequest() { entry_.pending.fetch_sub(1); }
+    PendingRequest(const PendingRequest &) = delete;
+    PendingRequest &operator=(const PendingRequest &) = delete;
+
+  private:
+    ModelEntry &entry_;
+};
+
 // Key: model name, '\n', version number or label ("" for the default version).
 using Table = std::unordered_map<std::string, std::shared_ptr<ModelEntry>>;
 
